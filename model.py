@@ -1,0 +1,333 @@
+"""
+YOLOv5 (v6+ architecture) as plain PyTorch modules, and loading of checkpoints.
+
+The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24), so the
+official checkpoints load by name with no key mapping. Concat and Upsample have no weights, so
+those indices are simply skipped in the ModuleList.
+"""
+import math
+import os
+import pickle
+import sys
+import urllib.request
+import zipfile
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+# (depth multiple, width multiple) of each official scale
+SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
+# COCO anchors in pixels (w, h), three per output level P3/8, P4/16, P5/32
+ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+STRIDES = (8, 16, 32)
+COCO_NAMES = ['person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
+    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse',
+    'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie',
+    'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove',
+    'skateboard', 'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon',
+    'bowl', 'banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut',
+    'cake', 'chair', 'couch', 'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse',
+    'remote', 'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book',
+    'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush']
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias) -> BatchNorm -> SiLU. After fuse() the BatchNorm is folded into the conv."""
+    def __init__(self, c_in, c_out, k=1, s=1, p=None):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2 if p is None else p, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)  # YOLOv5's BN settings
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)) if hasattr(self, 'bn') else self.conv(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c_in, c_out, shortcut=True, e=0.5):
+        super().__init__()
+        c_mid = int(c_out * e)
+        self.cv1 = Conv(c_in, c_mid, 1)
+        self.cv2 = Conv(c_mid, c_out, 3)
+        self.add = shortcut and c_in == c_out
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C3(nn.Module):
+    """CSP block: one branch goes through n bottlenecks, the other is a 1x1 shortcut; both concatenated."""
+    def __init__(self, c_in, c_out, n=1, shortcut=True):
+        super().__init__()
+        c_mid = c_out // 2
+        self.cv1 = Conv(c_in, c_mid, 1)
+        self.cv2 = Conv(c_in, c_mid, 1)
+        self.cv3 = Conv(2 * c_mid, c_out, 1)
+        self.m = nn.Sequential(*(Bottleneck(c_mid, c_mid, shortcut, e=1.0) for _ in range(n)))
+
+    def forward(self, x):
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast: three chained 5x5 max-pools equal pools of 5, 9 and 13."""
+    def __init__(self, c_in, c_out, k=5):
+        super().__init__()
+        c_mid = c_in // 2
+        self.cv1 = Conv(c_in, c_mid, 1)
+        self.cv2 = Conv(c_mid * 4, c_out, 1)
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+class Detect(nn.Module):
+    """1x1 conv per level to na*(5+nc) outputs; in eval mode also decodes them to boxes in pixels."""
+    def __init__(self, nc, anchors, channels):
+        super().__init__()
+        self.nc, self.no, self.nl, self.na = nc, nc + 5, len(anchors), len(anchors[0]) // 2
+        self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in channels)
+        stride = torch.tensor(STRIDES, dtype=torch.float32)
+        # anchors are kept in grid units of their level, as in the original checkpoints
+        self.register_buffer('anchors', torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2) / stride.view(-1, 1, 1))
+        self.register_buffer('stride', stride, persistent=False)
+        self.grids = {}  # (level, ny, nx, device, dtype) -> (grid, anchor_grid), rebuilt lazily
+
+    def init_biases(self):
+        # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6/nc
+        for conv, s in zip(self.m, STRIDES):
+            b = conv.bias.detach().view(self.na, -1)
+            b[:, 4] += math.log(8 / (640 / s) ** 2)
+            b[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
+
+    def make_grid(self, i, ny, nx, x):
+        key = (i, ny, nx, x.device, x.dtype)
+        if key not in self.grids:
+            y, xx = torch.meshgrid(torch.arange(ny, device=x.device, dtype=x.dtype),
+                                   torch.arange(nx, device=x.device, dtype=x.dtype), indexing='ij')
+            grid = torch.stack((xx, y), 2).view(1, 1, ny, nx, 2) - 0.5  # -0.5 folds in the 2*sig-0.5 offset
+            anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(x.dtype)
+            self.grids[key] = grid, anchor_grid
+        return self.grids[key]
+
+    def forward(self, features):
+        raw, decoded = [], []
+        for i, (conv, f) in enumerate(zip(self.m, features)):
+            b, _, ny, nx = f.shape
+            p = conv(f).view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            raw.append(p)
+            if not self.training:
+                grid, anchor_grid = self.make_grid(i, ny, nx, p)
+                xy, wh, conf = p.sigmoid().split((2, 2, self.no - 4), 4)
+                xy = (xy * 2 + grid) * self.stride[i]  # (2*sig - 0.5 + cell) * stride
+                wh = (wh * 2) ** 2 * anchor_grid
+                decoded.append(torch.cat((xy, wh, conf), 4).view(b, -1, self.no))
+        return raw if self.training else (torch.cat(decoded, 1), raw)
+
+
+class YOLOv5(nn.Module):
+    def __init__(self, scale='n', nc=80, anchors=ANCHORS, names=None):
+        super().__init__()
+        depth, width = SCALES[scale] if isinstance(scale, str) else scale
+        self.scale, self.nc = (depth, width), nc
+        self.names = list(names) if names else (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)])
+        ch = lambda c: math.ceil(c * width / 8) * 8  # channels, rounded up to a multiple of 8
+        n = lambda k: max(round(k * depth), 1)       # repeats of a C3 block
+        layers = {
+            0: Conv(3, ch(64), 6, 2, 2), 1: Conv(ch(64), ch(128), 3, 2), 2: C3(ch(128), ch(128), n(3)),
+            3: Conv(ch(128), ch(256), 3, 2), 4: C3(ch(256), ch(256), n(6)),                      # -> P3/8
+            5: Conv(ch(256), ch(512), 3, 2), 6: C3(ch(512), ch(512), n(9)),                      # -> P4/16
+            7: Conv(ch(512), ch(1024), 3, 2), 8: C3(ch(1024), ch(1024), n(3)),                   # -> P5/32
+            9: SPPF(ch(1024), ch(1024)),
+            # top-down path (11, 12, 15, 16 are upsample/concat: no weights)
+            10: Conv(ch(1024), ch(512), 1), 13: C3(ch(1024), ch(512), n(3), False),
+            14: Conv(ch(512), ch(256), 1), 17: C3(ch(512), ch(256), n(3), False),                # P3 out
+            # bottom-up path (19, 22 are concat)
+            18: Conv(ch(256), ch(256), 3, 2), 20: C3(ch(512), ch(512), n(3), False),             # P4 out
+            21: Conv(ch(512), ch(512), 3, 2), 23: C3(ch(1024), ch(1024), n(3), False),           # P5 out
+            24: Detect(nc, anchors, (ch(256), ch(512), ch(1024))),
+        }
+        self.model = nn.ModuleList(layers.get(i, nn.Identity()) for i in range(25))
+        for m in self.modules():  # the original's init: PyTorch defaults, but BN eps/momentum and inplace acts
+            if isinstance(m, nn.SiLU):
+                m.inplace = True
+        self.detect.init_biases()
+
+    @property
+    def detect(self):
+        return self.model[24]
+
+    def forward(self, x):
+        m = self.model
+        up = lambda t: nn.functional.interpolate(t, scale_factor=2.0, mode='nearest')
+        p3 = m[4](m[3](m[2](m[1](m[0](x)))))
+        p4 = m[6](m[5](p3))
+        x = m[9](m[8](m[7](p4)))
+        h10 = m[10](x)
+        h14 = m[14](m[13](torch.cat((up(h10), p4), 1)))
+        out3 = m[17](torch.cat((up(h14), p3), 1))
+        out4 = m[20](torch.cat((m[18](out3), h14), 1))
+        out5 = m[23](torch.cat((m[21](out4), h10), 1))
+        return self.detect([out3, out4, out5])
+
+    @torch.no_grad()
+    def fuse(self):
+        """Fold each BatchNorm into the conv before it: same outputs, fewer ops at inference."""
+        for m in self.modules():
+            if isinstance(m, Conv) and hasattr(m, 'bn'):
+                conv, bn = m.conv, m.bn
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                  conv.padding, groups=conv.groups, bias=True).to(conv.weight.device)
+                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                fused.bias.copy_(bn.bias - bn.running_mean * scale)
+                m.conv = fused
+                del m.bn
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints. Ours are plain dicts that torch.load(weights_only=True) reads. The official ones
+# pickle the original code's classes; they are read by a restricted unpickler that never imports
+# or calls anything but the few tensor-rebuilding steps, so a malicious pickle cannot run code.
+
+OFFICIAL = {f'yolov5{s}.pt' for s in SCALES}
+RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/'
+
+
+class _Stub:
+    """Stands in for every module class of the original code: it only keeps the attribute dict."""
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else state[0] or {})
+
+
+class _Storage:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+_STORAGE_DTYPES = {'HalfStorage': torch.float16, 'FloatStorage': torch.float32, 'DoubleStorage': torch.float64,
+                   'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
+                   'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8,
+                   'BoolStorage': torch.bool}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    return storage.as_strided(size, stride, offset)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, zf, prefix):
+        super().__init__(file)
+        self.zf, self.prefix = zf, prefix
+
+    def find_class(self, module, name):
+        if (module, name) == ('collections', 'OrderedDict'):
+            return OrderedDict
+        if module in ('builtins', '__builtin__') and name in ('set', 'frozenset', 'slice'):
+            return {'set': set, 'frozenset': frozenset, 'slice': slice}[name]
+        if module == 'torch' and name in _STORAGE_DTYPES:
+            return _Storage(_STORAGE_DTYPES[name])
+        if module == 'torch._utils' and name in ('_rebuild_tensor_v2', '_rebuild_tensor'):
+            return _rebuild_tensor
+        if module == 'torch._utils' and name == '_rebuild_parameter':
+            return lambda data, *unused: data
+        if module.startswith(('models.', 'torch.nn.modules.')):  # classes, built as attribute holders only
+            return _Stub
+        raise pickle.UnpicklingError(f'refused to load global {module}.{name}')
+
+    def persistent_load(self, pid):
+        kind, storage, key, _location, numel = pid
+        if kind != 'storage' or not isinstance(storage, _Storage):
+            raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
+        data = bytearray(self.zf.read(f'{self.prefix}/data/{key}'))
+        return torch.frombuffer(data, dtype=storage.dtype) if data else torch.empty(0, dtype=storage.dtype)
+
+
+def _state_dict_of(stub, prefix=''):
+    """The state dict of a stub module tree, with the same keys that nn.Module.state_dict() gives."""
+    sd = {}
+    for k, v in {**stub.__dict__.get('_parameters', {}), **stub.__dict__.get('_buffers', {})}.items():
+        if v is not None:
+            sd[prefix + k] = v
+    for k, child in stub.__dict__.get('_modules', {}).items():
+        if child is not None:
+            sd.update(_state_dict_of(child, f'{prefix}{k}.'))
+    return sd
+
+
+def _load_official(path):
+    with zipfile.ZipFile(path) as zf:
+        pkl = [n for n in zf.namelist() if n.endswith('data.pkl')]
+        if len(pkl) != 1:
+            raise ValueError('no data.pkl in the archive')
+        with zf.open(pkl[0]) as f:
+            ckpt = _RestrictedUnpickler(f, zf, pkl[0][:-len('/data.pkl')]).load()
+    stub = ckpt.get('ema') or ckpt.get('model') if isinstance(ckpt, dict) else None
+    if not isinstance(stub, _Stub) or not isinstance(getattr(stub, 'yaml', None), dict):
+        raise ValueError('no YOLOv5 model inside')
+    cfg, sd = stub.yaml, _state_dict_of(stub)
+    if len(cfg.get('backbone', [])) != 10 or len(cfg.get('head', [])) != 15:
+        raise ValueError('not a YOLOv5 v6+ P5 model (yolov5n/s/m/l/x architecture)')
+    detect = stub._modules['model']._modules['24']
+    anchors = (detect._buffers['anchors'].float() * detect.stride.float().view(-1, 1, 1)).view(3, -1).tolist()
+    names = stub.names if isinstance(stub.names, list) else [stub.names[i] for i in sorted(stub.names)]
+    model = YOLOv5((cfg['depth_multiple'], cfg['width_multiple']), int(detect.nc), anchors, names)
+    return model, sd, {}
+
+
+def load_model(path, device='cpu', fuse=False):
+    """Returns (model in eval mode, checkpoint dict). Accepts official yolov5*.pt and our own checkpoints."""
+    path = str(path)
+    if not os.path.exists(path):
+        if os.path.basename(path) in OFFICIAL:
+            download(RELEASE_URL + os.path.basename(path), path)
+        else:
+            raise FileNotFoundError(f'{path}: no such weights file')
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
+    try:  # ours first: a plain dict of tensors and metadata
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        if not (isinstance(ckpt, dict) and 'scale' in ckpt and ('model' in ckpt or 'ema' in ckpt)):
+            raise ValueError('not one of our checkpoints')
+        model = YOLOv5(tuple(ckpt['scale']), ckpt['nc'], ckpt['anchors'], ckpt['names'])
+        sd = ckpt.get('ema') or ckpt['model']
+    except Exception as ours:
+        try:
+            model, sd, ckpt = _load_official(path)
+        except Exception as official:
+            raise ValueError(f'{path}: not a YOLOv5 checkpoint ({official}; {ours})') from None
+    try:
+        model.load_state_dict({k: v.float() for k, v in sd.items()})
+    except RuntimeError as e:
+        raise ValueError(f'{path}: weights do not fit the model they describe: {str(e)[:300]}') from None
+    model = model.to(device).eval()
+    return (model.fuse() if fuse else model), ckpt
+
+
+def download(url, path):
+    print(f'Downloading {url} to {path} ...', file=sys.stderr)
+    tmp = path + '.part'
+    try:
+        def progress(blocks, block_size, total):
+            done = blocks * block_size / 1e6
+            print(f'\r  {done:.1f} MB' + (f' of {total / 1e6:.1f} MB' if total > 0 else ''), end='', file=sys.stderr)
+        urllib.request.urlretrieve(url, tmp, progress)
+        print(file=sys.stderr)
+        os.replace(tmp, path)
+    except Exception as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise FileNotFoundError(f'{path} not found and the download failed ({e}). Download {url} '
+                                f'by hand and put it at {os.path.abspath(path)}') from None
+
+
+if __name__ == '__main__':  # python model.py [n|s|m|l|x]: build a scale and print its size
+    m = YOLOv5(sys.argv[1] if len(sys.argv) > 1 else 'n')
+    print(f'{sum(p.numel() for p in m.parameters()):,} parameters, {len(list(m.modules()))} modules')
