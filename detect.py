@@ -210,8 +210,7 @@ def run(opt):
         model.half()
     names = model.names
     save_dir = Path(opt.project) / opt.name if opt.exist_ok else increment_path(Path(opt.project) / opt.name)
-    if opt.save_txt:
-        (save_dir / 'labels').mkdir(parents=True, exist_ok=True)
+    (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     sources = list(expand_sources(opt.source))
     n_done, n_labels, dt, shape = 0, 0, [0.0, 0.0, 0.0], None
     for idx, (path, error) in enumerate(sources, 1):
@@ -239,7 +238,7 @@ def run(opt):
                 where = f'video {idx}/{len(sources)} (frame {fi + 1}/{count})' if count > 1 else f'image {idx}/{len(sources)}'
                 print(f'{where} {path}: {x.shape[2]}x{x.shape[3]} {summary or "(no detections), "}{(t2 - t1) * 1e3:.1f}ms')
                 stem = Path(path).stem + (f'_{fi}' if count > 1 else '')
-                if opt.save_txt:
+                if opt.save_txt and len(det):
                     gain = torch.tensor(frame.shape)[[1, 0, 1, 0]]
                     with open(save_dir / 'labels' / f'{stem}.txt', 'w') as f:
                         for *xyxy, conf, cls in reversed(det.tolist()):
@@ -251,7 +250,6 @@ def run(opt):
                     for *xyxy, conf, cls in reversed(det.tolist()):
                         label = None if opt.hide_labels else (names[int(cls)] if opt.hide_conf else f'{names[int(cls)]} {conf:.2f}')
                         draw_box(frame, xyxy, label, PALETTE[int(cls) % len(PALETTE)], opt.line_thickness)
-                    save_dir.mkdir(parents=True, exist_ok=True)
                     if count == 1:
                         cv2.imwrite(str(save_dir / Path(path).name), frame)
                     else:

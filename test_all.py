@@ -1,0 +1,295 @@
+"""Tests: python -m pytest -q test_all.py  (needs ../shared/ for the official weights and COCO128)."""
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / 'shared'
+WEIGHTS = SHARED / 'weights' / 'yolov5n.pt'
+COCO128 = SHARED / 'datasets' / 'coco128'
+BUS = SHARED / 'images' / 'bus.jpg'
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import detect  # noqa: E402
+import model as M  # noqa: E402
+
+
+def shared(path):
+    if not path.exists():
+        pytest.fail(f'{path} is missing: the tests need the shared data folder ../shared (see ../shared/README.md)')
+    return path
+
+
+@pytest.fixture(scope='session')
+def yolov5n():
+    return M.load_model(shared(WEIGHTS))[0]
+
+
+def read_labels(path):
+    return np.loadtxt(path, ndmin=2)
+
+
+def match_rows(ours, ref, cols=slice(1, None)):
+    """Pairs each reference row with our row of the same class nearest to it; returns the max abs difference."""
+    assert len(ours) == len(ref), f'{len(ours)} detections, expected {len(ref)}'
+    worst = 0.0
+    for row in ref:
+        same = ours[ours[:, 0] == row[0]]
+        assert len(same), f'class {row[0]} missing'
+        worst = max(worst, np.abs(same[:, cols] - row[cols]).max(1).min())
+    return worst
+
+
+def scene(h, w, boxes, seed=0):
+    """A textured image with filled coloured rectangles at the given pixel xyxy boxes."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    colors = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255)]
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        cv2.rectangle(img, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), colors[i % len(colors)], -1)
+    return img
+
+
+# ---------------------------------------------------------------------------------------------- model.py
+
+@pytest.mark.parametrize('scale,params,fused', [('n', 1872157, 1867405), ('s', 7235389, 7225885),
+                                                ('m', 21190557, None), ('l', 46563709, None), ('x', 86749405, None)])
+def test_scales_have_the_original_parameter_counts(scale, params, fused):
+    net = M.YOLOv5(scale)
+    assert sum(p.numel() for p in net.parameters()) == params
+    if fused:
+        assert sum(p.numel() for p in net.fuse().parameters()) == fused
+
+
+def test_forward_shapes_on_non_square_input_and_decoding():
+    torch.manual_seed(0)
+    net = M.YOLOv5('n', nc=3)
+    x = torch.rand(2, 3, 192, 256)
+    raw = net.train()(x)
+    assert [tuple(r.shape) for r in raw] == [(2, 3, 24, 32, 8), (2, 3, 12, 16, 8), (2, 3, 6, 8, 8)]
+    net.eval()
+    with torch.no_grad():
+        pred, raw = net(x)
+    assert pred.shape == (2, 3 * (24 * 32 + 12 * 16 + 6 * 8), 8)
+    # decoding by hand, level 1 (stride 16), anchor 2, cell (y=5, x=7)
+    p = raw[1][1, 2, 5, 7].sigmoid()
+    anchor = torch.tensor(M.ANCHORS[1][4:6], dtype=torch.float32)
+    xy = (p[:2] * 2 - 0.5 + torch.tensor([7.0, 5.0])) * 16
+    wh = (p[2:4] * 2) ** 2 * anchor
+    row = pred[1, 3 * 24 * 32 + (2 * 12 + 5) * 16 + 7]
+    torch.testing.assert_close(row, torch.cat((xy, wh, p[4:])), rtol=1e-5, atol=1e-4)
+
+
+def test_detect_bias_init_gives_the_yolov5_prior():
+    net = M.YOLOv5('n', nc=80)
+    b = net.detect.m[0].bias.view(3, -1)
+    assert abs(b[:, 4].mean().item() - np.log(8 / 80 ** 2)) < 0.1  # default conv bias is small uniform noise
+    assert abs(b[:, 5:].mean().item() - np.log(0.6 / 79.00001)) < 0.1
+
+
+def test_fuse_keeps_outputs(yolov5n):
+    net = M.load_model(shared(WEIGHTS))[0]
+    x = torch.rand(1, 3, 224, 160)
+    with torch.no_grad():
+        before = net(x)[0]
+        after = net.fuse()(x)[0]
+    assert not any(hasattr(m, 'bn') for m in net.modules() if isinstance(m, M.Conv))
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=2e-3)
+
+
+def test_official_checkpoint_loads_with_its_metadata(yolov5n):
+    assert yolov5n.scale == (0.33, 0.25) and yolov5n.nc == 80 and yolov5n.names[:2] == ['person', 'bicycle']
+    anchors = yolov5n.detect.anchors * yolov5n.detect.stride.view(-1, 1, 1)
+    torch.testing.assert_close(anchors.view(3, 6), torch.tensor(M.ANCHORS, dtype=torch.float32))
+    assert not yolov5n.training and next(yolov5n.parameters()).dtype == torch.float32
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = _Evil()
+    evil.marker = marker
+    for i, payload in enumerate([evil, {'model': evil}, {'model': M.YOLOv5('n').state_dict(), 'x': evil}]):
+        path = tmp_path / f'evil{i}.pt'
+        torch.save(payload, path)
+        with pytest.raises(ValueError, match=f'evil{i}.pt: not a YOLOv5 checkpoint.*refused'):
+            M.load_model(path)
+    assert not marker.exists()
+    # the same check on a checkpoint that looks official: a zip whose data.pkl smuggles a global call
+    path = tmp_path / 'official_like.pt'
+    payload = pickle.dumps({'model': evil}, protocol=2)
+    with zipfile.ZipFile(path, 'w') as z:
+        z.writestr('archive/data.pkl', payload)
+    with pytest.raises(ValueError, match='refused to load global (posix|os|nt).system'):
+        M.load_model(path)
+    assert not marker.exists()
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nothere.pt'):
+        M.load_model(tmp_path / 'nothere.pt')
+    junk = tmp_path / 'junk.pt'
+    junk.write_bytes(b'not a checkpoint at all')
+    with pytest.raises(ValueError, match='junk.pt: not a PyTorch checkpoint'):
+        M.load_model(junk)
+    liar = tmp_path / 'liar.pt'  # claims to be yolov5s but holds yolov5n weights
+    torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS,
+                'names': M.COCO_NAMES}, liar)
+    with pytest.raises(ValueError, match='liar.pt: weights do not fit'):
+        M.load_model(liar)
+
+
+def test_missing_official_weights_offline_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(M, 'RELEASE_URL', 'http://127.0.0.1:9/')  # nothing listens there: offline
+    with pytest.raises(FileNotFoundError, match='download failed.*put it at .*yolov5s.pt'):
+        M.load_model(tmp_path / 'yolov5s.pt')
+
+
+def test_our_checkpoint_round_trip(tmp_path):
+    net = M.YOLOv5('n', nc=2, names=['cat', 'dog'])
+    path = tmp_path / 'ours.pt'
+    torch.save({'model': net.state_dict(), 'scale': list(net.scale), 'nc': 2, 'anchors': M.ANCHORS,
+                'names': ['cat', 'dog']}, path)
+    torch.load(path, weights_only=True)
+    loaded = M.load_model(path)[0]
+    assert loaded.names == ['cat', 'dog']
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], net.eval()(x)[0])
+
+
+# ---------------------------------------------------------------------------------------------- detect.py
+
+def reference_nms(boxes, scores, iou_thres):
+    """Greedy NMS written the slow, obvious way, to check the fast one."""
+    order, keep = list(np.argsort(-scores, kind='stable')), []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        x1 = np.maximum(boxes[i, 0], boxes[order, 0]); y1 = np.maximum(boxes[i, 1], boxes[order, 1])
+        x2 = np.minimum(boxes[i, 2], boxes[order, 2]); y2 = np.minimum(boxes[i, 3], boxes[order, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+        iou = inter / (area(boxes[i]) + area(boxes[order]) - inter)
+        order = [j for j, o in zip(order, iou) if o <= iou_thres]
+    return keep
+
+
+@pytest.mark.parametrize('multi_label,agnostic', [(False, False), (True, False), (False, True)])
+def test_nms_matches_a_brute_force_reference(multi_label, agnostic):
+    rng = np.random.default_rng(1)
+    n, nc = 300, 4
+    xy, wh = rng.uniform(0, 200, (n, 2)), rng.uniform(10, 60, (n, 2))
+    pred = np.concatenate([xy, wh, rng.uniform(0, 1, (n, 1)), rng.uniform(0, 1, (n, nc))], 1).astype(np.float32)
+    out = detect.non_max_suppression(torch.from_numpy(pred)[None], 0.3, 0.5, multi_label=multi_label,
+                                     agnostic=agnostic, max_det=1000)[0].numpy()
+    scores = pred[:, 5:] * pred[:, 4:5]
+    boxes = detect.xywh2xyxy(pred[:, :4])
+    cand = [(i, c) for i in range(n) for c in range(nc) if scores[i, c] > 0.3 and pred[i, 4] > 0.3
+            and (multi_label or c == scores[i].argmax())]
+    expected = []
+    for group in ([cand] if agnostic else [[k for k in cand if k[1] == c] for c in range(nc)]):
+        if group:
+            b = np.array([boxes[i] for i, _ in group]); s = np.array([scores[i, c] for i, c in group])
+            expected += [(*b[k], s[k], group[k][1]) for k in reference_nms(b, s, 0.5)]
+    expected = np.array(sorted(expected, key=lambda r: -r[4]))
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_nms_max_det_and_classes():
+    pred = torch.zeros(1, 50, 7)
+    pred[0, :, 0] = torch.arange(50) * 100.0  # far apart: nothing suppressed
+    pred[0, :, 2:4], pred[0, :, 4] = 20, 0.9
+    pred[0, :, 5], pred[0, 25:, 6] = 0.8, 0.95
+    assert len(detect.non_max_suppression(pred, max_det=10)[0]) == 10
+    out = detect.non_max_suppression(pred, classes=[1])[0]
+    assert len(out) == 25 and (out[:, 5] == 1).all()
+
+
+@pytest.mark.parametrize('shape,new', [((810, 1080), 640), ((480, 640), 320), ((333, 500), 256), ((100, 80), 160)])
+def test_letterbox_and_scale_boxes_round_trip(shape, new):
+    img = np.full((*shape, 3), 7, np.uint8)
+    out, r, (dw, dh) = data.letterbox(img, new, auto=True)
+    assert max(out.shape[:2]) == new and out.shape[0] % 32 == 0 and out.shape[1] % 32 == 0
+    assert out[0, 0, 0] in (7, 114)
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 70.0], [0.0, 0.0, shape[1], shape[0]]])
+    letterboxed = boxes * r + torch.tensor([dw, dh, dw, dh])
+    back = detect.scale_boxes(letterboxed.clone(), out.shape[:2], shape)
+    torch.testing.assert_close(back, boxes, atol=0.6, rtol=0)
+
+
+def run_detect(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / 'detect.py'), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_detect_bus_matches_the_original(tmp_path):
+    r = run_detect(shared(BUS), '--weights', shared(WEIGHTS), '--save-txt', '--save-conf', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'bus.jpg: 640x480 4 persons, 1 bus, ' in r.stdout
+    ours = read_labels(tmp_path / 'runs/detect/exp/labels/bus.txt')
+    ref = read_labels(shared(SHARED / 'expected' / 'bus_yolov5n_640.txt'))
+    assert match_rows(ours, ref) < 0.002
+    assert (tmp_path / 'runs/detect/exp/bus.jpg').exists()
+
+
+def test_detect_is_invariant_to_a_mirrored_image(tmp_path):
+    # an image not in shared/: the mirrored bus. Detections must mirror too (same classes, x -> 1 - x).
+    img = cv2.imread(str(shared(BUS)))
+    cv2.imwrite(str(tmp_path / 'mirror.jpg'), img[:, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    r = run_detect(tmp_path / 'mirror.jpg', '--weights', WEIGHTS, '--save-txt', '--save-conf', '--nosave', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ours = read_labels(tmp_path / 'runs/detect/exp/labels/mirror.txt')
+    ref = read_labels(SHARED / 'expected' / 'bus_yolov5n_640.txt')
+    ref[:, 1] = 1 - ref[:, 1]
+    # a flip is not an exact symmetry of the network: boxes agree closely, confidences only roughly
+    assert match_rows(ours, ref, slice(1, 5)) < 0.04 and match_rows(ours, ref, slice(5, 6)) < 0.25
+
+
+def test_detect_goes_on_after_bad_inputs_and_increments_run_folders(tmp_path):
+    good = tmp_path / 'good.jpg'
+    cv2.imwrite(str(good), scene(160, 224, [(20, 30, 90, 120)]))
+    corrupt = tmp_path / 'corrupt.jpg'
+    corrupt.write_bytes(b'\xff\xd8\xff\xe0 this is not really a jpeg')
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('hello')
+    truncated = tmp_path / 'truncated.png'
+    cv2.imwrite(str(truncated), scene(160, 224, []))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    r = run_detect(tmp_path / 'missing.jpg', corrupt, notes, truncated, good, '--weights', WEIGHTS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name, why in [('missing.jpg', 'no such file'), ('corrupt.jpg', 'cannot decode'),
+                      ('notes.txt', 'not an image or video'), ('truncated.png', 'cannot decode')]:
+        assert any(name in line and why in line for line in r.stderr.splitlines()), (name, r.stderr)
+    assert 'good.jpg: 480x640' in r.stdout and (tmp_path / 'runs/detect/exp/good.jpg').exists()
+    r = run_detect(corrupt, '--weights', WEIGHTS, cwd=tmp_path)
+    assert r.returncode == 1 and 'nothing could be processed' in r.stderr
+    r = run_detect(tmp_path, '--weights', WEIGHTS, '--img', '256', cwd=tmp_path)  # a folder; the next run folder
+    assert r.returncode == 0 and (tmp_path / 'runs/detect/exp3/good.jpg').exists(), r.stderr
+
+
+def test_detect_video(tmp_path):
+    path = tmp_path / 'clip.mp4'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 10, (192, 128))
+    for i in range(4):
+        writer.write(scene(128, 192, [(10 + 20 * i, 20, 60 + 20 * i, 90)], seed=i))
+    writer.release()
+    r = run_detect(path, '--weights', WEIGHTS, '--img', '192', '--save-txt', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'video 1/1 (frame 4/4)' in r.stdout
+    cap = cv2.VideoCapture(str(tmp_path / 'runs/detect/exp/clip.mp4'))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
