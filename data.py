@@ -1,18 +1,50 @@
 """
-Everything between image files on disk and the batches the model sees: YOLO-format datasets,
-label checks and cache, letterbox, and the augmentation stack (numpy + OpenCV only).
+Everything between image files on disk and the batches the model sees: YOLO-format datasets, label
+checks and their cache, letterbox, and the augmentation stack (numpy + OpenCV only, no albumentations).
+
+Labels are YOLO rows `class xc yc w h`, normalized to the image. Inside this file, while an image is
+being augmented, its labels are `class x1 y1 x2 y2` in pixels; they are normalized again at the end.
+Every random draw of a sample comes from a generator seeded by (seed, epoch, index), so a batch is the
+same whatever the number of workers, and a resumed run sees the same data as an uninterrupted one.
 """
+import glob
+import hashlib
 import math
+import os
+import sys
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from PIL import Image
 
 cv2.setNumThreads(0)  # OpenCV's own threads fight with the loader's worker processes
+IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
+CACHE_VERSION = 1
+COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+
+def xywh2xyxy(x):
+    y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+    y[..., 0], y[..., 1] = x[..., 0] - x[..., 2] / 2, x[..., 1] - x[..., 3] / 2
+    y[..., 2], y[..., 3] = x[..., 0] + x[..., 2] / 2, x[..., 1] + x[..., 3] / 2
+    return y
+
+
+def xyxy2xywh(x):
+    y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+    y[..., 0], y[..., 1] = (x[..., 0] + x[..., 2]) / 2, (x[..., 1] + x[..., 3]) / 2
+    y[..., 2], y[..., 3] = x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]
+    return y
 
 
 def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True, stride=32):
-    """Resize keeping the aspect ratio, then pad to new_shape (or, with auto, to the next multiple of
-    stride). Returns the image, the scale ratio and the (left, top) padding, both as floats."""
+    """Resize keeping the aspect ratio, then pad to new_shape (h, w) (or, with auto, only to the next
+    multiple of stride). Returns the image, the scale ratio and the (left, top) padding as floats."""
     h, w = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
     r = min(new_h / h, new_w / w)
@@ -29,3 +61,468 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
     return img, r, (dw, dh)
+
+
+# ---------------------------------------------------------------------------------------------- files and labels
+
+def find_images(source, split='train'):
+    """Image paths from a folder, a .txt list of paths, or a dataset root holding images/<split>/."""
+    p = Path(source)
+    if p.is_dir() and (p / 'images').is_dir():  # dataset root: pick the split, else the only one there
+        splits = sorted(d.name for d in (p / 'images').iterdir() if d.is_dir())
+        wanted = [s for s in splits if s.startswith(split)] or (splits if len(splits) == 1 else [])
+        if not wanted:
+            raise FileNotFoundError(f'{p}: no images/{split}* folder (found: {", ".join(splits) or "none"})')
+        p = p / 'images' / wanted[0]
+    if p.is_dir():
+        files = glob.glob(str(p / '**' / '*.*'), recursive=True)
+    elif p.suffix == '.txt' and p.is_file():
+        lines = [x.strip() for x in p.read_text().splitlines() if x.strip()]
+        files = [x if os.path.isabs(x) else str(p.parent / x) for x in lines]  # relative to the list file
+    else:
+        raise FileNotFoundError(f'{source}: not a folder of images, a .txt list or a dataset root')
+    files = sorted(f for f in files if Path(f).suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f'{source}: no images found')
+    return files
+
+
+def label_path(img_path):
+    """.../images/x/a.jpg -> .../labels/x/a.txt (the last /images/ only)."""
+    head, sep, tail = img_path.rpartition(f'{os.sep}images{os.sep}')
+    return os.path.splitext(f'{head}{os.sep}labels{os.sep}{tail}' if sep else img_path)[0] + '.txt'
+
+
+def read_labels(path):
+    """Checked label rows (k, 5) float32 and a list of warnings, each naming the file and line."""
+    if not os.path.isfile(path):
+        return np.zeros((0, 5), np.float32), []
+    rows, msgs = [], []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f'{path}:{n}'
+        try:
+            v = [float(x) for x in line.split()]
+        except ValueError:
+            msgs.append(f'{where}: not numbers: {line.strip()[:60]!r}, row ignored')
+            continue
+        if len(v) != 5:
+            msgs.append(f'{where}: expected 5 numbers (class xc yc w h), got {len(v)}, row ignored')
+        elif v[0] != int(v[0]) or v[0] < 0:
+            msgs.append(f'{where}: class {v[0]:g} is not a non-negative integer, row ignored')
+        elif min(v[1:]) < -COORD_TOLERANCE or max(v[1:]) > 1 + COORD_TOLERANCE:
+            msgs.append(f'{where}: coordinates {v[1:]} not normalized to [0, 1], row ignored')
+        elif v[3] <= 0 or v[4] <= 0:
+            msgs.append(f'{where}: width and height must be positive, row ignored')
+        else:
+            rows.append([v[0]] + [min(max(x, 0.0), 1.0) for x in v[1:]])
+    labels = np.array(rows, np.float32).reshape(-1, 5)
+    _, first = np.unique(labels, axis=0, return_index=True)
+    if len(first) < len(labels):
+        msgs.append(f'{path}: {len(labels) - len(first)} duplicate rows removed')
+        labels = labels[np.sort(first)]
+    return labels, msgs
+
+
+def check_image(path):
+    """(w, h) as the image will be decoded (EXIF rotation applied), and a warning or None. Raises if corrupt."""
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.format.lower() not in ('jpeg', 'mpo', 'png', 'bmp', 'tiff', 'webp', 'dng') and im.format != 'PFM':
+            raise ValueError(f'unsupported image format {im.format}')
+        if im.getexif().get(274) in (5, 6, 7, 8):  # EXIF orientation with a 90 degree turn
+            w, h = h, w
+    if w < 10 or h < 10:
+        raise ValueError(f'image size {w}x{h} is smaller than 10 pixels')
+    with open(path, 'rb') as f:
+        f.seek(-2, 2)
+        truncated = Path(path).suffix.lower() in ('.jpg', '.jpeg') and f.read() != b'\xff\xd9'
+    if truncated:  # a JPEG without its end marker: keep it if it still decodes
+        if cv2.imread(path) is None:
+            raise ValueError('truncated JPEG that does not decode')
+        return (w, h), f'{path}: truncated JPEG, it decodes and is kept'
+    return (w, h), None
+
+
+def _scan_one(args):
+    img, lab = args
+    try:
+        size, warning = check_image(img)
+    except Exception as e:
+        return img, None, None, [f'{img}: corrupt image skipped: {e}']
+    labels, msgs = read_labels(lab)
+    return img, size, labels, ([warning] if warning else []) + msgs
+
+
+def files_hash(paths):
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p) if os.path.exists(p) else None
+        h.update(f'{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n'.encode())
+    return h.hexdigest()
+
+
+def load_labels(img_files, nc, prefix=''):
+    """Checks every image and label file, with a cache beside the labels (labels/<split>.cache) that is
+    reused while no file changed. Returns kept image paths, their (w, h) sizes and label arrays."""
+    label_files = [label_path(f) for f in img_files]
+    cache_path = Path(label_files[0]).parent.with_suffix('.cache')
+    key = files_hash(img_files + label_files)
+    try:
+        c = np.load(cache_path, allow_pickle=False)
+        assert int(c['version']) == CACHE_VERSION and str(c['hash']) == key
+        files, sizes, msgs = list(c['files']), c['sizes'], list(c['msgs'])
+        labels = np.split(c['labels'], np.cumsum(c['counts'])[:-1])
+        n_corrupt, source = int(c['corrupt']), 'cache'
+    except Exception:  # no cache, stale or unreadable: scan again
+        with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
+            results = pool.map(_scan_one, zip(img_files, label_files))
+        kept = [r for r in results if r[1] is not None]
+        files, sizes, labels = [r[0] for r in kept], np.array([r[1] for r in kept]).reshape(-1, 2), [r[2] for r in kept]
+        msgs, n_corrupt, source = [m for r in results for m in r[3]], len(results) - len(kept), 'scan'
+        try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
+            if not os.stat(cache_path.parent).st_mode & 0o222:
+                raise PermissionError(13, 'folder is read-only')
+            tmp = str(cache_path) + '.tmp.npz'
+            np.savez(tmp, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes, msgs=np.array(msgs, dtype=str),
+                     labels=np.concatenate(labels or [np.zeros((0, 5), np.float32)]), counts=[len(x) for x in labels],
+                     corrupt=n_corrupt)
+            os.replace(tmp, cache_path)
+        except OSError as e:
+            print(f'{prefix}WARNING: cache {cache_path} not written ({e.strerror})', file=sys.stderr)
+    for m in msgs:
+        print(f'{prefix}WARNING: {m}', file=sys.stderr)
+    n_bg = sum(len(x) == 0 for x in labels)
+    print(f'{prefix}{"Scanned" if source == "scan" else "Cached"} {Path(label_files[0]).parent}: {len(files)} images, '
+          f'{n_bg} backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
+    for f, lb in zip(files, labels):
+        if len(lb) and lb[:, 0].max() >= nc:
+            raise ValueError(f'{label_path(f)}: class {int(lb[:, 0].max())} is out of range: the dataset has '
+                             f'{nc} classes (0-{nc - 1}); fix the label or give the right --names')
+    if not files:
+        raise ValueError(f'{prefix}no usable images in {Path(img_files[0]).parent}')
+    return files, sizes, labels
+
+
+def read_names(path=None):
+    if path is None:
+        from model import COCO_NAMES
+        return list(COCO_NAMES)
+    names = [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
+    if not names:
+        raise ValueError(f'{path}: no class names (one per line)')
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- augmentations
+
+def random_perspective(img, labels, rng, degrees=0, translate=0.1, scale=0.5, shear=0, perspective=0.0, border=(0, 0)):
+    """One random affine (or perspective) warp; labels are pixel xyxy, mapped through their 4 corners."""
+    height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
+    C = np.eye(3)  # move the centre to the origin
+    C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2
+    P = np.eye(3)
+    P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
+    R = np.eye(3)
+    s = rng.uniform(1 - scale, 1 + scale)
+    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-degrees, degrees), scale=s)
+    S = np.eye(3)
+    S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-shear, shear, 2)))
+    T = np.eye(3)  # and back from the origin to a random point near the centre of the output
+    T[0, 2], T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate, 2) * (width, height)
+    M = T @ S @ R @ P @ C
+    if border[0] or border[1] or (M != np.eye(3)).any():
+        if perspective:
+            img = cv2.warpPerspective(img, M, (width, height), borderValue=(114, 114, 114))
+        else:
+            img = cv2.warpAffine(img, M[:2], (width, height), borderValue=(114, 114, 114))
+    if len(labels):
+        n = len(labels)
+        xy = np.ones((n * 4, 3))
+        xy[:, :2] = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # the 4 corners of each box
+        xy = xy @ M.T
+        xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
+        x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
+        new = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
+        new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
+        new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+        keep = box_candidates(labels[:, 1:5] * s, new)
+        labels = labels[keep]
+        labels[:, 1:5] = new[keep]
+    return img, labels
+
+
+def box_candidates(before, after, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16):
+    """Boxes worth keeping after a warp: > 2 px wide and high, > 10% of their area left, aspect < 100."""
+    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
+
+
+def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
+    """Random gains on hue, saturation and value through look-up tables, in place."""
+    if not (hgain or sgain or vgain):
+        return
+    r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    x = np.arange(256, dtype=r.dtype)
+    lut_h = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV's hue runs 0-179
+    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=img)
+
+
+def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
+    """A crop of random area and aspect ratio, resized to size x size; boxes clipped to it."""
+    h, w = img.shape[:2]
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            break
+    else:  # fall back to a centre crop
+        cw, ch = min(w, h), min(w, h)
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+    img = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (size, size), interpolation=cv2.INTER_LINEAR)
+    if len(labels):
+        labels = labels.copy()
+        labels[:, [1, 3]] = ((labels[:, [1, 3]] - x0) * size / cw).clip(0, size)
+        labels[:, [2, 4]] = ((labels[:, [2, 4]] - y0) * size / ch).clip(0, size)
+        labels = labels[(labels[:, 3] - labels[:, 1] >= 1) & (labels[:, 4] - labels[:, 2] >= 1)]
+    return img, labels
+
+
+def photometric(img, rng, hyp):
+    """The pixel-only part of the albumentations stack YOLOv5 applies, with its parameter ranges."""
+    if rng.random() < hyp['blur']:
+        k = int(rng.choice([3, 5, 7]))
+        img = cv2.blur(img, (k, k))
+    if rng.random() < hyp['median_blur']:
+        img = cv2.medianBlur(img, int(rng.choice([3, 5, 7])))
+    if rng.random() < hyp['to_gray']:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if rng.random() < hyp['clahe']:  # equalize the lightness channel only
+        lab = cv2.cvtColor(img, cv2.COLOR_BGR2LAB)
+        lab[:, :, 0] = cv2.createCLAHE(clipLimit=rng.uniform(1, 4), tileGridSize=(8, 8)).apply(lab[:, :, 0])
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    if rng.random() < hyp['brightness_contrast']:
+        alpha, beta = 1 + rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2) * 255
+        img = cv2.convertScaleAbs(img, alpha=alpha, beta=beta)
+    if rng.random() < hyp['gamma']:
+        gamma = rng.uniform(0.8, 1.2)
+        img = cv2.LUT(img, (255 * (np.arange(256) / 255) ** gamma).clip(0, 255).astype(np.uint8))
+    if rng.random() < hyp['jpeg']:
+        ok, buf = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 101))])
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return img
+
+
+def mixup(img, labels, img2, labels2, rng):
+    r = rng.beta(32.0, 32.0)  # mixing ratio, close to 0.5
+    return (img * r + img2 * (1 - r)).astype(np.uint8), np.concatenate((labels, labels2), 0)
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+class YOLODataset(torch.utils.data.Dataset):
+    def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
+                 pad=0.0, cache=None, nc=80, seed=0, split='train', prefix=''):
+        self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
+        self.epoch = 0  # set by the trainer each epoch: part of every sample's random seed
+        self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix)
+        self.mosaic = augment and not rect
+        self.warned = set()
+        if rect:  # sort by aspect ratio, one letterbox shape per batch: less padding, same results as YOLOv5's val
+            order = np.argsort(self.sizes[:, 1] / self.sizes[:, 0])
+            self.files = [self.files[i] for i in order]
+            self.labels = [self.labels[i] for i in order]
+            self.sizes = self.sizes[order]
+            ar = self.sizes[:, 1] / self.sizes[:, 0]  # h / w
+            self.batch_index = np.arange(len(ar)) // batch_size
+            shapes = []
+            for b in range(self.batch_index[-1] + 1):
+                a = ar[self.batch_index == b]
+                shapes.append([a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1])
+            self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
+        self.ram = [None] * len(self.files)
+        if cache == 'ram':
+            with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
+                self.ram = pool.map(self.load_image, range(len(self.files)))
+            mb = sum(x[0].nbytes for x in self.ram if x[0] is not None) / 2 ** 20
+            print(f'{prefix}Cached {len(self.files)} images in RAM ({mb:.0f} MB)')
+
+    def __len__(self):
+        return len(self.files)
+
+    def load_image(self, i):
+        """Image i resized so that its long side is img_size, with its original (h, w); None if unreadable."""
+        if self.ram[i] is not None:
+            return self.ram[i]
+        img = cv2.imread(self.files[i])
+        if img is None:
+            return None, None
+        h0, w0 = img.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:  # INTER_AREA for shrinking without augmentation, as YOLOv5 (it changes mAP slightly)
+            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
+            img = cv2.resize(img, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+        return img, (h0, w0)
+
+    def pixel_labels(self, i, w, h, padw=0.0, padh=0.0):
+        """Labels of image i as class + pixel xyxy in an image of size (w, h) placed at (padw, padh)."""
+        lb = self.labels[i].copy()
+        lb[:, 1:] = xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (padw, padh, padw, padh)
+        return lb
+
+    def load_mosaic(self, index, rng):
+        """Four images on a 2s x 2s canvas around a random centre, then a random warp back to s x s."""
+        s = self.img_size
+        xc, yc = (int(v) for v in rng.uniform(s // 2, 2 * s - s // 2, 2))
+        indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
+        rng.shuffle(indices)
+        canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+        labels = []
+        for k, i in enumerate(indices):
+            img, _ = self.load_checked(i, rng)
+            h, w = img.shape[:2]
+            # where the tile goes on the canvas (a) and which part of the image fills it (b)
+            if k == 0:    # top left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+                x1b, y1b = w - (x2a - x1a), h - (y2a - y1a)
+            elif k == 1:  # top right
+                x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+                x1b, y1b = 0, h - (y2a - y1a)
+            elif k == 2:  # bottom left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
+                x1b, y1b = w - (x2a - x1a), 0
+            else:         # bottom right
+                x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
+                x1b, y1b = 0, 0
+            canvas[y1a:y2a, x1a:x2a] = img[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
+            labels.append(self.pixel_labels(i, w, h, x1a - x1b, y1a - y1b))
+        labels = np.concatenate(labels, 0)
+        labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
+        hyp = self.hyp
+        return random_perspective(canvas, labels, rng, hyp['degrees'], hyp['translate'], hyp['scale'],
+                                  hyp['shear'], hyp['perspective'], border=(-s // 2, -s // 2))
+
+    def load_checked(self, i, rng):
+        """load_image, but a file that fails to decode is reported once and replaced by another image."""
+        for _ in range(100):
+            img, hw0 = self.load_image(i)
+            if img is not None:
+                return img, hw0
+            if self.files[i] not in self.warned:
+                self.warned.add(self.files[i])
+                print(f'WARNING: {self.files[i]}: cannot decode image, skipped', file=sys.stderr)
+            i = int(rng.integers(0, len(self)))
+        raise RuntimeError('no readable image found')
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        hyp, shapes = self.hyp, None
+        if self.mosaic and rng.random() < hyp['mosaic']:
+            img, labels = self.load_mosaic(index, rng)
+            if rng.random() < hyp['mixup']:
+                img, labels = mixup(img, labels, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
+        else:
+            img, (h0, w0) = self.load_checked(index, rng)
+            h, w = img.shape[:2]
+            shape = self.batch_shapes[self.batch_index[index]] if self.rect else self.img_size
+            img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+            shapes = (h0, w0), (h / h0 * ratio, pad)  # to map predictions back to the original image
+            labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
+            if self.augment:
+                img, labels = random_perspective(img, labels, rng, hyp['degrees'], hyp['translate'],
+                                                 hyp['scale'], hyp['shear'], hyp['perspective'])
+        if self.augment:
+            if rng.random() < hyp['crop']:
+                img, labels = random_resized_crop(img, labels, rng, self.img_size)
+            img = photometric(img, rng, hyp)
+            augment_hsv(img, rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v'])
+        h, w = img.shape[:2]
+        labels = labels.astype(np.float32)
+        labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
+        labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)] if len(labels) else labels
+        if self.augment:
+            if rng.random() < hyp['flipud']:
+                img, labels[:, 2] = np.flipud(img), 1 - labels[:, 2]
+            if rng.random() < hyp['fliplr']:
+                img, labels[:, 1] = np.fliplr(img), 1 - labels[:, 1]
+        out = np.zeros((len(labels), 6), np.float32)
+        out[:, 1:] = labels
+        img = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
+        return torch.from_numpy(img), torch.from_numpy(out), self.files[index], shapes
+
+
+def collate(batch):
+    imgs, labels, paths, shapes = zip(*batch)
+    for i, lb in enumerate(labels):
+        lb[:, 0] = i  # which image of the batch each label belongs to
+    return torch.stack(imgs), torch.cat(labels), paths, shapes
+
+
+def create_dataloader(dataset, batch_size, workers=8, shuffle=False, rank=0, world_size=1):
+    """Loader over a DistributedSampler (also with one process: one code path, and set_epoch reshuffles)."""
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, world_size, rank, shuffle=shuffle,
+                                                              seed=dataset.seed, drop_last=False)
+    workers = min(os.cpu_count() // max(world_size, 1), batch_size if batch_size > 1 else 0, workers)
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), collate_fn=collate)
+
+
+def set_epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.epoch = epoch
+
+
+def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
+    """A grid of a batch with its label boxes (and predictions with confidence, if given) as a JPEG."""
+    imgs = imgs[:max_images].numpy() if isinstance(imgs, torch.Tensor) else imgs[:max_images]
+    b, _, h, w = imgs.shape
+    cols = math.ceil(b ** 0.5)
+    rows = math.ceil(b / cols)
+    scale = min(1.0, 1920 / (cols * max(h, w)))
+    th, tw = int(h * scale), int(w * scale)
+    grid = np.full((rows * th, cols * tw, 3), 255, np.uint8)
+    from detect import PALETTE, draw_box
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+    for i in range(b):
+        y0, x0 = (i // cols) * th, (i % cols) * tw
+        tile = np.ascontiguousarray(cv2.resize(imgs[i].transpose(1, 2, 0)[:, :, ::-1], (tw, th)))
+        boxes = [(lb[1], *xywh2xyxy(lb[2:6]) * (tw, th, tw, th), None) for lb in labels[labels[:, 0] == i]]
+        if preds is not None:
+            boxes += [(p[5], *(p[:4] * scale), p[4]) for p in preds[i].tolist()]
+        for c, x1, y1, x2, y2, conf in boxes:
+            text = names[int(c)] if conf is None else f'{names[int(c)]} {conf:.1f}'
+            draw_box(tile, (x1, y1, x2, y2), text, PALETTE[int(c) % len(PALETTE)], 1)
+        grid[y0:y0 + th, x0:x0 + tw] = tile
+        cv2.rectangle(grid, (x0, y0), (x0 + tw - 1, y0 + th - 1), (255, 255, 255), 2)
+    cv2.imwrite(str(path), grid)
+
+
+if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]: see what training sees
+    import argparse
+    from train import HYP
+    p = argparse.ArgumentParser()
+    p.add_argument('data')
+    p.add_argument('--img', type=int, default=640)
+    p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--names', default=None)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default='train_batch.jpg')
+    a = p.parse_args()
+    names = read_names(a.names)
+    ds = YOLODataset(a.data, a.img, a.batch, augment=True, hyp=HYP, nc=len(names), seed=a.seed)
+    imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
+    plot_batch(imgs, labels, names, a.out)
+    print(f'{len(imgs)} augmented images with {len(labels)} labels written to {a.out}')
