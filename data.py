@@ -501,7 +501,7 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
         tile = np.ascontiguousarray(cv2.resize(imgs[i].transpose(1, 2, 0)[:, :, ::-1], (tw, th)))
         boxes = [(lb[1], *xywh2xyxy(lb[2:6]) * (tw, th, tw, th), None) for lb in labels[labels[:, 0] == i]]
         if preds is not None:
-            boxes += [(p[5], *(p[:4] * scale), p[4]) for p in preds[i].tolist()]
+            boxes += [(p[5], *(np.array(p[:4]) * scale), p[4]) for p in preds[i].tolist()]
         for c, x1, y1, x2, y2, conf in boxes:
             text = names[int(c)] if conf is None else f'{names[int(c)]} {conf:.1f}'
             draw_box(tile, (x1, y1, x2, y2), text, PALETTE[int(c) % len(PALETTE)], 1)

@@ -1,0 +1,585 @@
+"""
+Train or validate YOLOv5.
+  python train.py --data ../shared/datasets/coco128 --weights yolov5n.pt --img 320 --epochs 3
+  torchrun --nproc_per_node 2 train.py --data ... --device 0,1          (DDP: NCCL on GPUs, gloo on CPU)
+  python train.py --val-only --weights yolov5n.pt --data ../shared/datasets/coco128 --batch 32
+Runs are saved to runs/train/exp, exp2, ...: weights/last.pt, weights/best.pt, results.csv and pictures.
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from data import YOLODataset, create_dataloader, plot_batch, read_names, set_epoch, xywh2xyxy
+from detect import increment_path, non_max_suppression, scale_boxes
+from loss import YOLOLoss
+from model import SCALES, STRIDES, YOLOv5, load_model
+
+# YOLOv5's hyp.scratch-low.yaml, plus the probabilities of the albumentations stack it hardcodes.
+# Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
+HYP = dict(
+    lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,            # SGD; final lr = lr0 * lrf
+    warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
+    box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,                 # loss gains and BCE positive weights
+    anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0,                    # anchor-label wh ratio limit, focal loss gamma
+    hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  # colour gains (fractions)
+    degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,  # geometry
+    flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0,                      # probabilities
+    blur=0.01, median_blur=0.01, to_gray=0.01, clahe=0.01,              # probabilities (albumentations in YOLOv5)
+    crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0,
+)
+NOMINAL_BATCH = 64  # gradients are accumulated to about this many images per optimizer step
+RANK, LOCAL_RANK, WORLD_SIZE = (int(os.getenv(k, d)) for k, d in (('RANK', -1), ('LOCAL_RANK', -1), ('WORLD_SIZE', 1)))
+MAIN = RANK in (-1, 0)  # only this process validates, prints and saves
+
+
+def log(*args, **kwargs):
+    if MAIN:
+        print(*args, **kwargs, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- metrics (as YOLOv5's val)
+
+def box_iou(a, b, eps=1e-7):
+    """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
+    (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
+    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(2)
+    return inter / ((a2 - a1).prod(2) + (b2 - b1).prod(2) - inter + eps)
+
+
+def match_predictions(pred, label_cls, label_boxes, iouv):
+    """(n_pred, n_iou) bool: true positive at each IoU threshold; one label matches one prediction, best IoU first."""
+    correct = np.zeros((len(pred), len(iouv)), bool)
+    iou = box_iou(label_boxes, pred[:, :4])
+    same_class = label_cls[:, None] == pred[:, 5]
+    for i, t in enumerate(iouv):
+        li, pi = torch.where((iou >= t) & same_class)
+        if len(li):
+            m = torch.stack((li, pi, iou[li, pi]), 1).cpu().numpy()  # [label, prediction, iou]
+            if len(li) > 1:
+                m = m[m[:, 2].argsort()[::-1]]
+                m = m[np.unique(m[:, 1], return_index=True)[1]]
+                m = m[np.unique(m[:, 0], return_index=True)[1]]
+            correct[m[:, 1].astype(int), i] = True
+    return correct
+
+
+def compute_ap(recall, precision):
+    """COCO's 101-point interpolated area under the precision envelope."""
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision, [0.0])))))
+    x = np.linspace(0, 1, 101)
+    return np.trapezoid(np.interp(x, mrec, mpre), x)
+
+
+def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
+    """Per class present in the labels: P and R at the confidence of best mean F1, and AP at 10 IoUs."""
+    order = np.argsort(-conf)
+    tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
+    classes, n_labels = np.unique(target_cls, return_counts=True)
+    px = np.linspace(0, 1, 1000)
+    ap, p, r = np.zeros((len(classes), tp.shape[1])), np.zeros((len(classes), 1000)), np.zeros((len(classes), 1000))
+    for ci, c in enumerate(classes):
+        i = pred_cls == c
+        if not i.any():
+            continue
+        tpc, fpc = tp[i].cumsum(0), (1 - tp[i]).cumsum(0)
+        recall = tpc / (n_labels[ci] + eps)
+        precision = tpc / (tpc + fpc)
+        r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # as functions of the confidence threshold
+        p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
+        ap[ci] = [compute_ap(recall[:, j], precision[:, j]) for j in range(tp.shape[1])]
+    f1 = 2 * p * r / (p + r + eps)
+    k = max(round(1000 * 0.1 * 2) // 2 + 1, 1)  # smooth the mean F1 curve with a box filter of 10%
+    f1_smooth = np.convolve(np.concatenate((np.full(k // 2, f1.mean(0)[0]), f1.mean(0), np.full(k // 2, f1.mean(0)[-1]))),
+                            np.ones(k) / k, mode='valid')
+    best = f1_smooth.argmax()
+    return p[:, best], r[:, best], ap, classes.astype(int), n_labels
+
+
+@torch.inference_mode()
+def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, half=False,
+             verbose=False, plot_path=None):
+    """Returns (P, R, mAP50, mAP50-95, *val losses) and per-class mAP50-95; prints YOLOv5's table."""
+    device = next(model.parameters()).device
+    model.eval()
+    iouv = torch.linspace(0.5, 0.95, 10, device=device)
+    stats, seen, dt, loss = [], 0, [0.0, 0.0, 0.0], torch.zeros(3, device=device)
+    log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
+    for bi, (imgs, targets, paths, shapes) in enumerate(loader):
+        t0 = time.perf_counter()
+        imgs = imgs.to(device, non_blocking=True).float() / 255
+        targets = targets.to(device)
+        t1 = time.perf_counter()
+        # on CPU, chunks of 4 images run ~1.8x faster than a batch of 32 (memory traffic); in eval mode
+        # an image's output does not depend on the rest of its batch, so the results are the same
+        with torch.autocast(device.type, enabled=half):  # fp16 on CUDA without touching the (EMA) weights
+            chunks = [model(c) for c in imgs.split(4 if device.type == 'cpu' else len(imgs))]
+        preds, raw = torch.cat([c[0] for c in chunks]), [torch.cat(r) for r in zip(*[c[1] for c in chunks])]
+        t2 = time.perf_counter()
+        if loss_fn:
+            loss += loss_fn([r.float() for r in raw], targets)[1]
+        h, w = imgs.shape[2:]
+        targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)
+        preds = non_max_suppression(preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
+        dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, time.perf_counter() - t2))]
+        for si, pred in enumerate(preds):
+            labels = targets[targets[:, 0] == si, 1:]
+            seen += 1
+            if not len(pred):
+                if len(labels):
+                    stats.append((np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), labels[:, 0].cpu().numpy()))
+                continue
+            correct = np.zeros((len(pred), 10), bool)
+            if len(labels):  # compare in the original image's pixels, as YOLOv5 does
+                predn = scale_boxes(pred[:, :4].clone(), imgs.shape[2:], shapes[si][0], shapes[si][1])
+                tbox = scale_boxes(xywh2xyxy(labels[:, 1:5]), imgs.shape[2:], shapes[si][0], shapes[si][1])
+                correct = match_predictions(torch.cat((predn, pred[:, 4:]), 1), labels[:, 0], tbox, iouv)
+            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()))
+        if plot_path and bi == 0:
+            lb = targets.clone()
+            lb[:, 2:] /= torch.tensor((w, h, w, h), device=device)
+            plot_batch((imgs * 255).byte().cpu(), lb.cpu(), names, plot_path, [p[p[:, 4] > 0.25].cpu() for p in preds])
+    stats = [np.concatenate(x, 0) for x in zip(*stats)] if stats else []
+    mp = mr = map50 = map_ = 0.0
+    maps = np.zeros(len(names))
+    n_labels = np.zeros(0, int)
+    if stats and len(stats[0]):
+        p, r, ap, classes, n_labels = ap_per_class(*stats)
+        ap50, ap = ap[:, 0], ap.mean(1)
+        mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
+        maps[classes] = ap
+    elif stats:
+        classes, n_labels = np.unique(stats[3], return_counts=True)
+    pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
+    log(pf % ('all', seen, n_labels.sum(), mp, mr, map50, map_))
+    if verbose and stats and len(stats[0]):
+        for i, c in enumerate(classes):
+            log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
+    if seen:
+        pre, inf, nms = (t * 1e3 / seen for t in dt)
+        log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
+            f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
+    return (mp, mr, map50, map_, *(loss.cpu() / max(len(loader), 1)).tolist()), maps
+
+
+def fitness(results):
+    return 0.1 * results[2] + 0.9 * results[3]  # mostly mAP50-95
+
+
+# ---------------------------------------------------------------------------------------------- autoanchor
+
+def label_wh(dataset, img_size, jitter=None):
+    """Label widths and heights in pixels, for images resized so that the long side is img_size."""
+    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True)
+    if jitter is not None:
+        shapes = shapes * jitter
+    return np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, dataset.labels)]).astype(np.float32)
+
+
+def anchor_metric(anchors, wh, thr):
+    """Per label: best ratio match over anchors; and the mean number of anchors within thr."""
+    r = wh[:, None] / anchors[None]
+    x = torch.min(r, 1 / r).min(2)[0]
+    best = x.max(1)[0]
+    return x, best, (best > 1 / thr).float().mean(), (x > 1 / thr).float().sum(1).mean()
+
+
+def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
+    """k-means on label wh (whitened), then a genetic search that maximises the anchor fitness."""
+    rng = np.random.default_rng(seed)
+    if (wh0 < 3.0).any(1).sum():
+        log(f'AutoAnchor: WARNING: {(wh0 < 3.0).any(1).sum()} of {len(wh0)} labels are smaller than 3 pixels')
+    wh = wh0[(wh0 >= 2.0).any(1)]
+    s = wh.std(0)
+    x = wh / s
+    k = x[rng.choice(len(x), n, replace=len(x) < n)]
+    for _ in range(30):  # Lloyd's iterations
+        nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
+        k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
+    k = k * s
+    wht = torch.tensor(wh)
+    fit = lambda k: (lambda b: (b * (b > 1 / thr).float()).mean())(anchor_metric(torch.tensor(k, dtype=torch.float32), wht, thr)[1])
+    f = fit(k)
+    for _ in range(gen):
+        v = np.ones(k.shape)
+        while (v == 1).all():  # mutate until something changes
+            v = ((rng.random(k.shape) < 0.9) * rng.random() * rng.standard_normal(k.shape) * 0.1 + 1).clip(0.3, 3.0)
+        kg = (k * v).clip(min=2.0)
+        fg = fit(kg)
+        if fg > f:
+            f, k = fg, kg
+    return k[np.argsort(k.prod(1))]
+
+
+def check_anchors(dataset, model, thr, img_size, seed=0):
+    """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
+    det = model.detect
+    stride = det.stride.view(-1, 1, 1)
+    rng = np.random.default_rng(seed)
+    wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
+    anchors = (det.anchors * stride).view(-1, 2).cpu()
+    _, _, bpr, aat = anchor_metric(anchors, wh, thr)
+    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
+    if bpr > 0.98:
+        return log(msg + 'Current anchors are a good fit to dataset')
+    log(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
+    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, thr, seed=seed)
+    x, best, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    log(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
+        f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
+    if new_bpr > bpr:
+        det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / stride
+        det.grids.clear()
+        log('AutoAnchor: Done, new anchors saved to the model')
+    else:
+        log('AutoAnchor: Done, original anchors are better and are kept')
+
+
+# ---------------------------------------------------------------------------------------------- training helpers
+
+def make_optimizer(model, name, lr, momentum, decay):
+    """Three groups: biases (no decay), conv/linear weights (decay), normalization weights (no decay)."""
+    biases, weights, norm_weights = [], [], []
+    for m in model.modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if pname == 'bias':
+                biases.append(p)
+            elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+                norm_weights.append(p)
+            else:
+                weights.append(p)
+    if name == 'SGD':
+        opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name in ('Adam', 'AdamW'):
+        opt = getattr(torch.optim, name)(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise SystemExit(f'--optimizer {name}: choose SGD, Adam or AdamW')
+    opt.add_param_group({'params': weights, 'weight_decay': decay})
+    opt.add_param_group({'params': norm_weights, 'weight_decay': 0.0})
+    return opt
+
+
+def ema_update(ema, model, updates, decay=0.9999, tau=2000):
+    """Exponential moving average of the weights; the decay ramps up from 0 so early epochs count less."""
+    d = decay * (1 - math.exp(-updates / tau))
+    msd = model.state_dict()
+    with torch.no_grad():
+        for k, v in ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = Path(f'{path}.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_results(path, row):
+    new = not path.exists()
+    with open(path, 'a', newline='') as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(f'{k:>20}' for k in row)
+        w.writerow(f'{v:>20.5g}' if isinstance(v, float) else f'{v:>20}' for v in row.values())
+
+
+def select_device(spec, batch):
+    spec = str(spec).strip().lower()
+    if spec == 'cpu' or (not spec and not torch.cuda.is_available()):
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise SystemExit(f'--device {spec}: CUDA is not available here; use --device cpu')
+    if LOCAL_RANK != -1:
+        if batch % WORLD_SIZE:
+            raise SystemExit(f'--batch {batch} must be a multiple of the number of processes ({WORLD_SIZE})')
+        return torch.device('cuda', LOCAL_RANK)
+    return torch.device('cuda', int(spec.split(',')[0]) if spec and spec[0].isdigit() else 0)
+
+
+def latest_run(root='runs/train'):
+    runs = sorted(Path(root).glob('**/last.pt'), key=os.path.getmtime)
+    if not runs:
+        raise SystemExit(f'--resume: no last.pt under {root}; give the path: --resume path/to/last.pt')
+    return runs[-1]
+
+
+# ---------------------------------------------------------------------------------------------- the training run
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--weights', default='yolov5n.pt', help="starting weights; '' with --cfg trains from scratch")
+    p.add_argument('--cfg', default='', help='scale from scratch: n, s, m, l, x (or yolov5s.yaml)')
+    p.add_argument('--data', default='', help='dataset root (images/, labels/), image folder or .txt list')
+    p.add_argument('--val', default='', help='validation images (default: the val split of --data, else its train split)')
+    p.add_argument('--names', default=None, help='class names file, one per line (default: the 80 COCO classes)')
+    p.add_argument('--hyp', nargs='*', default=[], metavar='KEY=VALUE', help='override HYP entries')
+    p.add_argument('--epochs', type=int, default=100)
+    p.add_argument('--batch', '--batch-size', type=int, default=16, help='total batch size over all processes')
+    p.add_argument('--img', '--img-size', '--imgsz', type=int, default=640)
+    p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
+    p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run or the given last.pt')
+    p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
+    p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
+    p.add_argument('--noautoanchor', action='store_true')
+    p.add_argument('--cache', nargs='?', const='ram', default=None, help='--cache ram: keep resized images in memory')
+    p.add_argument('--device', default='', help='cpu, 0, 0,1 ... (default: cuda if available)')
+    p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
+    p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
+    p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
+    p.add_argument('--workers', type=int, default=8, help='dataloader workers per process')
+    p.add_argument('--project', default='runs/train')
+    p.add_argument('--name', default='exp')
+    p.add_argument('--exist-ok', action='store_true')
+    p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
+    p.add_argument('--label-smoothing', type=float, default=0.0)
+    p.add_argument('--patience', type=int, default=100, help='stop after this many epochs without improvement')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
+    p.add_argument('--verbose', action='store_true', help='per-class rows in the validation table')
+    p.add_argument('--conf-thres', type=float, default=0.001)
+    p.add_argument('--iou-thres', type=float, default=0.6)
+    p.add_argument('--max-det', type=int, default=300)
+    return p.parse_args(argv)
+
+
+def build_datasets(opt, names, hyp, train=True):
+    gs, prefix = max(STRIDES), ''
+    try:  # a dataset root with a single split (like coco128) validates on it
+        val = YOLODataset(opt.val or opt.data, opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
+                          pad=0.5, cache=opt.cache, nc=len(names), split='val', prefix='val: ') if MAIN else None
+        tr = YOLODataset(opt.data, opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect, stride=gs,
+                         cache=opt.cache, nc=len(names), seed=opt.seed, prefix='train: ') if train else None
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f'ERROR: {e}')
+    if train and not sum(len(x) for x in tr.labels):
+        raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Labels are read from '
+                         f'the labels/ folder beside images/ (e.g. {tr.files[0]} -> its .txt under labels/)')
+    return tr, val
+
+
+def run_val_only(opt):
+    device = select_device(opt.device, opt.batch)
+    try:
+        model, _ = load_model(opt.weights, device, fuse=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f'ERROR: {e}')
+    names = read_names(opt.names) if opt.names else model.names
+    _, val = build_datasets(opt, names, None, train=False)
+    loader = create_dataloader(val, opt.batch, opt.workers)
+    validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, half=device.type == 'cuda',
+             verbose=opt.verbose)
+
+
+def train(opt):
+    ddp = LOCAL_RANK != -1
+    device = select_device(opt.device, opt.batch)
+    if ddp:
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    ckpt, start_epoch = None, 0
+    if opt.resume:  # everything, options included, comes from the checkpoint
+        last = Path(opt.resume if isinstance(opt.resume, str) else latest_run(opt.project))
+        ckpt = torch.load(last, map_location='cpu', weights_only=True)
+        keep = {k: getattr(opt, k) for k in ('device', 'workers')}
+        opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
+        save_dir, start_epoch = last.parent.parent, ckpt['epoch'] + 1
+        log(f'Resuming {last} from epoch {start_epoch}')
+    else:
+        save_dir = Path(opt.project) / opt.name if opt.exist_ok else increment_path(Path(opt.project) / opt.name)
+    torch.manual_seed(opt.seed + max(RANK, 0))
+    hyp = dict(HYP)
+    for kv in opt.hyp:
+        k, _, v = kv.partition('=')
+        if k not in hyp:
+            raise SystemExit(f'--hyp {kv}: unknown key; known: {", ".join(hyp)}')
+        hyp[k] = float(v)
+    hyp['label_smoothing'] = opt.label_smoothing
+
+    names = read_names(opt.names)
+    if ckpt:  # rebuild the exact model that was saved
+        model = YOLOv5(tuple(ckpt['scale']), ckpt['nc'], ckpt['anchors'], ckpt['names'])
+        model.load_state_dict(ckpt['model'])
+    elif opt.weights:
+        try:
+            src, _ = load_model(opt.weights)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f'ERROR: {e}')
+        model = YOLOv5(src.scale, len(names), names=names)
+        sd, own = src.state_dict(), model.state_dict()
+        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+        model.load_state_dict(fits, strict=False)
+        log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
+    else:
+        scale = Path(opt.cfg).stem.replace('yolov5', '') or 'n'
+        if scale not in SCALES:
+            raise SystemExit(f'--cfg {opt.cfg}: choose a scale n, s, m, l or x')
+        model = YOLOv5(scale, len(names), names=names)
+    model = model.to(device)
+
+    train_set, val_set = build_datasets(opt, names, hyp)
+    batch = opt.batch // WORLD_SIZE
+    train_loader = create_dataloader(train_set, batch, opt.workers, shuffle=not opt.rect, rank=max(RANK, 0),
+                                     world_size=WORLD_SIZE)
+    val_loader = create_dataloader(val_set, batch * 2, opt.workers) if MAIN else None
+    if MAIN and not ckpt and not opt.noautoanchor:
+        check_anchors(train_set, model, hyp['anchor_t'], opt.img, opt.seed)
+
+    # the loss gains in HYP are for 3 levels, 80 classes and 640 px
+    nl, nc = model.detect.nl, model.nc
+    hyp_run = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * nc / 80 * 3 / nl,
+                   obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl)
+    accumulate = max(round(NOMINAL_BATCH / opt.batch), 1)
+    decay = hyp['weight_decay'] * opt.batch * accumulate / NOMINAL_BATCH
+    optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
+    lf = ((lambda x: ((1 - math.cos(x * math.pi / opt.epochs)) / 2) * (hyp['lrf'] - 1) + 1) if opt.cos_lr
+          else (lambda x: (1 - x / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']))
+    ema = deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    amp = device.type == 'cuda'
+    scaler = torch.amp.GradScaler('cuda', enabled=amp)
+    best_fitness, best_epoch, updates, last_opt_step = 0.0, 0, 0, -1
+    if ckpt:
+        ema.load_state_dict(ckpt['ema'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        if amp and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        best_fitness, best_epoch, updates, last_opt_step = (ckpt[k] for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'))
+    if opt.sync_bn and ddp and device.type == 'cuda':
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log('Using SyncBatchNorm')
+    if ddp:  # DDP copies rank 0's weights and buffers (anchors included) to every process
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[LOCAL_RANK] if device.type == 'cuda' else None)
+    raw_model = model.module if ddp else model
+    loss_fn = YOLOLoss(raw_model, hyp_run)
+
+    weights_dir = save_dir / 'weights'
+    if MAIN:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+    nb = len(train_loader)
+    warmup_iters = max(round(hyp['warmup_epochs'] * nb), 100)
+    log(f'Image sizes {opt.img} train, {opt.img} val; {train_loader.num_workers} dataloader workers; '
+        f'{WORLD_SIZE} process(es); logging results to {save_dir}\nStarting training for {opt.epochs} epochs...')
+    stop, epoch = False, start_epoch
+    try:
+        for epoch in range(start_epoch, opt.epochs):
+            model.train()
+            set_epoch(train_loader, epoch)
+            for g in optimizer.param_groups:  # the epoch's learning rate (warmup overrides it below)
+                g['lr'] = hyp['lr0'] * lf(epoch)
+            mloss = torch.zeros(3, device=device)
+            optimizer.zero_grad()
+            log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
+            t_epoch = time.time()
+            for i, (imgs, targets, paths, _) in enumerate(train_loader):
+                ni = i + nb * epoch  # iterations since the start of training
+                imgs = imgs.to(device, non_blocking=True).float() / 255
+                if ni <= warmup_iters:  # bias lr falls from 0.1, other lrs rise from 0, momentum rises 0.8 -> 0.937
+                    accumulate = max(1, round(np.interp(ni, [0, warmup_iters], [1, NOMINAL_BATCH / opt.batch])))
+                    for j, g in enumerate(optimizer.param_groups):
+                        g['lr'] = np.interp(ni, [0, warmup_iters], [hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf(epoch)])
+                        if 'momentum' in g:
+                            g['momentum'] = np.interp(ni, [0, warmup_iters], [hyp['warmup_momentum'], hyp['momentum']])
+                if opt.multi_scale:
+                    rng = np.random.default_rng([opt.seed, ni])
+                    size = int(rng.integers(opt.img * 0.5, opt.img * 1.5 + 32)) // 32 * 32
+                    f = size / max(imgs.shape[2:])
+                    if f != 1:
+                        imgs = nn.functional.interpolate(imgs, size=[math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]],
+                                                         mode='bilinear', align_corners=False)
+                with torch.autocast(device.type, enabled=amp):
+                    loss, items = loss_fn(model(imgs), targets.to(device))
+                if ddp:
+                    loss *= WORLD_SIZE  # DDP averages gradients over processes; YOLOv5's loss is per global batch
+                scaler.scale(loss).backward()
+                if ni - last_opt_step >= accumulate:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                    nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad()
+                    updates += 1
+                    ema_update(ema, raw_model, updates)
+                    last_opt_step = ni
+                mloss = (mloss * i + items) / (i + 1)
+                if MAIN:
+                    mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if amp else '0G'
+                    speed = (i + 1) / (time.time() - t_epoch)
+                    line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1])
+                    line += f'  {i + 1}/{nb} {speed:.2f}it/s ETA {(nb - i - 1) / speed:.0f}s'
+                    if sys.stdout.isatty():
+                        print('\r' + line, end='\n' if i == nb - 1 else '', flush=True)
+                    elif i == nb - 1:
+                        print(line, flush=True)
+                if MAIN and epoch == 0 and i == 0:
+                    plot_batch((imgs * 255).byte().cpu(), targets, names, save_dir / 'train_batch0.jpg')
+            if MAIN:
+                final = epoch + 1 == opt.epochs
+                results = (0.0,) * 7
+                if not opt.noval or final:
+                    results, _ = validate(ema, val_loader, names, loss_fn=loss_fn, half=amp, verbose=final and opt.verbose,
+                                          plot_path=save_dir / 'val_batch0_pred.jpg' if final else None)
+                fi = fitness(results)
+                if fi >= best_fitness:
+                    best_fitness, best_epoch = fi, epoch
+                stop = epoch - best_epoch >= opt.patience
+                lrs = [g['lr'] for g in optimizer.param_groups]
+                write_results(save_dir / 'results.csv', dict(zip(
+                    ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
+                     'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
+                     'x/lr0', 'x/lr1', 'x/lr2'], [epoch, *mloss.tolist(), *map(float, results), *lrs])))
+                ckpt = dict(epoch=epoch, best_fitness=float(best_fitness), best_epoch=best_epoch, updates=updates,
+                            last_opt_step=last_opt_step, model=raw_model.state_dict(), ema=ema.state_dict(),
+                            optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if amp else None, hyp=hyp,
+                            names=list(names), nc=nc, scale=list(raw_model.scale), opt=vars(opt) | {'resume': False},
+                            anchors=(raw_model.detect.anchors * raw_model.detect.stride.view(-1, 1, 1)).view(3, -1).tolist(),
+                            date=datetime.now().isoformat())
+                if not opt.nosave or final or stop:
+                    save_atomic(ckpt, weights_dir / 'last.pt')
+                    if best_epoch == epoch:
+                        save_atomic(ckpt, weights_dir / 'best.pt')
+                if stop:
+                    log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {best_epoch}')
+            if ddp:  # every process must leave the loop together
+                flag = [stop]
+                dist.broadcast_object_list(flag, 0)
+                stop = flag[0]
+            if stop:
+                break
+    except KeyboardInterrupt:
+        if MAIN and ckpt is not None:  # the last complete epoch, so that --resume continues exactly
+            save_atomic(ckpt, weights_dir / 'last.pt')
+            log(f'\nInterrupted: {weights_dir / "last.pt"} holds epoch {ckpt["epoch"]}; continue with --resume')
+        raise SystemExit(130)
+    except torch.OutOfMemoryError:
+        raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
+                         f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+    log(f'\n{epoch - start_epoch + 1} epochs completed. Results saved to {save_dir}')
+    return save_dir
+
+
+if __name__ == '__main__':
+    args = parse_args()
+    if args.val_only:
+        run_val_only(args)
+    elif not args.data and not args.resume:
+        raise SystemExit('ERROR: give --data: a dataset root (images/, labels/), an image folder or a .txt list')
+    else:
+        train(args)
