@@ -293,3 +293,224 @@ def test_detect_video(tmp_path):
     assert 'video 1/1 (frame 4/4)' in r.stdout
     cap = cv2.VideoCapture(str(tmp_path / 'runs/detect/exp/clip.mp4'))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+
+
+# ---------------------------------------------------------------------------------------------- data.py
+
+AUG_OFF = dict(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0,
+               flipud=0.0, fliplr=0.0, mosaic=0.0, mixup=0.0, blur=0.0, median_blur=0.0, to_gray=0.0, clahe=0.0,
+               crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0)
+# saturated colours, far from every grey (background, padding) and from each other in every channel
+COLOURS = [c for c in __import__('itertools').product((0, 128, 255), repeat=3) if max(c) - min(c) >= 128]
+
+
+def make_dataset(root, images, size=(160, 160), split='train', ext='.jpg'):
+    """images: list of lists of (cls, x1, y1, x2, y2) pixel boxes; writes images/<split> and labels/<split>."""
+    root = Path(root)
+    (root / 'images' / split).mkdir(parents=True, exist_ok=True)
+    (root / 'labels' / split).mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for k, boxes in enumerate(images):
+        rng = np.random.default_rng(k)
+        grey = cv2.GaussianBlur(rng.integers(60, 190, (h, w), dtype=np.uint8), (0, 0), 2)
+        img = np.repeat(grey[:, :, None], 3, 2)
+        for c, x1, y1, x2, y2 in boxes:
+            img[y1:y2, x1:x2] = COLOURS[c]
+        cv2.imwrite(str(root / 'images' / split / f'im{k}{ext}'), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+        rows = [f'{c} {(x1 + x2) / 2 / w} {(y1 + y2) / 2 / h} {(x2 - x1) / w} {(y2 - y1) / h}' for c, x1, y1, x2, y2 in boxes]
+        (root / 'labels' / split / f'im{k}.txt').write_text('\n'.join(rows) + '\n' if rows else '')
+    return root
+
+
+def rectangles_dataset(root):
+    """6 images, 3 rectangles each, every rectangle in its own colour = its class (18 classes)."""
+    boxes = [[(3 * k, 10, 12, 60, 50), (3 * k + 1, 90, 20, 150, 70), (3 * k + 2, 30 + 5 * k, 95, 110, 150)] for k in range(6)]
+    return make_dataset(root, boxes), {3 * k + j: (b[3] - b[1]) * (b[4] - b[2]) for k, bb in enumerate(boxes) for j, b in enumerate(bb)}
+
+
+def check_labels_frame_rectangles(img, labels, areas, rotated=False):
+    """Every label box frames the pixels of its colour: IoU > 0.9, or every edge within 2 px (pixel grid, and
+    OpenCV's warps put pixel centres at integers while labels use edges: the original has the same 0.5 px offsets).
+    A rotated box clipped by the border is the clipped box of its rotated corners (as in YOLOv5): it must
+    contain its pixels. And every rectangle that is still well visible has a label."""
+    img = np.ascontiguousarray(img.numpy().transpose(1, 2, 0)[:, :, ::-1]).astype(int)
+    h, w = img.shape[:2]
+    boxes = data.xywh2xyxy(labels[:, 2:6].numpy()) * (w, h, w, h)
+
+    def iou(a, b):
+        inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    for c in range(len(areas)):
+        mask = (np.abs(img - COLOURS[c]).max(2) < 64).astype(np.uint8)  # nearer the colour than any grey
+        mine = boxes[labels[:, 1].numpy() == c]
+        for b in mine:
+            x1, y1 = max(int(b[0]) - 3, 0), max(int(b[1]) - 3, 0)
+            ys, xs = np.nonzero(mask[y1:int(b[3]) + 4, x1:int(b[2]) + 4])
+            assert len(xs), f'label of class {c} at {b.round(1)} frames nothing'
+            pix = np.array((xs.min() + x1, ys.min() + y1, xs.max() + x1 + 1, ys.max() + y1 + 1))
+            if rotated and (b[:2].min() < 0.5 or b[2] > w - 0.5 or b[3] > h - 0.5):
+                assert (pix[:2] >= b[:2] - 2).all() and (pix[2:] <= b[2:] + 2).all(), f'{b.round(1)} misses {pix}'
+            else:
+                assert iou(b, pix) > 0.9 or np.abs(pix - b).max() <= 2, f'label {b.round(1)} vs pixels {pix}, class {c}'
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        for x, y, bw, bh, area in stats[1:]:
+            if area >= 0.35 * areas[c] and bw >= 4 and bh >= 4:  # visible enough that YOLOv5's candidate rule keeps it
+                assert any(iou(b, (x, y, x + bw, y + bh)) > 0.6 for b in mine), f'visible rectangle of class {c} lost'
+
+
+@pytest.mark.parametrize('config', [
+    dict(mosaic=1.0, degrees=10, translate=0.1, scale=0.5, shear=5, fliplr=0.5, flipud=0.5),
+    dict(mosaic=1.0, translate=0.2, scale=0.9, crop=1.0),
+    dict(mosaic=0.0, degrees=5, translate=0.1, scale=0.3, perspective=0.0005, fliplr=0.5),
+    dict(mosaic=0.0, crop=1.0, flipud=1.0),
+    dict()])  # letterbox alone
+def test_geometric_augmentations_keep_boxes_on_their_rectangles(tmp_path, config):
+    root, areas = rectangles_dataset(tmp_path)
+    ds = data.YOLODataset(root, 160, augment=True, hyp=dict(AUG_OFF, **config), nc=18, seed=3)
+    n_labels = 0
+    for epoch in range(8):
+        ds.epoch = epoch
+        for i in range(len(ds)):
+            img, labels, _, _ = ds[i]
+            check_labels_frame_rectangles(img, labels, areas, rotated=bool(config.get('degrees') or config.get('shear')))
+            n_labels += len(labels)
+    assert n_labels > 8 * 6  # the check saw many boxes
+
+
+def test_letterbox_of_non_square_images_keeps_boxes(tmp_path):
+    root = make_dataset(tmp_path, [[(0, 10, 12, 60, 50), (1, 150, 20, 230, 70)], [(2, 5, 5, 40, 100)]], size=(120, 240))
+    ds = data.YOLODataset(root, 160, nc=18, rect=True, batch_size=2, pad=0.5)
+    assert ds.batch_shapes.tolist() == [[96, 192]]  # 120x240 -> 80x160, plus half a stride, rounded up to 32
+    for i in range(2):
+        img, labels, _, shapes = ds[i]
+        assert tuple(img.shape) == (3, 96, 192) and shapes[0] == (120, 240)
+        check_labels_frame_rectangles(img, labels, {0: 1900, 1: 4000, 2: 3325})
+
+
+def test_mixup_keeps_the_labels_of_both_images(tmp_path):
+    root, _ = rectangles_dataset(tmp_path)
+    ds = data.YOLODataset(root, 160, augment=True, hyp=dict(AUG_OFF, mosaic=1.0, mixup=1.0), nc=18, seed=0)
+    plain = data.YOLODataset(root, 160, augment=True, hyp=dict(AUG_OFF, mosaic=1.0), nc=18, seed=0)
+    img, labels, _, _ = ds[2]
+    ref, ref_labels, _, _ = plain[2]
+    assert len(labels) > len(ref_labels)  # the second mosaic's labels are added to the first one's
+    assert not torch.equal(img, ref)
+    r = data.mixup(np.full((4, 4, 3), 200, np.uint8), np.zeros((1, 5)), np.full((4, 4, 3), 100, np.uint8),
+                   np.ones((2, 5)), np.random.default_rng(0))
+    assert 130 < r[0][0, 0, 0] < 170 and len(r[1]) == 3  # beta(32, 32) mixes close to half and half
+
+
+def test_photometric_augmentations_change_pixels_not_shape():
+    img = scene(96, 128, [(10, 10, 60, 60), (70, 30, 120, 90)])
+    rng = np.random.default_rng(0)
+    for key in ('blur', 'median_blur', 'to_gray', 'clahe', 'brightness_contrast', 'gamma', 'jpeg'):
+        out = data.photometric(img.copy(), rng, dict(AUG_OFF, **{key: 1.0}))
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert not np.array_equal(out, img), key
+        if key == 'to_gray':
+            assert (out[:, :, 0] == out[:, :, 1]).all() and (out[:, :, 1] == out[:, :, 2]).all()
+    assert np.array_equal(data.photometric(img.copy(), rng, AUG_OFF), img)
+    hsv = img.copy()
+    data.augment_hsv(hsv, rng, 0.015, 0.7, 0.4)
+    assert hsv.shape == img.shape and not np.array_equal(hsv, img)
+
+
+def test_label_checks(tmp_path, capsys):
+    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)]] * 9)
+    lab = root / 'labels' / 'train'
+    (lab / 'im0.txt').write_text('0 0.5 0.5 0.2\n')                              # 4 numbers
+    (lab / 'im1.txt').write_text('1 0.5 0.5 0.2 0.2\nx 0.5 0.5 0.2 0.2\n')       # not numbers (2nd row)
+    (lab / 'im2.txt').write_text('1.5 0.5 0.5 0.2 0.2\n')                          # class not an integer
+    (lab / 'im3.txt').write_text('1 1.5 0.5 0.2 0.2\n1 1.004 0.5 0.2 0.2\n')     # out of [0, 1]; within tolerance
+    (lab / 'im4.txt').write_text('1 0.5 0.5 0.0 0.2\n')                            # zero width
+    (lab / 'im5.txt').write_text('2 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n3 0.1 0.1 0.1 0.1\n')  # a duplicate
+    (lab / 'im6.txt').unlink()                                                      # missing: background
+    (lab / 'im7.txt').write_text('')                                                # empty: background
+    (root / 'images' / 'train' / 'im8.jpg').write_bytes(b'\xff\xd8\xff\xe0garbage')  # corrupt image
+    img = root / 'images' / 'train' / 'trunc.jpg'  # a JPEG without its end marker that still decodes: kept
+    ok, buf = cv2.imencode('.jpg', scene(64, 64, []))
+    img.write_bytes(buf.tobytes()[:-2])
+    files, sizes, labels = data.load_labels(data.find_images(root), nc=5)
+    err = capsys.readouterr()
+    by_name = {Path(f).stem: lb for f, lb in zip(files, labels)}
+    assert 'im8' not in by_name and 'trunc' in by_name and len(files) == 9
+    assert [len(by_name[f'im{i}']) for i in range(8)] == [0, 1, 0, 1, 0, 2, 0, 0]
+    assert by_name['im3'][0, 1] == 1.0  # clipped
+    for expected in ['im0.txt:1: expected 5 numbers', 'im1.txt:2: not numbers', 'im2.txt:1: class 1.5',
+                     'im3.txt:1: coordinates', 'im4.txt:1: width and height', 'im5.txt: 1 duplicate rows removed',
+                     'im8.jpg: corrupt image skipped', 'trunc.jpg: truncated JPEG, it decodes and is kept']:
+        assert expected in err.err, expected
+    assert '9 images, 6 backgrounds, 1 corrupt, 4 instances' in err.out
+    (lab / 'im1.txt').write_text('7 0.5 0.5 0.2 0.2\n')
+    with pytest.raises(ValueError, match=r'im1.txt: class 7 is out of range.*5 classes'):
+        data.load_labels(data.find_images(root), nc=5)
+
+
+def test_label_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)], [(1, 20, 20, 80, 90)]])
+    files = data.find_images(root)
+    first = data.load_labels(files, nc=5)
+    cache = root / 'labels' / 'train.cache'
+    assert cache.exists()
+    calls = []
+    real = data.read_labels
+    monkeypatch.setattr(data, 'read_labels', lambda p: calls.append(p) or real(p))
+    second = data.load_labels(files, nc=5)
+    assert calls == [] and all(np.array_equal(a, b) for a, b in zip(first[2], second[2]))
+    (root / 'labels' / 'train' / 'im1.txt').write_text('2 0.5 0.5 0.25 0.25\n3 0.2 0.2 0.1 0.1\n')
+    third = data.load_labels(files, nc=5)
+    assert len(calls) == 2 and third[2][1][:, 0].tolist() == [2, 3]
+    cache.write_bytes(b'garbage')  # unreadable cache: scanned again
+    assert len(data.load_labels(files, nc=5)[2][1]) == 2 and len(calls) == 4
+
+
+def test_coco128_scan():
+    files, sizes, labels = data.load_labels(data.find_images(shared(COCO128)), nc=80)
+    assert len(files) == 128 and sum(len(x) == 0 for x in labels) == 2 and sum(len(x) for x in labels) == 929
+
+
+def test_loader_is_deterministic_under_a_seed(tmp_path):
+    root, _ = rectangles_dataset(tmp_path)
+    hyp = dict(AUG_OFF, mosaic=1.0, degrees=10, scale=0.5, fliplr=0.5, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, blur=0.5)
+    batches = []
+    for workers in (0, 2, 0):
+        ds = data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=5)
+        loader = data.create_dataloader(ds, 4, workers, shuffle=True)
+        data.set_epoch(loader, 1)
+        batches.append(next(iter(loader)))
+    for b in batches[1:]:
+        assert torch.equal(b[0], batches[0][0]) and torch.equal(b[1], batches[0][1]) and b[2] == batches[0][2]
+    data.set_epoch(loader, 2)
+    assert not torch.equal(next(iter(loader))[0], batches[0][0])  # a new epoch, new shuffle and augmentation
+    other = data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=6)
+    assert not torch.equal(other[0][0], data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=5)[0][0])
+
+
+def test_training_skips_an_image_that_stops_decoding(tmp_path, capsys):
+    root, _ = rectangles_dataset(tmp_path)
+    ds = data.YOLODataset(root, 160, augment=True, hyp=dict(AUG_OFF, mosaic=1.0), nc=18)
+    (root / 'images' / 'train' / 'im0.jpg').write_bytes(b'broken after the scan')
+    for i in range(len(ds)):
+        img, labels, _, _ = ds[i]
+        assert img.shape == (3, 160, 160)
+    assert 'im0.jpg: cannot decode image, skipped' in capsys.readouterr().err
+
+
+def test_ram_cache_gives_the_same_samples(tmp_path):
+    root, _ = rectangles_dataset(tmp_path)
+    hyp = dict(AUG_OFF, mosaic=1.0, scale=0.5)
+    disk = data.YOLODataset(root, 128, augment=True, hyp=hyp, nc=18)
+    ram = data.YOLODataset(root, 128, augment=True, hyp=hyp, nc=18, cache='ram')
+    assert all(x is not None for x in ram.ram)
+    assert torch.equal(disk[1][0], ram[1][0]) and torch.equal(disk[1][1], ram[1][1])
+
+
+def test_data_py_writes_a_batch_picture(tmp_path):
+    root, _ = rectangles_dataset(tmp_path)
+    (root / 'names.txt').write_text('\n'.join(f'c{i}' for i in range(18)))
+    r = subprocess.run([sys.executable, str(ROOT / 'data.py'), str(root), '--img', '160', '--batch', '4',
+                        '--names', str(root / 'names.txt'), '--out', str(tmp_path / 'b.jpg')],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert cv2.imread(str(tmp_path / 'b.jpg')).shape[:2] == (320, 320)

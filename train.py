@@ -30,6 +30,7 @@ from model import SCALES, STRIDES, YOLOv5, load_model
 HYP = dict(
     lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,            # SGD; final lr = lr0 * lrf
     warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
+    nbs=64,                                                             # nominal batch: gradients accumulate to it
     box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,                 # loss gains and BCE positive weights
     anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0,                    # anchor-label wh ratio limit, focal loss gamma
     hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  # colour gains (fractions)
@@ -38,7 +39,6 @@ HYP = dict(
     blur=0.01, median_blur=0.01, to_gray=0.01, clahe=0.01,              # probabilities (albumentations in YOLOv5)
     crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0,
 )
-NOMINAL_BATCH = 64  # gradients are accumulated to about this many images per optimizer step
 RANK, LOCAL_RANK, WORLD_SIZE = (int(os.getenv(k, d)) for k, d in (('RANK', -1), ('LOCAL_RANK', -1), ('WORLD_SIZE', 1)))
 MAIN = RANK in (-1, 0)  # only this process validates, prints and saves
 
@@ -442,8 +442,8 @@ def train(opt):
     nl, nc = model.detect.nl, model.nc
     hyp_run = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * nc / 80 * 3 / nl,
                    obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl)
-    accumulate = max(round(NOMINAL_BATCH / opt.batch), 1)
-    decay = hyp['weight_decay'] * opt.batch * accumulate / NOMINAL_BATCH
+    accumulate = max(round(hyp['nbs'] / opt.batch), 1)
+    decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
     optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
     lf = ((lambda x: ((1 - math.cos(x * math.pi / opt.epochs)) / 2) * (hyp['lrf'] - 1) + 1) if opt.cos_lr
           else (lambda x: (1 - x / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']))
@@ -489,11 +489,12 @@ def train(opt):
                 ni = i + nb * epoch  # iterations since the start of training
                 imgs = imgs.to(device, non_blocking=True).float() / 255
                 if ni <= warmup_iters:  # bias lr falls from 0.1, other lrs rise from 0, momentum rises 0.8 -> 0.937
-                    accumulate = max(1, round(np.interp(ni, [0, warmup_iters], [1, NOMINAL_BATCH / opt.batch])))
+                    ramp = lambda start, end: float(np.interp(ni, [0, warmup_iters], [start, end]))
+                    accumulate = max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
                     for j, g in enumerate(optimizer.param_groups):
-                        g['lr'] = np.interp(ni, [0, warmup_iters], [hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf(epoch)])
+                        g['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf(epoch))
                         if 'momentum' in g:
-                            g['momentum'] = np.interp(ni, [0, warmup_iters], [hyp['warmup_momentum'], hyp['momentum']])
+                            g['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
                 if opt.multi_scale:
                     rng = np.random.default_rng([opt.seed, ni])
                     size = int(rng.integers(opt.img * 0.5, opt.img * 1.5 + 32)) // 32 * 32
@@ -542,7 +543,7 @@ def train(opt):
                     ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
                      'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
                      'x/lr0', 'x/lr1', 'x/lr2'], [epoch, *mloss.tolist(), *map(float, results), *lrs])))
-                ckpt = dict(epoch=epoch, best_fitness=float(best_fitness), best_epoch=best_epoch, updates=updates,
+                ckpt = dict(epoch=epoch, best_fitness=float(best_fitness), best_epoch=int(best_epoch), updates=updates,
                             last_opt_step=last_opt_step, model=raw_model.state_dict(), ema=ema.state_dict(),
                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if amp else None, hyp=hyp,
                             names=list(names), nc=nc, scale=list(raw_model.scale), opt=vars(opt) | {'resume': False},
