@@ -514,3 +514,222 @@ def test_data_py_writes_a_batch_picture(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert cv2.imread(str(tmp_path / 'b.jpg')).shape[:2] == (320, 320)
+
+
+# ---------------------------------------------------------------------------------------------- loss.py
+
+import loss as L  # noqa: E402
+import train as T  # noqa: E402
+
+LOSS_HYP = dict(box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0, anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0)
+
+
+def fixed_loss_inputs(nc, b=2, h=128, w=192):
+    """Predictions and targets from sines: the same numbers on any machine, no random generator involved."""
+    preds = []
+    for i, s in enumerate((8, 16, 32)):
+        n = b * 3 * (h // s) * (w // s) * (5 + nc)
+        preds.append((torch.sin(torch.arange(n, dtype=torch.float64) * (0.37 + i)) * 3).float().view(b, 3, h // s, w // s, 5 + nc))
+    k = torch.arange(14, dtype=torch.float64)
+    wh = 0.02 + 0.5 * (torch.sin(k * 1.3) * 0.5 + 0.5)
+    xy = wh / 2 + (1 - wh) * (torch.cos(k * 2.1) * 0.5 + 0.5)
+    return preds, torch.stack((k % b, k % nc, xy, xy.flip(0), wh, wh.flip(0)), 1).float()
+
+
+@pytest.mark.parametrize('nc,extra,expected_loss,expected_items', [  # computed by the original YOLOv5 v7.0 ComputeLoss
+    (3, {}, 16.016685, [0.146722, 6.116889, 1.744732]),
+    (80, dict(label_smoothing=0.1), 16.044979, [0.142691, 6.168664, 1.711134]),
+    (1, dict(fl_gamma=1.5), 7.42766, [0.149526, 3.564304, 0.0]),
+    (5, dict(anchor_t=2.5, cls_pw=2.0), 16.626095, [0.150465, 6.205159, 1.957424])])
+def test_loss_matches_the_original(nc, extra, expected_loss, expected_items):
+    preds, targets = fixed_loss_inputs(nc)
+    loss, items = L.YOLOLoss(M.YOLOv5('n', nc=nc), dict(LOSS_HYP, **extra))(preds, targets)
+    assert abs(loss.item() - expected_loss) < 1e-4
+    np.testing.assert_allclose(items.numpy(), expected_items, atol=1e-5)
+
+
+def test_ciou_known_values():
+    a = torch.tensor([[1.0, 1.0, 2.0, 2.0]])
+    assert abs(L.bbox_ciou(a, a).item() - 1) < 1e-6
+    # shifted by 1 along x: IoU 2/6, enclosing box 3x2 (diagonal^2 13), centre distance^2 1, same aspect
+    assert abs(L.bbox_ciou(a, torch.tensor([[2.0, 1.0, 2.0, 2.0]])).item() - (1 / 3 - 1 / 13)) < 1e-6
+    # same centre, 2x4 vs 2x2: IoU 0.5, no distance term, aspect term v = 4/pi^2 (atan 1/2 - atan 1)^2
+    v = 4 / np.pi ** 2 * (np.arctan(0.5) - np.arctan(1.0)) ** 2
+    assert abs(L.bbox_ciou(a, torch.tensor([[1.0, 1.0, 2.0, 4.0]])).item() - (0.5 - v * v / (v + 0.5))) < 1e-6
+
+
+def test_targets_go_to_their_cell_and_the_two_nearest_neighbours():
+    net = M.YOLOv5('n', nc=2)
+    preds = [torch.zeros(1, 3, 8 // 2 ** i, 8 // 2 ** i, 7) for i in range(3)]  # a 64x64 image: grids 8, 4, 2
+    # centre at (x 3.3, y 5.8) of the P3 grid: left neighbour (x%1 < 0.5) and lower neighbour (y%1 > 0.5)
+    targets = torch.tensor([[0, 1, 3.3 / 8, 5.8 / 8, 14 / 64, 20 / 64]])
+    tcls, tbox, indices, anchors = L.YOLOLoss(net, LOSS_HYP).build_targets(preds, targets)
+    b, a, gj, gi = indices[0]
+    # P3 anchors 10x13, 16x30, 33x23 px -> all three within a wh ratio of 4 of a 14x20 box
+    assert sorted(set(zip(gi.tolist(), gj.tolist()))) == [(2, 5), (3, 5), (3, 6)]
+    assert sorted(set(a.tolist())) == [0, 1, 2] and (tcls[0] == 1).all()
+    # the box is given relative to the assigned cell: offsets in [-0.5, 1.5]
+    assert tbox[0][:, :2].min() >= -0.5 and tbox[0][:, :2].max() <= 1.5
+    # P5 anchors (116x90 ...) are more than 4x the box: no match there
+    assert len(indices[2][0]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- train.py
+
+def run_train(*args, cwd, torchrun=False, timeout=600):
+    cmd = ([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'] if torchrun
+           else [sys.executable]) + [str(ROOT / 'train.py'), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_val_only_matches_the_original():
+    r = run_train('--val-only', '--weights', shared(WEIGHTS), '--data', shared(COCO128), '--img', 640, '--batch', 32, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split()
+    assert row[1:3] == ['128', '929']
+    expected = [0.626, 0.481, 0.545, 0.350]  # ../shared/expected/coco128_yolov5n_640_val.txt
+    assert all(abs(float(v) - e) <= 0.005 for v, e in zip(row[3:], expected)), row
+    assert 'Speed:' in r.stdout
+
+
+def make_shapes_dataset(root, n_train=128, n_val=32, size=160, seed=0):
+    """Rectangles, discs and triangles (one hue per class, jittered) on textured backgrounds, YOLO layout."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, n in (('train', n_train), ('val', n_val)):
+        (root / 'images' / split).mkdir(parents=True, exist_ok=True)
+        (root / 'labels' / split).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            img = cv2.GaussianBlur(rng.integers(40, 215, (size, size, 3), dtype=np.uint8), (0, 0), 2)
+            rows = []
+            for _ in range(rng.integers(1, 4)):
+                cls = int(rng.integers(0, 3))
+                w, h = rng.integers(size // 8, size // 3, 2)
+                x1, y1 = rng.integers(0, size - w), rng.integers(0, size - h)
+                color = tuple(int(c) for c in np.clip(np.roll([230, 40, 40], cls) + rng.integers(-25, 26, 3), 0, 255))
+                if cls == 0:
+                    cv2.rectangle(img, (int(x1), int(y1)), (int(x1 + w - 1), int(y1 + h - 1)), color, -1)
+                elif cls == 1:
+                    cv2.ellipse(img, (int(x1 + w / 2), int(y1 + h / 2)), (int(w / 2), int(h / 2)), 0, 0, 360, color, -1)
+                else:
+                    cv2.fillPoly(img, [np.array([[x1 + w / 2, y1], [x1, y1 + h - 1], [x1 + w - 1, y1 + h - 1]], np.int32)], color)
+                rows.append(f'{cls} {(x1 + w / 2) / size:.6f} {(y1 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}')
+            cv2.imwrite(str(root / 'images' / split / f'{k:04d}.jpg'), img)
+            (root / 'labels' / split / f'{k:04d}.txt').write_text('\n'.join(rows) + '\n')
+    (root / 'names.txt').write_text('rectangle\ndisc\ntriangle\n')
+    return root
+
+
+def last_results(run_dir):
+    rows = list(__import__('csv').reader(open(run_dir / 'results.csv')))
+    return [dict(zip([h.strip() for h in rows[0]], map(float, r))) for r in rows[1:]]
+
+
+def test_training_from_scratch_learns_shapes(tmp_path):
+    root = make_shapes_dataset(tmp_path / 'shapes')
+    r = run_train('--weights', '', '--cfg', 'n', '--data', root, '--names', root / 'names.txt', '--img', 160,
+                  '--batch', 16, '--epochs', 30, '--noval', '--hyp', 'nbs=16', 'lr0=0.02', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = last_results(tmp_path / 'runs/train/exp')[-1]
+    assert final['metrics/mAP_0.5'] >= 0.8, final
+    # and detect.py uses the checkpoint: the classes come from it
+    r = run_detect(root / 'images/val/0000.jpg', '--weights', tmp_path / 'runs/train/exp/weights/best.pt', '--img', 160, cwd=tmp_path)
+    assert r.returncode == 0 and any(n in r.stdout for n in ('rectangle', 'disc', 'triangle')), r.stdout + r.stderr
+
+
+def test_fine_tune_coco128_matches_the_original(tmp_path):
+    r = run_train('--weights', shared(WEIGHTS), '--data', shared(COCO128), '--img', 320, '--batch', 16, '--epochs', 3,
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'Transferred 349/349 items' in r.stdout
+    rows = last_results(tmp_path / 'runs/train/exp')
+    assert [row['epoch'] for row in rows] == [0, 1, 2]
+    assert abs(rows[-1]['metrics/mAP_0.5'] - 0.42) <= 0.03 and abs(rows[-1]['metrics/mAP_0.5:0.95'] - 0.24) <= 0.03, rows[-1]
+    for name in ('last.pt', 'best.pt'):
+        ckpt = torch.load(tmp_path / 'runs/train/exp/weights' / name, weights_only=True)
+        assert {'model', 'ema', 'optimizer', 'epoch', 'best_fitness', 'hyp', 'names', 'scale', 'anchors', 'opt'} <= set(ckpt)
+    for picture in ('train_batch0.jpg', 'val_batch0_pred.jpg'):
+        assert cv2.imread(str(tmp_path / 'runs/train/exp' / picture)) is not None
+
+
+def tiny_args(root, project, *extra):
+    return T.parse_args(['--weights', '', '--cfg', 'n', '--data', str(root), '--names', str(root / 'names.txt'),
+                         '--img', '128', '--batch', '8', '--epochs', '3', '--workers', '0', '--project', str(project),
+                         '--hyp', 'nbs=8', *extra])
+
+
+def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=24, n_val=8, size=128)
+    full = T.train(tiny_args(root, tmp_path / 'full'))
+    real = T.set_epoch
+
+    def interrupt_at_epoch_1(loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        real(loader, epoch)
+    monkeypatch.setattr(T, 'set_epoch', interrupt_at_epoch_1)
+    with pytest.raises(SystemExit):
+        T.train(tiny_args(root, tmp_path / 'cut'))
+    cut_dir = tmp_path / 'cut' / 'exp'
+    assert torch.load(cut_dir / 'weights/last.pt', weights_only=True)['epoch'] == 0
+    monkeypatch.setattr(T, 'set_epoch', real)
+    T.train(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt'), '--workers', '0']))
+    assert [r['epoch'] for r in last_results(cut_dir)] == [0, 1, 2]
+    a = torch.load(full / 'weights/last.pt', weights_only=True)
+    b = torch.load(cut_dir / 'weights/last.pt', weights_only=True)
+    for key in ('model', 'ema'):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert a['updates'] == b['updates'] and a['epoch'] == b['epoch'] == 2
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=16, n_val=8, size=128)
+    r = run_train('--weights', '', '--cfg', 'n', '--data', root, '--names', root / 'names.txt', '--img', 128,
+                  '--batch', 8, '--epochs', 2, '--device', 'cpu', '--workers', 1, cwd=tmp_path, torchrun=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '2 process(es)' in r.stdout and r.stdout.count('Transferred') == 0
+    assert [row['epoch'] for row in last_results(tmp_path / 'runs/train/exp')] == [0, 1]
+    ckpt = torch.load(tmp_path / 'runs/train/exp/weights/last.pt', weights_only=True)
+    assert ckpt['epoch'] == 1 and not any(k.startswith('module.') for k in ckpt['model'])
+    assert not (tmp_path / 'runs/train/exp2').exists()  # only rank 0 makes the run folder
+
+
+def test_training_refuses_bad_datasets_with_a_clear_message(tmp_path):
+    empty = make_dataset(tmp_path / 'empty', [[], []])
+    r = run_train('--weights', '', '--data', empty, '--img', 128, '--epochs', 1, cwd=tmp_path)
+    assert r.returncode != 0 and 'no labels found' in r.stderr
+    wrong = make_dataset(tmp_path / 'wrong', [[(7, 10, 10, 50, 50)]])
+    (wrong / 'names.txt').write_text('a\nb\n')
+    r = run_train('--weights', '', '--data', wrong, '--names', wrong / 'names.txt', '--img', 128, '--epochs', 1, cwd=tmp_path)
+    assert r.returncode != 0 and 'im0.txt: class 7 is out of range' in r.stderr and '--names' in r.stderr
+    r = run_train('--weights', '', '--data', wrong, '--hyp', 'lr9=1', cwd=tmp_path)
+    assert r.returncode != 0 and 'unknown key' in r.stderr
+
+
+def test_autoanchor_evolves_anchors_for_unusual_boxes(tmp_path, capsys):
+    # tall thin boxes the COCO anchors cannot reach within a ratio of 4
+    boxes = [[(0, 10 + 12 * j, 5, 13 + j + 12 * j, 120 + 10 * k) for j in range(4)] for k in range(4)]
+    ds = data.YOLODataset(make_dataset(tmp_path, boxes), 160, nc=18)
+    net = M.YOLOv5('n', nc=18)
+    before = net.detect.anchors.clone()
+    T.check_anchors(ds, net, 4.0, 160)
+    out = capsys.readouterr().out
+    assert 'poor fit' in out and 'new anchors saved' in out
+    assert not torch.equal(before, net.detect.anchors)
+    wh = torch.tensor(T.label_wh(ds, 160))
+    assert T.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
+
+
+def test_map_of_perfect_and_of_shifted_predictions():
+    labels = torch.tensor([[0, 10, 10, 50, 50], [1, 60, 60, 100, 120.0]])
+    iouv = torch.linspace(0.5, 0.95, 10)
+    perfect = torch.tensor([[10, 10, 50, 50, 0.9, 0], [60, 60, 100, 120, 0.8, 1.0]])
+    assert T.match_predictions(perfect, labels[:, 0], labels[:, 1:], iouv).all()
+    shifted = perfect.clone()
+    shifted[0, [0, 2]] += 8  # IoU 32/48 = 0.667: a true positive up to the 0.65 threshold only
+    correct = T.match_predictions(shifted, labels[:, 0], labels[:, 1:], iouv)
+    assert correct[0].tolist() == [True] * 4 + [False] * 6 and correct[1].all()
+    p, r, ap, classes, n = T.ap_per_class(correct, shifted[:, 4].numpy(), shifted[:, 5].numpy(), labels[:, 0].numpy())
+    # YOLOv5's 101-point envelope gives a perfect class 0.995, not 1 (it ends at recall 1 with precision 0)
+    assert classes.tolist() == [0, 1] and abs(ap[1].mean() - 0.995) < 1e-9 and abs(ap[0].mean() - 0.398) < 1e-3

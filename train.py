@@ -201,7 +201,7 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
     if (wh0 < 3.0).any(1).sum():
         log(f'AutoAnchor: WARNING: {(wh0 < 3.0).any(1).sum()} of {len(wh0)} labels are smaller than 3 pixels')
     wh = wh0[(wh0 >= 2.0).any(1)]
-    s = wh.std(0)
+    s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
     x = wh / s
     k = x[rng.choice(len(x), n, replace=len(x) < n)]
     for _ in range(30):  # Lloyd's iterations
