@@ -61,6 +61,7 @@ def main():
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads\n')
     print(f'{"what":58s} {"ours":>18s}   original YOLOv5')
 
+    hyp = dict(train.HYP)
     model, _ = load_model(weights, fuse=True)
     x = torch.rand(1, 3, 640, 640)
     with torch.inference_mode():
@@ -77,7 +78,20 @@ def main():
     print(f'{"  peak memory (max RSS)":58s} {rss:14.0f} MiB   ~940 MiB')
     print(f'{"  `python -c import torch` alone, for scale: wall, peak":58s} {wall_torch:6.2f} s {float(out):5.0f} MiB')
 
-    hyp = dict(train.HYP)
+    wall, _, out = child_run([sys.executable, str(ROOT / 'train.py'), '--val-only', '--weights', str(weights),
+                              '--data', str(coco), '--img', '640', '--batch', '32'])
+    inf = float(re.search(r'([\d.]+)ms inference', out).group(1))
+    print(f'{"validation of yolov5n on coco128 at 640, batch 32: wall":58s} {wall:16.1f} s   ~18 s')
+    print(f'{"  inference per image":58s} {inf:15.1f} ms   ~120 ms')
+
+    if not a.skip_train:
+        wall, _, out = child_run([sys.executable, str(ROOT / 'train.py'), '--weights', str(weights), '--data', str(coco),
+                                  '--img', '320', '--batch', '16', '--epochs', '3', '--project', '/tmp/bench_runs'])
+        final = [line.split() for line in out.splitlines() if line.split()[:1] == ['all']][-1]
+        print(f'{"fine-tune yolov5n on coco128, img 320, batch 16, 3 epochs":58s} {wall:16.1f} s   ~80 s')
+        print(f'{"  final mAP50, mAP50-95":58s} {final[5]:>9s}, {final[6]:>6s}   0.42, 0.24')
+
+    # in-process measurements last: their threads and workers would slow the child processes above
     disk = data.YOLODataset(coco, 640, 16, augment=True, hyp=hyp, prefix='  ')
     ram = data.YOLODataset(coco, 640, 16, augment=True, hyp=hyp, cache='ram', prefix='  ')
     print(f'{"training pipeline, mosaic + all augmentations, 640, 1 process":58s} {pipeline_rate(disk):12.1f} img/s   ~44 img/s')
@@ -103,18 +117,6 @@ def main():
             n += len(imgs)
     print(f'{"training, img 320, batch 16 (data, forward, backward, step)":58s} {n / (time.perf_counter() - t):12.1f} img/s   ~11-14 img/s')
 
-    wall, _, out = child_run([sys.executable, str(ROOT / 'train.py'), '--val-only', '--weights', str(weights),
-                              '--data', str(coco), '--img', '640', '--batch', '32'])
-    inf = float(re.search(r'([\d.]+)ms inference', out).group(1))
-    print(f'{"validation of yolov5n on coco128 at 640, batch 32: wall":58s} {wall:16.1f} s   ~18 s')
-    print(f'{"  inference per image":58s} {inf:15.1f} ms   ~120 ms')
-
-    if not a.skip_train:
-        wall, _, out = child_run([sys.executable, str(ROOT / 'train.py'), '--weights', str(weights), '--data', str(coco),
-                                  '--img', '320', '--batch', '16', '--epochs', '3', '--project', '/tmp/bench_runs'])
-        final = [line.split() for line in out.splitlines() if line.split()[:1] == ['all']][-1]
-        print(f'{"fine-tune yolov5n on coco128, img 320, batch 16, 3 epochs":58s} {wall:16.1f} s   ~80 s')
-        print(f'{"  final mAP50, mAP50-95":58s} {final[5]:>9s}, {final[6]:>6s}   0.42, 0.24')
 
 
 if __name__ == '__main__':

@@ -98,9 +98,7 @@ def read_labels(path):
     if not os.path.isfile(path):
         return np.zeros((0, 5), np.float32), []
     rows, msgs = [], []
-    with open(path) as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         where = f'{path}:{n}'
@@ -133,8 +131,6 @@ def check_image(path):
         im.verify()
     with Image.open(path) as im:
         w, h = im.size
-        if im.format.lower() not in ('jpeg', 'mpo', 'png', 'bmp', 'tiff', 'webp', 'dng') and im.format != 'PFM':
-            raise ValueError(f'unsupported image format {im.format}')
         if im.getexif().get(274) in (5, 6, 7, 8):  # EXIF orientation with a 90 degree turn
             w, h = h, w
     if w < 10 or h < 10:
@@ -487,15 +483,13 @@ def set_epoch(loader, epoch):
 
 def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
     """A grid of a batch with its label boxes (and predictions with confidence, if given) as a JPEG."""
-    imgs = imgs[:max_images].numpy() if isinstance(imgs, torch.Tensor) else imgs[:max_images]
+    from detect import PALETTE, draw_box
+    imgs, labels = imgs[:max_images].numpy(), labels.numpy()
     b, _, h, w = imgs.shape
     cols = math.ceil(b ** 0.5)
-    rows = math.ceil(b / cols)
-    scale = min(1.0, 1920 / (cols * max(h, w)))
+    scale = min(1.0, 1920 / (cols * max(h, w)))  # the grid is at most 1920 px wide
     th, tw = int(h * scale), int(w * scale)
-    grid = np.full((rows * th, cols * tw, 3), 255, np.uint8)
-    from detect import PALETTE, draw_box
-    labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+    grid = np.full((math.ceil(b / cols) * th, cols * tw, 3), 255, np.uint8)
     for i in range(b):
         y0, x0 = (i // cols) * th, (i % cols) * tw
         tile = np.ascontiguousarray(cv2.resize(imgs[i].transpose(1, 2, 0)[:, :, ::-1], (tw, th)))
@@ -517,8 +511,8 @@ if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]:
     p.add_argument('data')
     p.add_argument('--img', type=int, default=640)
     p.add_argument('--batch', type=int, default=16)
-    p.add_argument('--names', default=None)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--names', default=None)
     p.add_argument('--out', default='train_batch.jpg')
     a = p.parse_args()
     names = read_names(a.names)

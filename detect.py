@@ -26,9 +26,8 @@ def _torchvision_nms():
     # `import torchvision` costs ~1.5 s (it imports every model and dataset); its compiled ops alone are free
     try:
         import importlib.util
-        pkg = importlib.util.find_spec('torchvision').submodule_search_locations[0]
-        lib = sorted(glob.glob(os.path.join(pkg, '_C*.so')) + glob.glob(os.path.join(pkg, '_C*.pyd')))
-        torch.ops.load_library(lib[0])
+        lib = glob.glob(os.path.join(importlib.util.find_spec('torchvision').submodule_search_locations[0], '_C*.*'))
+        torch.ops.load_library(sorted(lib)[0])
         return torch.ops.torchvision.nms
     except Exception:
         import torchvision
@@ -173,12 +172,13 @@ def parse_args(argv=None):
 
 
 def select_device(device=''):
-    device = str(device).strip().lower()
+    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun)."""
+    device = str(device).strip().lower().replace('cuda:', '')
     if device == 'cpu' or (not device and not torch.cuda.is_available()):
         return torch.device('cpu')
     if not torch.cuda.is_available():
-        raise SystemExit(f'--device {device} asked for CUDA, but CUDA is not available: use --device cpu')
-    return torch.device(device if device.startswith('cuda') else f'cuda:{device or 0}')
+        raise SystemExit(f'--device {device}: CUDA is not available here; use --device cpu')
+    return torch.device('cuda', int(device.split(',')[0] or 0))
 
 
 @torch.inference_mode()
@@ -202,7 +202,7 @@ def run(opt):
         if error:
             print(f'ERROR: {path}: {error}, skipped', file=sys.stderr)
             continue
-        writer = None
+        writer, video = None, Path(path).suffix.lower() in VIDEO_EXTS
         try:
             for frame, fi, count in read_frames(path):
                 t0 = time.perf_counter()
@@ -218,11 +218,11 @@ def run(opt):
                 dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, t3 - t2))]
                 shape = tuple(x.shape)
                 det[:, :4] = scale_boxes(det[:, :4], x.shape[2:], frame.shape[:2]).round()
-                summary = ''.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}{"s" * int((det[:, 5] == c).sum() > 1)}, '
-                                  for c in det[:, 5].unique())
-                where = f'video {idx}/{len(sources)} (frame {fi + 1}/{count})' if count > 1 else f'image {idx}/{len(sources)}'
+                counts = [(names[int(c)], int((det[:, 5] == c).sum())) for c in det[:, 5].unique()]
+                summary = ''.join(f'{n} {name}{"s" * (n > 1)}, ' for name, n in counts)
+                where = f'video {idx}/{len(sources)} (frame {fi + 1}/{count})' if video else f'image {idx}/{len(sources)}'
                 print(f'{where} {path}: {x.shape[2]}x{x.shape[3]} {summary or "(no detections), "}{(t2 - t1) * 1e3:.1f}ms')
-                stem = Path(path).stem + (f'_{fi}' if count > 1 else '')
+                stem = Path(path).stem + (f'_{fi + 1}' if video else '')
                 if opt.save_txt and len(det):
                     gain = torch.tensor(frame.shape)[[1, 0, 1, 0]]
                     with open(save_dir / 'labels' / f'{stem}.txt', 'w') as f:
@@ -235,7 +235,7 @@ def run(opt):
                     for *xyxy, conf, cls in reversed(det.tolist()):
                         label = None if opt.hide_labels else (names[int(cls)] if opt.hide_conf else f'{names[int(cls)]} {conf:.2f}')
                         draw_box(frame, xyxy, label, PALETTE[int(cls) % len(PALETTE)], opt.line_thickness)
-                    if count == 1:
+                    if not video:
                         cv2.imwrite(str(save_dir / Path(path).name), frame)
                     else:
                         if writer is None:

@@ -207,11 +207,6 @@ class _Stub:
         self.__dict__.update(state if isinstance(state, dict) else state[0] or {})
 
 
-class _Storage:
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-
 _STORAGE_DTYPES = {'HalfStorage': torch.float16, 'FloatStorage': torch.float32, 'DoubleStorage': torch.float64,
                    'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
                    'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8,
@@ -232,8 +227,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return OrderedDict
         if module in ('builtins', '__builtin__') and name in ('set', 'frozenset', 'slice'):
             return {'set': set, 'frozenset': frozenset, 'slice': slice}[name]
-        if module == 'torch' and name in _STORAGE_DTYPES:
-            return _Storage(_STORAGE_DTYPES[name])
+        if module == 'torch' and name in _STORAGE_DTYPES:  # a storage class stands for its dtype
+            return _STORAGE_DTYPES[name]
         if module == 'torch._utils' and name in ('_rebuild_tensor_v2', '_rebuild_tensor'):
             return _rebuild_tensor
         if module == 'torch._utils' and name == '_rebuild_parameter':
@@ -243,11 +238,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f'refused to load global {module}.{name}')
 
     def persistent_load(self, pid):
-        kind, storage, key, _location, numel = pid
-        if kind != 'storage' or not isinstance(storage, _Storage):
+        kind, dtype, key, _location, _numel = pid
+        if kind != 'storage' or not isinstance(dtype, torch.dtype):
             raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
         data = bytearray(self.zf.read(f'{self.prefix}/data/{key}'))
-        return torch.frombuffer(data, dtype=storage.dtype) if data else torch.empty(0, dtype=storage.dtype)
+        return torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
 
 
 def _state_dict_of(stub, prefix=''):
@@ -315,10 +310,8 @@ def download(url, path):
     print(f'Downloading {url} to {path} ...', file=sys.stderr)
     tmp = path + '.part'
     try:
-        def progress(blocks, block_size, total):
-            done = blocks * block_size / 1e6
-            print(f'\r  {done:.1f} MB' + (f' of {total / 1e6:.1f} MB' if total > 0 else ''), end='', file=sys.stderr)
-        urllib.request.urlretrieve(url, tmp, progress)
+        urllib.request.urlretrieve(url, tmp, lambda n, size, total: print(
+            f'\r  {n * size / 1e6:.1f} of {max(total, 0) / 1e6:.1f} MB', end='', file=sys.stderr))
         print(file=sys.stderr)
         os.replace(tmp, path)
     except Exception as e:
@@ -327,7 +320,3 @@ def download(url, path):
         raise FileNotFoundError(f'{path} not found and the download failed ({e}). Download {url} '
                                 f'by hand and put it at {os.path.abspath(path)}') from None
 
-
-if __name__ == '__main__':  # python model.py [n|s|m|l|x]: build a scale and print its size
-    m = YOLOv5(sys.argv[1] if len(sys.argv) > 1 else 'n')
-    print(f'{sum(p.numel() for p in m.parameters()):,} parameters, {len(list(m.modules()))} modules')

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from data import YOLODataset, create_dataloader, plot_batch, read_names, set_epoch, xywh2xyxy
-from detect import increment_path, non_max_suppression, scale_boxes
+from detect import increment_path, non_max_suppression, scale_boxes, select_device
 from loss import YOLOLoss
 from model import SCALES, STRIDES, YOLOv5, load_model
 
@@ -136,39 +136,31 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]
             seen += 1
-            if not len(pred):
-                if len(labels):
-                    stats.append((np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), labels[:, 0].cpu().numpy()))
-                continue
             correct = np.zeros((len(pred), 10), bool)
-            if len(labels):  # compare in the original image's pixels, as YOLOv5 does
+            if len(pred) and len(labels):  # compare in the original image's pixels, as YOLOv5 does
                 predn = scale_boxes(pred[:, :4].clone(), imgs.shape[2:], shapes[si][0], shapes[si][1])
                 tbox = scale_boxes(xywh2xyxy(labels[:, 1:5]), imgs.shape[2:], shapes[si][0], shapes[si][1])
                 correct = match_predictions(torch.cat((predn, pred[:, 4:]), 1), labels[:, 0], tbox, iouv)
-            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()))
+            if len(pred) or len(labels):
+                stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()))
         if plot_path and bi == 0:
             lb = targets.clone()
             lb[:, 2:] /= torch.tensor((w, h, w, h), device=device)
             plot_batch((imgs * 255).byte().cpu(), lb.cpu(), names, plot_path, [p[p[:, 4] > 0.25].cpu() for p in preds])
-    stats = [np.concatenate(x, 0) for x in zip(*stats)] if stats else []
-    mp = mr = map50 = map_ = 0.0
-    maps = np.zeros(len(names))
-    n_labels = np.zeros(0, int)
-    if stats and len(stats[0]):
-        p, r, ap, classes, n_labels = ap_per_class(*stats)
-        ap50, ap = ap[:, 0], ap.mean(1)
-        mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
-        maps[classes] = ap
-    elif stats:
-        classes, n_labels = np.unique(stats[3], return_counts=True)
-    pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
+    maps, pf = np.zeros(len(names)), '%22s' + '%11i' * 2 + '%11.3g' * 4
+    stats = [np.concatenate(x, 0) for x in zip(*stats)]
+    if not stats or not len(stats[3]):
+        log('WARNING: no labels in the validation set, no metrics')
+        return (0.0,) * 7, maps
+    p, r, ap, classes, n_labels = ap_per_class(*stats)
+    ap50, ap = ap[:, 0], ap.mean(1)
+    mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
+    maps[classes] = ap
     log(pf % ('all', seen, n_labels.sum(), mp, mr, map50, map_))
-    if verbose and stats and len(stats[0]):
-        for i, c in enumerate(classes):
-            log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
-    if seen:
-        pre, inf, nms = (t * 1e3 / seen for t in dt)
-        log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
+    for i, c in enumerate(classes if verbose else []):
+        log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
+    pre, inf, nms = (t * 1e3 / seen for t in dt)
+    log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
             f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
     return (mp, mr, map50, map_, *(loss.cpu() / max(len(loader), 1)).tolist()), maps
 
@@ -181,9 +173,7 @@ def fitness(results):
 
 def label_wh(dataset, img_size, jitter=None):
     """Label widths and heights in pixels, for images resized so that the long side is img_size."""
-    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True)
-    if jitter is not None:
-        shapes = shapes * jitter
+    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True) * (1 if jitter is None else jitter)
     return np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, dataset.labels)]).astype(np.float32)
 
 
@@ -209,7 +199,10 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
         k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
     k = k * s
     wht = torch.tensor(wh)
-    fit = lambda k: (lambda b: (b * (b > 1 / thr).float()).mean())(anchor_metric(torch.tensor(k, dtype=torch.float32), wht, thr)[1])
+
+    def fit(k):  # mean ratio match of the labels that some anchor matches within thr
+        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wht, thr)[1]
+        return (best * (best > 1 / thr).float()).mean()
     f = fit(k)
     for _ in range(gen):
         v = np.ones(k.shape)
@@ -261,10 +254,8 @@ def make_optimizer(model, name, lr, momentum, decay):
                 weights.append(p)
     if name == 'SGD':
         opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
-    elif name in ('Adam', 'AdamW'):
+    else:  # Adam or AdamW, with momentum as beta1
         opt = getattr(torch.optim, name)(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
-    else:
-        raise SystemExit(f'--optimizer {name}: choose SGD, Adam or AdamW')
     opt.add_param_group({'params': weights, 'weight_decay': decay})
     opt.add_param_group({'params': norm_weights, 'weight_decay': 0.0})
     return opt
@@ -294,26 +285,6 @@ def write_results(path, row):
         if new:
             w.writerow(f'{k:>20}' for k in row)
         w.writerow(f'{v:>20.5g}' if isinstance(v, float) else f'{v:>20}' for v in row.values())
-
-
-def select_device(spec, batch):
-    spec = str(spec).strip().lower()
-    if spec == 'cpu' or (not spec and not torch.cuda.is_available()):
-        return torch.device('cpu')
-    if not torch.cuda.is_available():
-        raise SystemExit(f'--device {spec}: CUDA is not available here; use --device cpu')
-    if LOCAL_RANK != -1:
-        if batch % WORLD_SIZE:
-            raise SystemExit(f'--batch {batch} must be a multiple of the number of processes ({WORLD_SIZE})')
-        return torch.device('cuda', LOCAL_RANK)
-    return torch.device('cuda', int(spec.split(',')[0]) if spec and spec[0].isdigit() else 0)
-
-
-def latest_run(root='runs/train'):
-    runs = sorted(Path(root).glob('**/last.pt'), key=os.path.getmtime)
-    if not runs:
-        raise SystemExit(f'--resume: no last.pt under {root}; give the path: --resume path/to/last.pt')
-    return runs[-1]
 
 
 # ---------------------------------------------------------------------------------------------- the training run
@@ -371,7 +342,7 @@ def build_datasets(opt, names, hyp, train=True):
 
 
 def run_val_only(opt):
-    device = select_device(opt.device, opt.batch)
+    device = select_device(opt.device)
     try:
         model, _ = load_model(opt.weights, device, fuse=True)
     except (ValueError, FileNotFoundError) as e:
@@ -385,14 +356,20 @@ def run_val_only(opt):
 
 def train(opt):
     ddp = LOCAL_RANK != -1
-    device = select_device(opt.device, opt.batch)
-    if ddp:
+    device = select_device(opt.device)
+    if ddp:  # one process per GPU (NCCL), or per CPU share (gloo)
+        if opt.batch % WORLD_SIZE:
+            raise SystemExit(f'--batch {opt.batch} must be a multiple of the number of processes ({WORLD_SIZE})')
         if device.type == 'cuda':
+            device = torch.device('cuda', LOCAL_RANK)
             torch.cuda.set_device(device)
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     ckpt, start_epoch = None, 0
     if opt.resume:  # everything, options included, comes from the checkpoint
-        last = Path(opt.resume if isinstance(opt.resume, str) else latest_run(opt.project))
+        runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'), key=os.path.getmtime)
+        if not runs:
+            raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
+        last = Path(runs[-1])
         ckpt = torch.load(last, map_location='cpu', weights_only=True)
         keep = {k: getattr(opt, k) for k in ('device', 'workers')}
         opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
@@ -407,17 +384,19 @@ def train(opt):
         if k not in hyp:
             raise SystemExit(f'--hyp {kv}: unknown key; known: {", ".join(hyp)}')
         hyp[k] = float(v)
-    hyp['label_smoothing'] = opt.label_smoothing
+    hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
 
-    names = read_names(opt.names)
+    names = read_names(opt.names)  # COCO's unless given: or those of the starting weights, below
     if ckpt:  # rebuild the exact model that was saved
         model = YOLOv5(tuple(ckpt['scale']), ckpt['nc'], ckpt['anchors'], ckpt['names'])
         model.load_state_dict(ckpt['model'])
+        names = model.names
     elif opt.weights:
         try:
             src, _ = load_model(opt.weights)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f'ERROR: {e}')
+        names = names if opt.names else src.names
         model = YOLOv5(src.scale, len(names), names=names)
         sd, own = src.state_dict(), model.state_dict()
         fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
