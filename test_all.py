@@ -260,6 +260,31 @@ def test_detect_is_invariant_to_a_mirrored_image(tmp_path):
     assert match_rows(ours, ref, slice(1, 5)) < 0.04 and match_rows(ours, ref, slice(5, 6)) < 0.25
 
 
+# Images that are not in shared/, derived from COCO128 ones, and the original YOLOv5's detections on them
+# (yolov5n, 640, conf 0.25, iou 0.45): cls xc yc w h conf, as written by --save-txt --save-conf.
+DERIVED = {
+    '000000000036': (lambda im: cv2.resize(im, (im.shape[1] * 3 // 5, im.shape[0] * 3 // 5), interpolation=cv2.INTER_AREA),
+                     [(25, 0.482639, 0.416667, 0.902778, 0.75, 0.443213), (0, 0.635417, 0.634115, 0.541667, 0.731771, 0.795378)]),
+    '000000000064': (lambda im: cv2.resize(im, (int(im.shape[1] * 1.7), int(im.shape[0] * 1.3))),
+                     [(2, 0.250613, 0.664663, 0.265931, 0.105769, 0.279106), (2, 0.226716, 0.573317, 0.058824, 0.026442, 0.284379),
+                      (11, 0.278799, 0.416466, 0.082108, 0.126202, 0.386473), (2, 0.182598, 0.588341, 0.151961, 0.070913, 0.3944),
+                      (2, 0.26348, 0.725361, 0.313726, 0.227163, 0.629182), (74, 0.395833, 0.186298, 0.311274, 0.245192, 0.858112)]),
+    '000000000086': (lambda im: cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)[: im.shape[0] // 2],
+                     [(0, 0.410156, 0.720312, 0.246094, 0.503125, 0.869906)]),
+}
+
+
+def test_detect_matches_the_original_on_derived_images(tmp_path):
+    for stem, (make, _) in DERIVED.items():
+        img = cv2.imread(str(shared(COCO128 / 'images/train2017' / f'{stem}.jpg')))
+        cv2.imwrite(str(tmp_path / f'{stem}.png'), make(img))  # upscaled, enlarged to another aspect, grey strip
+    r = run_detect(*sorted(tmp_path.glob('*.png')), '--weights', WEIGHTS, '--save-txt', '--save-conf', '--nosave', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for stem, (_, expected) in DERIVED.items():
+        ours = read_labels(tmp_path / f'runs/detect/exp/labels/{stem}.txt')
+        assert match_rows(ours, np.array(expected)) < 0.002, stem
+
+
 def test_detect_goes_on_after_bad_inputs_and_increments_run_folders(tmp_path):
     good = tmp_path / 'good.jpg'
     cv2.imwrite(str(good), scene(160, 224, [(20, 30, 90, 120)]))
