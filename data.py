@@ -184,7 +184,7 @@ def load_labels(img_files, nc, prefix=''):
         try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
             if not os.stat(cache_path.parent).st_mode & 0o222:
                 raise PermissionError(13, 'folder is read-only')
-            tmp = str(cache_path) + '.tmp.npz'
+            tmp = f'{cache_path}.{os.getpid()}.tmp.npz'  # one per process: DDP ranks may scan at the same time
             np.savez(tmp, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes, msgs=np.array(msgs, dtype=str),
                      labels=np.concatenate(labels or [np.zeros((0, 5), np.float32)]), counts=[len(x) for x in labels],
                      corrupt=n_corrupt)

@@ -83,6 +83,12 @@ def scale_boxes(boxes, from_shape, to_shape, ratio_pad=None):
     return boxes
 
 
+def check_img_size(img, stride=32):
+    if img % stride:  # the feature maps of the 3 levels must align
+        print(f'WARNING: --img {img} is not a multiple of the stride {stride}, using {img - img % stride + stride}')
+    return -(-img // stride) * stride
+
+
 def increment_path(path):
     """runs/detect/exp -> runs/detect/exp2, exp3, ... whichever is free first."""
     path, n = Path(path), 2
@@ -168,7 +174,9 @@ def parse_args(argv=None):
     p.add_argument('--line-thickness', type=int, default=3)
     p.add_argument('--hide-labels', action='store_true')
     p.add_argument('--hide-conf', action='store_true')
-    return p.parse_args(argv)
+    opt = p.parse_args(argv)
+    opt.img = check_img_size(opt.img)
+    return opt
 
 
 def select_device(device=''):

@@ -38,7 +38,7 @@ class Conv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2 if p is None else p, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)  # YOLOv5's BN settings
-        self.act = nn.SiLU()
+        self.act = nn.SiLU(inplace=True)
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)) if hasattr(self, 'bn') else self.conv(x))
@@ -154,9 +154,6 @@ class YOLOv5(nn.Module):
             24: Detect(nc, anchors, (ch(256), ch(512), ch(1024))),
         }
         self.model = nn.ModuleList(layers.get(i, nn.Identity()) for i in range(25))
-        for m in self.modules():  # the original's init: PyTorch defaults, but BN eps/momentum and inplace acts
-            if isinstance(m, nn.SiLU):
-                m.inplace = True
         self.detect.init_biases()
 
     @property

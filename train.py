@@ -6,7 +6,6 @@ Train or validate YOLOv5.
 Runs are saved to runs/train/exp, exp2, ...: weights/last.pt, weights/best.pt, results.csv and pictures.
 """
 import argparse
-import csv
 import math
 import os
 import sys
@@ -21,7 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from data import YOLODataset, create_dataloader, plot_batch, read_names, set_epoch, xywh2xyxy
-from detect import increment_path, non_max_suppression, scale_boxes, select_device
+from detect import check_img_size, increment_path, non_max_suppression, scale_boxes, select_device
 from loss import YOLOLoss
 from model import SCALES, STRIDES, YOLOv5, load_model
 
@@ -279,12 +278,9 @@ def save_atomic(obj, path):
 
 
 def write_results(path, row):
-    new = not path.exists()
-    with open(path, 'a', newline='') as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(f'{k:>20}' for k in row)
-        w.writerow(f'{v:>20.5g}' if isinstance(v, float) else f'{v:>20}' for v in row.values())
+    header = '' if path.exists() else ','.join(f'{k:>20}' for k in row) + '\n'
+    with open(path, 'a') as f:
+        f.write(header + ','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
 
 
 # ---------------------------------------------------------------------------------------------- the training run
@@ -323,7 +319,9 @@ def parse_args(argv=None):
     p.add_argument('--conf-thres', type=float, default=0.001)
     p.add_argument('--iou-thres', type=float, default=0.6)
     p.add_argument('--max-det', type=int, default=300)
-    return p.parse_args(argv)
+    opt = p.parse_args(argv)
+    opt.img = check_img_size(opt.img)
+    return opt
 
 
 def build_datasets(opt, names, hyp, train=True):
