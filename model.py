@@ -5,6 +5,7 @@ The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... mod
 official checkpoints load by name with no key mapping. Concat and Upsample have no weights, so
 those indices are simply skipped in the ModuleList.
 """
+import codecs
 import math
 import os
 import pickle
@@ -13,6 +14,7 @@ import urllib.request
 import zipfile
 from collections import OrderedDict
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -204,14 +206,24 @@ class _Stub:
         self.__dict__.update(state if isinstance(state, dict) else state[0] or {})
 
 
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    return storage.as_strided(size, stride, offset)
+
+
+_NP_MULTIARRAY = (getattr(np, '_core', None) or np.core).multiarray
 _STORAGE_DTYPES = {'HalfStorage': torch.float16, 'FloatStorage': torch.float32, 'DoubleStorage': torch.float64,
                    'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
                    'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8,
                    'BoolStorage': torch.bool}
-
-
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-    return storage.as_strided(size, stride, offset)
+# everything else a checkpoint may name: containers, tensor rebuilding (our own functions), storage
+# classes (they stand for their dtype), and numpy numbers that the original's training runs leave behind
+_SAFE_GLOBALS = {('collections', 'OrderedDict'): OrderedDict, ('builtins', 'set'): set, ('__builtin__', 'set'): set,
+                 ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+                 ('torch._utils', '_rebuild_parameter'): lambda data, *unused: data,
+                 **{('torch', k): v for k, v in _STORAGE_DTYPES.items()},
+                 **{(mod, k): v for mod in ('numpy.core.multiarray', 'numpy._core.multiarray')
+                    for k, v in (('_reconstruct', _NP_MULTIARRAY._reconstruct), ('scalar', _NP_MULTIARRAY.scalar))},
+                 ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): codecs.encode}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -220,18 +232,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.zf, self.prefix = zf, prefix
 
     def find_class(self, module, name):
-        if (module, name) == ('collections', 'OrderedDict'):
-            return OrderedDict
-        if module in ('builtins', '__builtin__') and name in ('set', 'frozenset', 'slice'):
-            return {'set': set, 'frozenset': frozenset, 'slice': slice}[name]
-        if module == 'torch' and name in _STORAGE_DTYPES:  # a storage class stands for its dtype
-            return _STORAGE_DTYPES[name]
-        if module == 'torch._utils' and name in ('_rebuild_tensor_v2', '_rebuild_tensor'):
-            return _rebuild_tensor
-        if module == 'torch._utils' and name == '_rebuild_parameter':
-            return lambda data, *unused: data
         if module.startswith(('models.', 'torch.nn.modules.')):  # classes, built as attribute holders only
             return _Stub
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[module, name]
         raise pickle.UnpicklingError(f'refused to load global {module}.{name}')
 
     def persistent_load(self, pid):
@@ -290,11 +294,11 @@ def load_model(path, device='cpu', fuse=False):
             raise ValueError('not one of our checkpoints')
         model = YOLOv5(tuple(ckpt['scale']), ckpt['nc'], ckpt['anchors'], ckpt['names'])
         sd = ckpt.get('ema') or ckpt['model']
-    except Exception as ours:
+    except Exception:
         try:
             model, sd, ckpt = _load_official(path)
-        except Exception as official:
-            raise ValueError(f'{path}: not a YOLOv5 checkpoint ({official}; {ours})') from None
+        except Exception as e:
+            raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
     try:
         model.load_state_dict({k: v.float() for k, v in sd.items()})
     except RuntimeError as e:

@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import zipfile
+from copy import deepcopy
 from pathlib import Path
 
 import cv2
@@ -136,6 +137,45 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(ValueError, match='refused to load global (posix|os|nt).system'):
         M.load_model(path)
     assert not marker.exists()
+
+
+def test_checkpoint_in_the_originals_v7_training_format_loads(tmp_path, monkeypatch):
+    """The original's v7 checkpoints: a `models.yolo.DetectionModel` pickle, names as a dict, half weights,
+    Detect.stride a plain attribute, numpy numbers beside the model (an un-stripped training run)."""
+    import types
+    net = M.YOLOv5('s', nc=3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    det = net.detect
+    stride = det._buffers.pop('stride')
+    det.__dict__['stride'] = stride
+    net.__dict__.update(yaml={'nc': 3, 'depth_multiple': 0.33, 'width_multiple': 0.5, 'backbone': [[]] * 10,
+                              'head': [[]] * 15}, names={0: 'a', 1: 'b', 2: 'c'})
+    renames = [(M.YOLOv5, 'models.yolo', 'DetectionModel'), (M.Detect, 'models.yolo', 'Detect'),
+               (M.Conv, 'models.common', 'Conv'), (M.C3, 'models.common', 'C3'),
+               (M.Bottleneck, 'models.common', 'Bottleneck'), (M.SPPF, 'models.common', 'SPPF')]
+    originals = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
+    for module in ('models', 'models.yolo', 'models.common'):  # the original's module names, ours inside
+        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+    try:
+        for cls, module, name in renames:
+            setattr(sys.modules[module], name, cls)
+            cls.__module__, cls.__qualname__ = module, name
+        path = tmp_path / 'v7.pt'
+        torch.save({'epoch': 12, 'best_fitness': np.array([0.41]), 'model': deepcopy(net).half(), 'ema': None,
+                    'updates': np.int64(300), 'opt': {'img': 640}, 'date': '2022-11-22'}, path)
+    finally:
+        for cls, module, name in originals:
+            cls.__module__, cls.__qualname__ = module, name
+    monkeypatch.undo()
+    det.__dict__.pop('stride')
+    det.register_buffer('stride', stride, persistent=False)
+    loaded = M.load_model(path)[0]
+    assert loaded.names == ['a', 'b', 'c'] and loaded.scale == (0.33, 0.5) and loaded.nc == 3
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], net.eval().half().float()(x)[0])
 
 
 def test_bad_checkpoints_get_clear_errors(tmp_path):
