@@ -3,6 +3,7 @@ Run a YOLOv5 model on images, folders, globs or videos:  python detect.py img.jp
 Annotated results go to runs/detect/exp (then exp2, exp3, ...), YOLO labels with --save-txt.
 """
 import argparse
+import functools
 import glob
 import os
 import sys
@@ -22,7 +23,8 @@ PALETTE = [tuple(int(h[i:i + 2], 16) for i in (4, 2, 0)) for h in (  # BGR, the 
     '2C99A8', '00C2FF', '344593', '6473FF', '0018EC', '8438FF', '520085', 'CB38FF', 'FF95C8', 'FF37C7')]
 
 
-def _torchvision_nms():
+@functools.lru_cache(maxsize=None)
+def torchvision_nms():
     # `import torchvision` costs ~1.5 s (it imports every model and dataset); its compiled ops alone are free
     try:
         import importlib.util
@@ -34,15 +36,10 @@ def _torchvision_nms():
         return torchvision.ops.nms
 
 
-_nms = None
-
-
 def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
                         multi_label=False, max_det=300, max_nms=30000, max_wh=7680):
     """pred (b, N, 5+nc) decoded model output -> list of (n, 6) tensors [x1, y1, x2, y2, conf, cls] per image.
     conf = objectness * class score; multi_label keeps every class above conf_thres per box (val does)."""
-    global _nms
-    _nms = _nms or _torchvision_nms()
     time_limit, t0 = 0.5 + 0.05 * pred.shape[0], time.time()
     out = [torch.zeros((0, 6), device=pred.device)] * pred.shape[0]
     for i, x in enumerate(pred):
@@ -63,7 +60,7 @@ def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agn
             continue
         x = x[x[:, 4].argsort(descending=True)[:max_nms]]
         offsets = x[:, 5:6] * (0 if agnostic else max_wh)  # shift each class apart so boxes of different classes never overlap
-        keep = _nms(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
+        keep = torchvision_nms()(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
         out[i] = x[keep]
         if time.time() - t0 > time_limit:
             print(f'WARNING: NMS time limit {time_limit:.3f}s exceeded', file=sys.stderr)
@@ -141,17 +138,14 @@ def read_frames(path):
             raise ValueError('cannot decode image (corrupt or not an image)')
         yield img, 0, 1
         return
-    cap = cv2.VideoCapture(path)
+    cap, i = cv2.VideoCapture(path), 0
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    ok, frame = cap.read()
-    if not ok:
-        raise ValueError('cannot decode video')
-    i = 0
-    while ok:
+    while (frame := cap.read()[1]) is not None:
         yield frame, i, count
-        ok, frame = cap.read()
         i += 1
     cap.release()
+    if not i:
+        raise ValueError('cannot decode video')
 
 
 def parse_args(argv=None):

@@ -322,9 +322,11 @@ def test_detect_goes_on_after_bad_inputs_and_increments_run_folders(tmp_path):
     truncated = tmp_path / 'truncated.png'
     cv2.imwrite(str(truncated), scene(160, 224, []))
     truncated.write_bytes(truncated.read_bytes()[:200])
-    r = run_detect(tmp_path / 'missing.jpg', corrupt, notes, truncated, good, '--weights', WEIGHTS, cwd=tmp_path)
+    video = tmp_path / 'broken.mp4'
+    video.write_bytes(b'\x00\x00\x00\x18ftypmp42 but nothing after')
+    r = run_detect(tmp_path / 'missing.jpg', corrupt, notes, truncated, video, good, '--weights', WEIGHTS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for name, why in [('missing.jpg', 'no such file'), ('corrupt.jpg', 'cannot decode'),
+    for name, why in [('missing.jpg', 'no such file'), ('corrupt.jpg', 'cannot decode'), ('broken.mp4', 'cannot decode video'),
                       ('notes.txt', 'not an image or video'), ('truncated.png', 'cannot decode')]:
         assert any(name in line and why in line for line in r.stderr.splitlines()), (name, r.stderr)
     assert 'good.jpg: 480x640' in r.stdout and (tmp_path / 'runs/detect/exp/good.jpg').exists()
