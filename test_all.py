@@ -637,12 +637,13 @@ def run_train(*args, cwd, torchrun=False, timeout=600):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_val_only_matches_the_original():
-    r = run_train('--val-only', '--weights', shared(WEIGHTS), '--data', shared(COCO128), '--img', 640, '--batch', 32, cwd=ROOT)
+@pytest.mark.parametrize('img,batch,expected', [(640, 32, [0.626, 0.481, 0.545, 0.350]),  # ../shared/expected/
+                                                 (320, 16, [0.585, 0.382, 0.458, 0.290])])  # coco128_yolov5n_640_val.txt
+def test_val_only_matches_the_original(img, batch, expected):
+    r = run_train('--val-only', '--weights', shared(WEIGHTS), '--data', shared(COCO128), '--img', img, '--batch', batch, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split()
     assert row[1:3] == ['128', '929']
-    expected = [0.626, 0.481, 0.545, 0.350]  # ../shared/expected/coco128_yolov5n_640_val.txt
     assert all(abs(float(v) - e) <= 0.005 for v, e in zip(row[3:], expected)), row
     assert 'Speed:' in r.stdout
 
@@ -736,6 +737,8 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
     assert a['updates'] == b['updates'] and a['epoch'] == b['epoch'] == 2
+    with pytest.raises(SystemExit, match='finished all 3 epochs: nothing to resume'):
+        T.train(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt')]))
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):

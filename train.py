@@ -372,6 +372,8 @@ def train(opt):
         keep = {k: getattr(opt, k) for k in ('device', 'workers')}
         opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
         save_dir, start_epoch = last.parent.parent, ckpt['epoch'] + 1
+        if start_epoch >= opt.epochs:
+            raise SystemExit(f'{last} finished all {opt.epochs} epochs: nothing to resume (fine-tune it with --weights)')
         log(f'Resuming {last} from epoch {start_epoch}')
     else:
         save_dir = Path(opt.project) / opt.name if opt.exist_ok else increment_path(Path(opt.project) / opt.name)
