@@ -183,13 +183,18 @@ def select_device(device=''):
     return torch.device('cuda', int(device.split(',')[0] or 0))
 
 
+def load_weights(weights, device='cpu', fuse=False):
+    """load_model for the command line: a missing or bad file ends the program with its message."""
+    try:
+        return load_model(weights, device, fuse)[0]
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f'ERROR: {e}')
+
+
 @torch.inference_mode()
 def run(opt):
     device = select_device(opt.device)
-    try:
-        model, _ = load_model(opt.weights, device, fuse=True)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f'ERROR: {e}')
+    model = load_weights(opt.weights, device, fuse=True)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
     half = device.type == 'cuda'

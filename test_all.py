@@ -185,6 +185,8 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     junk.write_bytes(b'not a checkpoint at all')
     with pytest.raises(ValueError, match='junk.pt: not a PyTorch checkpoint'):
         M.load_model(junk)
+    r = run_detect(shared(BUS), '--weights', junk, cwd=tmp_path)  # the command line says the same, no traceback
+    assert r.returncode != 0 and 'ERROR: ' in r.stderr and 'junk.pt: not a PyTorch' in r.stderr and 'Traceback' not in r.stderr
     liar = tmp_path / 'liar.pt'  # claims to be yolov5s but holds yolov5n weights
     torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS,
                 'names': M.COCO_NAMES}, liar)

@@ -20,9 +20,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from data import YOLODataset, create_dataloader, plot_batch, read_names, set_epoch, xywh2xyxy
-from detect import check_img_size, increment_path, non_max_suppression, scale_boxes, select_device
+from detect import check_img_size, increment_path, load_weights, non_max_suppression, scale_boxes, select_device
 from loss import YOLOLoss
-from model import SCALES, STRIDES, YOLOv5, load_model
+from model import SCALES, STRIDES, YOLOv5
 
 # YOLOv5's hyp.scratch-low.yaml, plus the probabilities of the albumentations stack it hardcodes.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -341,10 +341,7 @@ def build_datasets(opt, names, hyp, train=True):
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    try:
-        model, _ = load_model(opt.weights, device, fuse=True)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f'ERROR: {e}')
+    model = load_weights(opt.weights, device, fuse=True)
     names = read_names(opt.names) if opt.names else model.names
     _, val = build_datasets(opt, names, None, train=False)
     loader = create_dataloader(val, opt.batch, opt.workers)
@@ -392,10 +389,7 @@ def train(opt):
         model.load_state_dict(ckpt['model'])
         names = model.names
     elif opt.weights:
-        try:
-            src, _ = load_model(opt.weights)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f'ERROR: {e}')
+        src = load_weights(opt.weights)
         names = names if opt.names else src.names
         model = YOLOv5(src.scale, len(names), names=names)
         sd, own = src.state_dict(), model.state_dict()
