@@ -80,7 +80,8 @@ def find_images(source, split='train'):
         lines = [x.strip() for x in p.read_text().splitlines() if x.strip()]
         files = [x if os.path.isabs(x) else str(p.parent / x) for x in lines]  # relative to the list file
     else:
-        raise FileNotFoundError(f'{source}: not a folder of images, a .txt list or a dataset root')
+        hint = ' (YAML data files are not read: give the folder that holds images/ and labels/)' if p.suffix in ('.yaml', '.yml') else ''
+        raise FileNotFoundError(f'{source}: not a folder of images, a .txt list or a dataset root{hint}')
     files = sorted(f for f in files if Path(f).suffix.lower() in IMAGE_EXTS)
     if not files:
         raise FileNotFoundError(f'{source}: no images found')

@@ -763,6 +763,8 @@ def test_training_refuses_bad_datasets_with_a_clear_message(tmp_path):
     (wrong / 'names.txt').write_text('a\nb\n')
     r = run_train('--weights', '', '--data', wrong, '--names', wrong / 'names.txt', '--img', 128, '--epochs', 1, cwd=tmp_path)
     assert r.returncode != 0 and 'im0.txt: class 7 is out of range' in r.stderr and '--names' in r.stderr
+    r = run_train('--weights', '', '--data', tmp_path / 'coco128.yaml', cwd=tmp_path)
+    assert r.returncode != 0 and 'coco128.yaml: not a folder' in r.stderr and 'images/ and labels/' in r.stderr
     r = run_train('--weights', '', '--data', wrong, '--hyp', 'lr9=1', cwd=tmp_path)
     assert r.returncode != 0 and 'unknown key' in r.stderr
 
