@@ -22,7 +22,7 @@ from model import load_model
 ROOT = Path(__file__).resolve().parent
 
 
-def median_ms(fn, n=30, warmup=5):
+def median_ms(fn, n=40, warmup=10):
     for _ in range(warmup):
         fn()
     times = []
