@@ -389,7 +389,7 @@ class YOLODataset(torch.utils.data.Dataset):
         canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
         labels = []
         for k, i in enumerate(indices):
-            img, _ = self.load_checked(i, rng)
+            img, _, i = self.load_checked(i, rng)
             h, w = img.shape[:2]
             # where the tile goes on the canvas (a) and which part of the image fills it (b)
             if k == 0:    # top left
@@ -413,11 +413,12 @@ class YOLODataset(torch.utils.data.Dataset):
                                   hyp['shear'], hyp['perspective'], border=(-s // 2, -s // 2))
 
     def load_checked(self, i, rng):
-        """load_image, but a file that fails to decode is reported once and replaced by another image."""
+        """load_image, but a file that fails to decode is reported once and replaced by another image:
+        returns the image, its original (h, w) and the index of the image actually loaded."""
         for _ in range(100):
             img, hw0 = self.load_image(i)
             if img is not None:
-                return img, hw0
+                return img, hw0, i
             if self.files[i] not in self.warned:
                 self.warned.add(self.files[i])
                 print(f'WARNING: {self.files[i]}: cannot decode image, skipped', file=sys.stderr)
@@ -432,7 +433,7 @@ class YOLODataset(torch.utils.data.Dataset):
             if rng.random() < hyp['mixup']:
                 img, labels = mixup(img, labels, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
         else:
-            img, (h0, w0) = self.load_checked(index, rng)
+            img, (h0, w0), index = self.load_checked(index, rng)
             h, w = img.shape[:2]
             shape = self.batch_shapes[self.batch_index[index]] if self.rect else self.img_size
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)

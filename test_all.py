@@ -544,13 +544,15 @@ def test_loader_is_deterministic_under_a_seed(tmp_path):
     assert not torch.equal(other[0][0], data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=5)[0][0])
 
 
-def test_training_skips_an_image_that_stops_decoding(tmp_path, capsys):
-    root, _ = rectangles_dataset(tmp_path)
-    ds = data.YOLODataset(root, 160, augment=True, hyp=dict(AUG_OFF, mosaic=1.0), nc=18)
+@pytest.mark.parametrize('mosaic', [1.0, 0.0])
+def test_training_skips_an_image_that_stops_decoding(tmp_path, capsys, mosaic):
+    root, areas = rectangles_dataset(tmp_path)
+    ds = data.YOLODataset(root, 160, augment=True, hyp=dict(AUG_OFF, mosaic=mosaic), nc=18)
     (root / 'images' / 'train' / 'im0.jpg').write_bytes(b'broken after the scan')
     for i in range(len(ds)):
-        img, labels, _, _ = ds[i]
-        assert img.shape == (3, 160, 160)
+        img, labels, path, _ = ds[i]
+        assert img.shape == (3, 160, 160) and len(labels) and (mosaic or not path.endswith('im0.jpg'))
+        check_labels_frame_rectangles(img, labels, areas)  # the labels are those of the image put in its place
     assert 'im0.jpg: cannot decode image, skipped' in capsys.readouterr().err
 
 
