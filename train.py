@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import YOLODataset, create_dataloader, plot_batch, read_names, set_epoch, xywh2xyxy
+from data import YOLODataset, create_dataloader, label_path, plot_batch, read_names, set_epoch, xywh2xyxy
 from detect import check_img_size, increment_path, load_weights, non_max_suppression, scale_boxes, select_device
 from loss import YOLOLoss
 from model import SCALES, STRIDES, YOLOv5
@@ -325,7 +325,7 @@ def parse_args(argv=None):
 
 
 def build_datasets(opt, names, hyp, train=True):
-    gs, prefix = max(STRIDES), ''
+    gs = max(STRIDES)
     try:  # a dataset root with a single split (like coco128) validates on it
         val = YOLODataset(opt.val or opt.data, opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
                           pad=0.5, cache=opt.cache, nc=len(names), split='val', prefix='val: ') if MAIN else None
@@ -334,8 +334,8 @@ def build_datasets(opt, names, hyp, train=True):
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'ERROR: {e}')
     if train and not sum(len(x) for x in tr.labels):
-        raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Labels are read from '
-                         f'the labels/ folder beside images/ (e.g. {tr.files[0]} -> its .txt under labels/)')
+        raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s labels '
+                         f'are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
     return tr, val
 
 
