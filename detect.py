@@ -131,17 +131,17 @@ def expand_sources(sources):
 
 
 def read_frames(path):
-    """Yields (frame BGR, frame index, frame count); one frame for an image. Raises on unreadable files."""
+    """Yields (frame BGR, frame index, frame count, fps); one frame for an image. Raises on unreadable files."""
     if Path(path).suffix.lower() in IMAGE_EXTS:
         img = cv2.imread(path)
         if img is None:
             raise ValueError('cannot decode image (corrupt or not an image)')
-        yield img, 0, 1
+        yield img, 0, 1, 0
         return
     cap, i = cv2.VideoCapture(path), 0
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    count, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS) or 30
     while (frame := cap.read()[1]) is not None:
-        yield frame, i, count
+        yield frame, i, count, fps
         i += 1
     cap.release()
     if not i:
@@ -211,7 +211,7 @@ def run(opt):
             continue
         writer, video = None, Path(path).suffix.lower() in VIDEO_EXTS
         try:
-            for frame, fi, count in read_frames(path):
+            for frame, fi, count, fps in read_frames(path):
                 t0 = time.perf_counter()
                 img, ratio, pad = letterbox(frame, opt.img, stride=32, auto=True)
                 x = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))).to(device)
@@ -246,7 +246,6 @@ def run(opt):
                         cv2.imwrite(str(save_dir / Path(path).name), frame)
                     else:
                         if writer is None:
-                            fps = cv2.VideoCapture(path).get(cv2.CAP_PROP_FPS) or 30
                             writer = cv2.VideoWriter(str(save_dir / f'{Path(path).stem}.mp4'),
                                                      cv2.VideoWriter_fourcc(*'mp4v'), fps, frame.shape[1::-1])
                         writer.write(frame)
