@@ -1,6 +1,8 @@
 """
-Everything between image files on disk and the batches the model sees: YOLO-format datasets, label
-checks and their cache, letterbox, and the augmentation stack (numpy + OpenCV only, no albumentations).
+From files to tensors, the bottom layer: it imports no other file of the project.
+Owns YOLO-format datasets (class names, label checks and their cache), box formats, letterbox, the
+augmentation stack and its hyperparameters (numpy + OpenCV only, no albumentations), the loader, and the
+pictures and folders a run writes (boxes drawn on images, runs/<task>/exp, exp2, ...).
 
 Labels are YOLO rows `class xc yc w h`, normalized to the image. Inside this file, while an image is
 being augmented, its labels are `class x1 y1 x2 y2` in pixels; they are normalized again at the end.
@@ -12,6 +14,7 @@ import hashlib
 import math
 import os
 import sys
+import urllib.request
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -22,8 +25,30 @@ from PIL import Image
 
 cv2.setNumThreads(0)  # OpenCV's own threads fight with the loader's worker processes
 IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
+VIDEO_EXTS = {'.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts', '.wmv'}
 CACHE_VERSION = 1
 COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
+COCO_NAMES = ['person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
+    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse',
+    'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie',
+    'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove',
+    'skateboard', 'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon',
+    'bowl', 'banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut',
+    'cake', 'chair', 'couch', 'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse',
+    'remote', 'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book',
+    'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush']
+PALETTE = [tuple(int(h[i:i + 2], 16) for i in (4, 2, 0)) for h in (  # BGR, the original's 20 colours
+    'FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',
+    '2C99A8', '00C2FF', '344593', '6473FF', '0018EC', '8438FF', '520085', 'CB38FF', 'FF95C8', 'FF37C7')]
+# YOLOv5's augmentation hyperparameters (hyp.scratch-low), plus the probabilities of the albumentations
+# stack it hardcodes. train.py merges them into its HYP, where --hyp KEY=VALUE overrides them.
+AUG = dict(
+    hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  # colour gains (fractions)
+    degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,  # geometry
+    flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0,                      # probabilities
+    blur=0.01, median_blur=0.01, to_gray=0.01, clahe=0.01,              # probabilities (albumentations in YOLOv5)
+    crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0,
+)
 
 
 # ---------------------------------------------------------------------------------------------- boxes
@@ -63,6 +88,11 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     return img, r, (dw, dh)
 
 
+def to_tensor(img):
+    """An OpenCV image (h, w, 3) BGR -> the model's (3, h, w) RGB uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[::-1]))
+
+
 # ---------------------------------------------------------------------------------------------- files and labels
 
 def find_images(source, split='train'):
@@ -86,6 +116,21 @@ def find_images(source, split='train'):
     if not files:
         raise FileNotFoundError(f'{source}: no images found')
     return files
+
+
+def download(url, path):
+    print(f'Downloading {url} to {path} ...', file=sys.stderr)
+    tmp = path + '.part'
+    try:
+        urllib.request.urlretrieve(url, tmp, lambda n, size, total: print(
+            f'\r  {n * size / 1e6:.1f} of {max(total, 0) / 1e6:.1f} MB', end='', file=sys.stderr))
+        print(file=sys.stderr)
+        os.replace(tmp, path)
+    except Exception as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise FileNotFoundError(f'{path} not found and the download failed ({e}). Download {url} '
+                                f'by hand and put it at {os.path.abspath(path)}') from None
 
 
 def label_path(img_path):
@@ -208,7 +253,6 @@ def load_labels(img_files, nc, prefix=''):
 
 def read_names(path=None):
     if path is None:
-        from model import COCO_NAMES
         return list(COCO_NAMES)
     names = [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
     if not names:
@@ -427,7 +471,7 @@ class YOLODataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        hyp, shapes = self.hyp, None
+        hyp, to_orig = self.hyp, None
         if self.mosaic and rng.random() < hyp['mosaic']:
             img, labels = self.load_mosaic(index, rng)
             if rng.random() < hyp['mixup']:
@@ -437,7 +481,7 @@ class YOLODataset(torch.utils.data.Dataset):
             h, w = img.shape[:2]
             shape = self.batch_shapes[self.batch_index[index]] if self.rect else self.img_size
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-            shapes = (h0, w0), (h / h0 * ratio, pad)  # to map predictions back to the original image
+            to_orig = (h0, w0), (h / h0 * ratio, pad)  # what scale_boxes needs to map boxes back to the original
             labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
             if self.augment:
                 img, labels = random_perspective(img, labels, rng, hyp['degrees'], hyp['translate'],
@@ -458,15 +502,14 @@ class YOLODataset(torch.utils.data.Dataset):
                 img, labels[:, 1] = np.fliplr(img), 1 - labels[:, 1]
         out = np.zeros((len(labels), 6), np.float32)
         out[:, 1:] = labels
-        img = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
-        return torch.from_numpy(img), torch.from_numpy(out), self.files[index], shapes
+        return to_tensor(img), torch.from_numpy(out), self.files[index], to_orig
 
 
 def collate(batch):
-    imgs, labels, paths, shapes = zip(*batch)
+    imgs, labels, paths, to_orig = zip(*batch)
     for i, lb in enumerate(labels):
         lb[:, 0] = i  # which image of the batch each label belongs to
-    return torch.stack(imgs), torch.cat(labels), paths, shapes
+    return torch.stack(imgs), torch.cat(labels), paths, to_orig
 
 
 def create_dataloader(dataset, batch_size, workers=8, shuffle=False, rank=0, world_size=1):
@@ -483,9 +526,33 @@ def set_epoch(loader, epoch):
     loader.dataset.epoch = epoch
 
 
+# ---------------------------------------------------------------------------------------------- what a run writes
+
+def run_dir(project, name, exist_ok=False):
+    """The folder of a new run: project/name, or if that exists (and not exist_ok) name2, name3, ..."""
+    path = candidate = Path(project) / name
+    n = 2
+    while candidate.exists() and not exist_ok:
+        candidate, n = Path(f'{path}{n}'), n + 1
+    return candidate
+
+
+def draw_box(img, xyxy, label, color, thickness):
+    p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
+    cv2.rectangle(img, p1, p2, color, thickness, cv2.LINE_AA)
+    if label:
+        font_thickness = max(thickness - 1, 1)
+        w, h = cv2.getTextSize(label, 0, thickness / 3, font_thickness)[0]
+        above = p1[1] - h >= 3  # the label sits above the box unless that leaves the image
+        q = (p1[0] + w, p1[1] - h - 3 if above else p1[1] + h + 3)
+        cv2.rectangle(img, p1, q, color, -1, cv2.LINE_AA)
+        text_color = (0, 0, 0) if sum(color) > 450 else (255, 255, 255)
+        cv2.putText(img, label, (p1[0], p1[1] - 2 if above else p1[1] + h + 2), 0, thickness / 3,
+                    text_color, font_thickness, cv2.LINE_AA)
+
+
 def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
     """A grid of a batch with its label boxes (and predictions with confidence, if given) as a JPEG."""
-    from detect import PALETTE, draw_box
     imgs, labels = imgs[:max_images].numpy(), labels.numpy()
     b, _, h, w = imgs.shape
     cols = math.ceil(b ** 0.5)
@@ -506,9 +573,19 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
     cv2.imwrite(str(path), grid)
 
 
+# ---------------------------------------------------------------------------------------------- command line
+
+def or_exit(fn, *args, **kwargs):
+    """fn(*args, **kwargs) for the command line: a missing or bad input file ends the program with its message
+    (fn raises FileNotFoundError or ValueError for those), no traceback. Any other error is a bug: it shows."""
+    try:
+        return fn(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'ERROR: {e}')
+
+
 if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]: see what training sees
     import argparse
-    from train import HYP
     p = argparse.ArgumentParser()
     p.add_argument('data')
     p.add_argument('--img', type=int, default=640)
@@ -518,7 +595,7 @@ if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]:
     p.add_argument('--out', default='train_batch.jpg')
     a = p.parse_args()
     names = read_names(a.names)
-    ds = YOLODataset(a.data, a.img, a.batch, augment=True, hyp=HYP, nc=len(names), seed=a.seed)
+    ds = YOLODataset(a.data, a.img, a.batch, augment=True, hyp=AUG, nc=len(names), seed=a.seed)
     imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
     plot_batch(imgs, labels, names, a.out)
     print(f'{len(imgs)} augmented images with {len(labels)} labels written to {a.out}')

@@ -1,16 +1,21 @@
 """
-YOLOv5 (v6+ architecture) as plain PyTorch modules, and loading of checkpoints.
+From pixels to boxes: YOLOv5 (v6+ architecture) as plain PyTorch modules, its checkpoints (official and
+ours), decoding, non-maximum suppression, mapping boxes back to the image, and the choice of device.
+Imports data.py (class names, box formats, downloads) and nothing above it.
 
 The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24), so the
-official checkpoints load by name with no key mapping. Concat and Upsample have no weights, so
-those indices are simply skipped in the ModuleList.
+official checkpoints load by name with no key mapping. Concat and Upsample have no weights: their
+indices hold an nn.Identity that forward() never calls.
 """
 import codecs
+import functools
+import glob
+import importlib.util
 import math
 import os
 import pickle
 import sys
-import urllib.request
+import time
 import zipfile
 from collections import OrderedDict
 
@@ -18,20 +23,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from data import COCO_NAMES, download, xywh2xyxy
+
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
 # COCO anchors in pixels (w, h), three per output level P3/8, P4/16, P5/32
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 STRIDES = (8, 16, 32)
-COCO_NAMES = ['person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
-    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse',
-    'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie',
-    'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove',
-    'skateboard', 'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon',
-    'bowl', 'banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut',
-    'cake', 'chair', 'couch', 'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse',
-    'remote', 'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book',
-    'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush']
 
 
 class Conv(nn.Module):
@@ -101,6 +99,10 @@ class Detect(nn.Module):
         self.register_buffer('stride', stride, persistent=False)
         self.grids = {}  # (level, ny, nx, device, dtype) -> (grid, anchor_grid), rebuilt lazily
 
+    def pixel_anchors(self):
+        """The anchors in pixels, (levels, anchors, 2); the buffer keeps them in grid units of their level."""
+        return self.anchors * self.stride.view(-1, 1, 1)
+
     def init_biases(self):
         # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6/nc
         for conv, s in zip(self.m, STRIDES):
@@ -114,7 +116,7 @@ class Detect(nn.Module):
             y, xx = torch.meshgrid(torch.arange(ny, device=x.device, dtype=x.dtype),
                                    torch.arange(nx, device=x.device, dtype=x.dtype), indexing='ij')
             grid = torch.stack((xx, y), 2).view(1, 1, ny, nx, 2) - 0.5  # -0.5 folds in the 2*sig-0.5 offset
-            anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(x.dtype)
+            anchor_grid = self.pixel_anchors()[i].view(1, self.na, 1, 1, 2).to(x.dtype)
             self.grids[key] = grid, anchor_grid
         return self.grids[key]
 
@@ -161,6 +163,11 @@ class YOLOv5(nn.Module):
     @property
     def detect(self):
         return self.model[24]
+
+    def meta(self):
+        """What YOLOv5(**meta) needs to rebuild this model: saved in every checkpoint beside the weights."""
+        anchors = self.detect.pixel_anchors().view(self.detect.nl, -1).tolist()
+        return dict(scale=list(self.scale), nc=self.nc, anchors=anchors, names=list(self.names))
 
     def forward(self, x):
         m = self.model
@@ -258,7 +265,7 @@ def _state_dict_of(stub, prefix=''):
     return sd
 
 
-def _load_official(path):
+def _read_official(path):
     with zipfile.ZipFile(path) as zf:
         pkl = [n for n in zf.namelist() if n.endswith('data.pkl')]
         if len(pkl) != 1:
@@ -268,56 +275,121 @@ def _load_official(path):
     stub = ckpt.get('ema') or ckpt.get('model') if isinstance(ckpt, dict) else None
     if not isinstance(stub, _Stub) or not isinstance(getattr(stub, 'yaml', None), dict):
         raise ValueError('no YOLOv5 model inside')
-    cfg, sd = stub.yaml, _state_dict_of(stub)
+    cfg = stub.yaml
     if len(cfg.get('backbone', [])) != 10 or len(cfg.get('head', [])) != 15:
         raise ValueError('not a YOLOv5 v6+ P5 model (yolov5n/s/m/l/x architecture)')
     detect = stub._modules['model']._modules['24']
     anchors = (detect._buffers['anchors'].float() * detect.stride.float().view(-1, 1, 1)).view(3, -1).tolist()
     names = stub.names if isinstance(stub.names, list) else [stub.names[i] for i in sorted(stub.names)]
-    model = YOLOv5((cfg['depth_multiple'], cfg['width_multiple']), int(detect.nc), anchors, names)
-    return model, sd, {}
+    meta = dict(scale=(cfg['depth_multiple'], cfg['width_multiple']), nc=int(detect.nc), anchors=anchors, names=names)
+    return meta, _state_dict_of(stub)
 
 
-def load_model(path, device='cpu', fuse=False):
-    """Returns (model in eval mode, checkpoint dict). Accepts official yolov5*.pt and our own checkpoints."""
+def read_checkpoint(path):
+    """(meta, fp32 state dict, whole checkpoint) of an official yolov5*.pt (downloaded if missing) or of ours,
+    without building a model: YOLOv5(**meta) is the model it describes. Raises ValueError or FileNotFoundError."""
     path = str(path)
     if not os.path.exists(path):
-        if os.path.basename(path) in OFFICIAL:
-            download(RELEASE_URL + os.path.basename(path), path)
-        else:
+        if os.path.basename(path) not in OFFICIAL:
             raise FileNotFoundError(f'{path}: no such weights file')
+        download(RELEASE_URL + os.path.basename(path), path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
     try:  # ours first: a plain dict of tensors and metadata
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
         if not (isinstance(ckpt, dict) and 'scale' in ckpt and ('model' in ckpt or 'ema' in ckpt)):
             raise ValueError('not one of our checkpoints')
-        model = YOLOv5(tuple(ckpt['scale']), ckpt['nc'], ckpt['anchors'], ckpt['names'])
-        sd = ckpt.get('ema') or ckpt['model']
+        meta, sd = {k: ckpt[k] for k in ('scale', 'nc', 'anchors', 'names')}, ckpt.get('ema') or ckpt['model']
     except Exception:
         try:
-            model, sd, ckpt = _load_official(path)
+            (meta, sd), ckpt = _read_official(path), {}
         except Exception as e:
             raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
+    return meta, {k: v.float() for k, v in sd.items()}, ckpt
+
+
+def load_model(path, device='cpu', fuse=False):
+    """The model a checkpoint describes with its weights, in eval mode. Raises ValueError or FileNotFoundError."""
+    meta, sd, _ = read_checkpoint(path)
+    model = YOLOv5(**meta)
     try:
-        model.load_state_dict({k: v.float() for k, v in sd.items()})
+        model.load_state_dict(sd)
     except RuntimeError as e:
         raise ValueError(f'{path}: weights do not fit the model they describe: {str(e)[:300]}') from None
     model = model.to(device).eval()
-    return (model.fuse() if fuse else model), ckpt
+    return model.fuse() if fuse else model
 
 
-def download(url, path):
-    print(f'Downloading {url} to {path} ...', file=sys.stderr)
-    tmp = path + '.part'
+# ----------------------------------------------------------------------------------------------
+# From the model's output to boxes on the image, and where the model runs.
+
+@functools.lru_cache(maxsize=None)
+def torchvision_nms():
+    # `import torchvision` costs ~1.5 s (it imports every model and dataset); its compiled ops alone are free
     try:
-        urllib.request.urlretrieve(url, tmp, lambda n, size, total: print(
-            f'\r  {n * size / 1e6:.1f} of {max(total, 0) / 1e6:.1f} MB', end='', file=sys.stderr))
-        print(file=sys.stderr)
-        os.replace(tmp, path)
-    except Exception as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise FileNotFoundError(f'{path} not found and the download failed ({e}). Download {url} '
-                                f'by hand and put it at {os.path.abspath(path)}') from None
+        lib = glob.glob(os.path.join(importlib.util.find_spec('torchvision').submodule_search_locations[0], '_C*.*'))
+        torch.ops.load_library(sorted(lib)[0])
+        return torch.ops.torchvision.nms
+    except Exception:
+        import torchvision
+        return torchvision.ops.nms
 
+
+def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
+                        multi_label=False, max_det=300, max_nms=30000, max_wh=7680):
+    """pred (b, N, 5+nc) decoded model output -> list of (n, 6) tensors [x1, y1, x2, y2, conf, cls] per image.
+    conf = objectness * class score; multi_label keeps every class above conf_thres per box (val does)."""
+    time_limit, t0 = 0.5 + 0.05 * pred.shape[0], time.time()
+    out = [torch.zeros((0, 6), device=pred.device)] * pred.shape[0]
+    for i, x in enumerate(pred):
+        x = x[x[:, 4] > conf_thres]
+        if not len(x):
+            continue
+        scores = x[:, 5:] * x[:, 4:5]
+        box = xywh2xyxy(x[:, :4])
+        if multi_label and scores.shape[1] > 1:
+            j, k = (scores > conf_thres).nonzero(as_tuple=False).T
+            x = torch.cat((box[j], scores[j, k, None], k[:, None].float()), 1)
+        else:
+            conf, k = scores.max(1, keepdim=True)
+            x = torch.cat((box, conf, k.float()), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)]
+        if not len(x):
+            continue
+        x = x[x[:, 4].argsort(descending=True)[:max_nms]]
+        offsets = x[:, 5:6] * (0 if agnostic else max_wh)  # shift each class apart: boxes of two classes never overlap
+        keep = torchvision_nms()(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
+        out[i] = x[keep]
+        if time.time() - t0 > time_limit:
+            print(f'WARNING: NMS time limit {time_limit:.3f}s exceeded', file=sys.stderr)
+            break
+    return out
+
+
+def scale_boxes(boxes, from_shape, to_shape, ratio_pad=None):
+    """Map xyxy boxes from the letterboxed image (h, w) back to the original image (h, w), clipped."""
+    if ratio_pad is None:
+        gain = min(from_shape[0] / to_shape[0], from_shape[1] / to_shape[1])
+        pad = (from_shape[1] - to_shape[1] * gain) / 2, (from_shape[0] - to_shape[0] * gain) / 2
+    else:
+        gain, pad = ratio_pad
+    boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - pad[0]) / gain).clamp(0, to_shape[1])
+    boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - pad[1]) / gain).clamp(0, to_shape[0])
+    return boxes
+
+
+def check_img_size(img, stride=max(STRIDES)):
+    if img % stride:  # the feature maps of the 3 levels must align
+        print(f'WARNING: --img {img} is not a multiple of the stride {stride}, using {img - img % stride + stride}')
+    return -(-img // stride) * stride
+
+
+def select_device(device=''):
+    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun)."""
+    device = str(device).strip().lower().replace('cuda:', '')
+    if device == 'cpu' or (not device and not torch.cuda.is_available()):
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise SystemExit(f'--device {device}: CUDA is not available here; use --device cpu')
+    return torch.device('cuda', int(device.split(',')[0] or 0))

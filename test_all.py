@@ -32,7 +32,7 @@ def shared(path):
 
 @pytest.fixture(scope='session')
 def yolov5n():
-    return M.load_model(shared(WEIGHTS))[0]
+    return M.load_model(shared(WEIGHTS))
 
 
 def read_labels(path):
@@ -98,7 +98,7 @@ def test_detect_bias_init_gives_the_yolov5_prior():
 
 
 def test_fuse_keeps_outputs(yolov5n):
-    net = M.load_model(shared(WEIGHTS))[0]
+    net = M.load_model(shared(WEIGHTS))
     x = torch.rand(1, 3, 224, 160)
     with torch.no_grad():
         before = net(x)[0]
@@ -171,7 +171,7 @@ def test_checkpoint_in_the_originals_v7_training_format_loads(tmp_path, monkeypa
     monkeypatch.undo()
     det.__dict__.pop('stride')
     det.register_buffer('stride', stride, persistent=False)
-    loaded = M.load_model(path)[0]
+    loaded = M.load_model(path)
     assert loaded.names == ['a', 'b', 'c'] and loaded.scale == (0.33, 0.5) and loaded.nc == 3
     x = torch.rand(1, 3, 128, 160)
     with torch.no_grad():
@@ -189,7 +189,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     assert r.returncode != 0 and 'ERROR: ' in r.stderr and 'junk.pt: not a PyTorch' in r.stderr and 'Traceback' not in r.stderr
     liar = tmp_path / 'liar.pt'  # claims to be yolov5s but holds yolov5n weights
     torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS,
-                'names': M.COCO_NAMES}, liar)
+                'names': data.COCO_NAMES}, liar)
     with pytest.raises(ValueError, match='liar.pt: weights do not fit'):
         M.load_model(liar)
 
@@ -206,7 +206,7 @@ def test_our_checkpoint_round_trip(tmp_path):
     torch.save({'model': net.state_dict(), 'scale': list(net.scale), 'nc': 2, 'anchors': M.ANCHORS,
                 'names': ['cat', 'dog']}, path)
     torch.load(path, weights_only=True)
-    loaded = M.load_model(path)[0]
+    loaded = M.load_model(path)
     assert loaded.names == ['cat', 'dog']
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
@@ -236,10 +236,10 @@ def test_nms_matches_a_brute_force_reference(multi_label, agnostic):
     n, nc = 300, 4
     xy, wh = rng.uniform(0, 200, (n, 2)), rng.uniform(10, 60, (n, 2))
     pred = np.concatenate([xy, wh, rng.uniform(0, 1, (n, 1)), rng.uniform(0, 1, (n, nc))], 1).astype(np.float32)
-    out = detect.non_max_suppression(torch.from_numpy(pred)[None], 0.3, 0.5, multi_label=multi_label,
+    out = M.non_max_suppression(torch.from_numpy(pred)[None], 0.3, 0.5, multi_label=multi_label,
                                      agnostic=agnostic, max_det=1000)[0].numpy()
     scores = pred[:, 5:] * pred[:, 4:5]
-    boxes = detect.xywh2xyxy(pred[:, :4])
+    boxes = data.xywh2xyxy(pred[:, :4])
     cand = [(i, c) for i in range(n) for c in range(nc) if scores[i, c] > 0.3 and pred[i, 4] > 0.3
             and (multi_label or c == scores[i].argmax())]
     expected = []
@@ -257,8 +257,8 @@ def test_nms_max_det_and_classes():
     pred[0, :, 0] = torch.arange(50) * 100.0  # far apart: nothing suppressed
     pred[0, :, 2:4], pred[0, :, 4] = 20, 0.9
     pred[0, :, 5], pred[0, 25:, 6] = 0.8, 0.95
-    assert len(detect.non_max_suppression(pred, max_det=10)[0]) == 10
-    out = detect.non_max_suppression(pred, classes=[1])[0]
+    assert len(M.non_max_suppression(pred, max_det=10)[0]) == 10
+    out = M.non_max_suppression(pred, classes=[1])[0]
     assert len(out) == 25 and (out[:, 5] == 1).all()
 
 
@@ -270,7 +270,7 @@ def test_letterbox_and_scale_boxes_round_trip(shape, new):
     assert out[0, 0, 0] in (7, 114)
     boxes = torch.tensor([[10.0, 20.0, 60.0, 70.0], [0.0, 0.0, shape[1], shape[0]]])
     letterboxed = boxes * r + torch.tensor([dw, dh, dw, dh])
-    back = detect.scale_boxes(letterboxed.clone(), out.shape[:2], shape)
+    back = M.scale_boxes(letterboxed.clone(), out.shape[:2], shape)
     torch.testing.assert_close(back, boxes, atol=0.6, rtol=0)
 
 

@@ -1,8 +1,9 @@
 """
-Train or validate YOLOv5.
+Train or validate YOLOv5: an entry point beside detect.py, on top of data.py, model.py and loss.py.
   python train.py --data ../shared/datasets/coco128 --weights yolov5n.pt --img 320 --epochs 3
   torchrun --nproc_per_node 2 train.py --data ... --device 0,1          (DDP: NCCL on GPUs, gloo on CPU)
   python train.py --val-only --weights yolov5n.pt --data ../shared/datasets/coco128 --batch 32
+Owns the training hyperparameters, validation metrics (YOLOv5's mAP), autoanchor and the training loop.
 Runs are saved to runs/train/exp, exp2, ...: weights/last.pt, weights/best.pt, results.csv and pictures.
 """
 import argparse
@@ -19,12 +20,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import YOLODataset, create_dataloader, label_path, plot_batch, read_names, set_epoch, xywh2xyxy
-from detect import check_img_size, increment_path, load_weights, non_max_suppression, scale_boxes, select_device
+from data import (AUG, YOLODataset, create_dataloader, label_path, or_exit, plot_batch, read_names, run_dir, set_epoch,
+                  xywh2xyxy)
 from loss import YOLOLoss
-from model import SCALES, STRIDES, YOLOv5
+from model import (SCALES, YOLOv5, check_img_size, load_model, non_max_suppression, read_checkpoint, scale_boxes,
+                   select_device)
 
-# YOLOv5's hyp.scratch-low.yaml, plus the probabilities of the albumentations stack it hardcodes.
+# YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
 HYP = dict(
     lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,            # SGD; final lr = lr0 * lrf
@@ -32,14 +34,12 @@ HYP = dict(
     nbs=64,                                                             # nominal batch: gradients accumulate to it
     box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,                 # loss gains and BCE positive weights
     anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0,                    # anchor-label wh ratio limit, focal loss gamma
-    hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  # colour gains (fractions)
-    degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,  # geometry
-    flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0,                      # probabilities
-    blur=0.01, median_blur=0.01, to_gray=0.01, clahe=0.01,              # probabilities (albumentations in YOLOv5)
-    crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0,
+    **AUG,
 )
 RANK, LOCAL_RANK, WORLD_SIZE = (int(os.getenv(k, d)) for k, d in (('RANK', -1), ('LOCAL_RANK', -1), ('WORLD_SIZE', 1)))
 MAIN = RANK in (-1, 0)  # only this process validates, prints and saves
+METRICS = ['metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
+           'val/box_loss', 'val/obj_loss', 'val/cls_loss']  # what validate() returns, as named in results.csv
 
 
 def log(*args, **kwargs):
@@ -107,24 +107,55 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
 
 
 @torch.inference_mode()
+def predict(model, imgs, half=False):
+    """Decoded predictions and raw maps of a batch. On CPU, chunks of 4 images run ~1.8x faster than a batch
+    of 32 (memory traffic); in eval mode an image's output does not depend on its batch, so results are equal."""
+    with torch.autocast(imgs.device.type, enabled=half):  # fp16 on CUDA without touching the (EMA) weights
+        chunks = [model(c) for c in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs))]
+    return torch.cat([c[0] for c in chunks]), [torch.cat(r) for r in zip(*[c[1] for c in chunks])]
+
+
+def match_image(pred, labels, img_shape, to_orig, iouv):
+    """(correct at each IoU, conf, predicted class, label classes) of one image; boxes are compared in the
+    original image's pixels, as YOLOv5 does."""
+    correct = np.zeros((len(pred), len(iouv)), bool)
+    if len(pred) and len(labels):
+        predn = scale_boxes(pred[:, :4].clone(), img_shape, *to_orig)
+        tbox = scale_boxes(xywh2xyxy(labels[:, 1:5]), img_shape, *to_orig)
+        correct = match_predictions(torch.cat((predn, pred[:, 4:]), 1), labels[:, 0], tbox, iouv)
+    return correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()
+
+
+def summarize(stats, names, seen, verbose):
+    """YOLOv5's table (all classes, and each class with verbose); returns mean P, R, mAP50, mAP50-95."""
+    pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
+    stats = [np.concatenate(x, 0) for x in zip(*stats)]
+    if not stats or not len(stats[3]):
+        log('WARNING: no labels in the validation set, no metrics')
+        return [0.0] * 4
+    p, r, ap, classes, n_labels = ap_per_class(*stats)
+    ap50, ap = ap[:, 0], ap.mean(1)
+    log(pf % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
+    for i, c in enumerate(classes if verbose else []):
+        log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
+    return [p.mean(), r.mean(), ap50.mean(), ap.mean()]
+
+
+@torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, half=False,
              verbose=False, plot_path=None):
-    """Returns (P, R, mAP50, mAP50-95, *val losses) and per-class mAP50-95; prints YOLOv5's table."""
+    """Prints YOLOv5's validation table and returns {name in METRICS: value}."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
     stats, seen, dt, loss = [], 0, [0.0, 0.0, 0.0], torch.zeros(3, device=device)
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
-    for bi, (imgs, targets, paths, shapes) in enumerate(loader):
+    for bi, (imgs, targets, paths, to_orig) in enumerate(loader):
         t0 = time.perf_counter()
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
         t1 = time.perf_counter()
-        # on CPU, chunks of 4 images run ~1.8x faster than a batch of 32 (memory traffic); in eval mode
-        # an image's output does not depend on the rest of its batch, so the results are the same
-        with torch.autocast(device.type, enabled=half):  # fp16 on CUDA without touching the (EMA) weights
-            chunks = [model(c) for c in imgs.split(4 if device.type == 'cpu' else len(imgs))]
-        preds, raw = torch.cat([c[0] for c in chunks]), [torch.cat(r) for r in zip(*[c[1] for c in chunks])]
+        preds, raw = predict(model, imgs, half)
         t2 = time.perf_counter()
         if loss_fn:
             loss += loss_fn([r.float() for r in raw], targets)[1]
@@ -135,37 +166,21 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]
             seen += 1
-            correct = np.zeros((len(pred), 10), bool)
-            if len(pred) and len(labels):  # compare in the original image's pixels, as YOLOv5 does
-                predn = scale_boxes(pred[:, :4].clone(), imgs.shape[2:], shapes[si][0], shapes[si][1])
-                tbox = scale_boxes(xywh2xyxy(labels[:, 1:5]), imgs.shape[2:], shapes[si][0], shapes[si][1])
-                correct = match_predictions(torch.cat((predn, pred[:, 4:]), 1), labels[:, 0], tbox, iouv)
             if len(pred) or len(labels):
-                stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()))
+                stats.append(match_image(pred, labels, imgs.shape[2:], to_orig[si], iouv))
         if plot_path and bi == 0:
             lb = targets.clone()
             lb[:, 2:] /= torch.tensor((w, h, w, h), device=device)
             plot_batch((imgs * 255).byte().cpu(), lb.cpu(), names, plot_path, [p[p[:, 4] > 0.25].cpu() for p in preds])
-    maps, pf = np.zeros(len(names)), '%22s' + '%11i' * 2 + '%11.3g' * 4
-    stats = [np.concatenate(x, 0) for x in zip(*stats)]
-    if not stats or not len(stats[3]):
-        log('WARNING: no labels in the validation set, no metrics')
-        return (0.0,) * 7, maps
-    p, r, ap, classes, n_labels = ap_per_class(*stats)
-    ap50, ap = ap[:, 0], ap.mean(1)
-    mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
-    maps[classes] = ap
-    log(pf % ('all', seen, n_labels.sum(), mp, mr, map50, map_))
-    for i, c in enumerate(classes if verbose else []):
-        log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
-    pre, inf, nms = (t * 1e3 / seen for t in dt)
+    results = summarize(stats, names, seen, verbose)
+    pre, inf, nms = (t * 1e3 / max(seen, 1) for t in dt)
     log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
-            f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
-    return (mp, mr, map50, map_, *(loss.cpu() / max(len(loader), 1)).tolist()), maps
+        f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
+    return dict(zip(METRICS, [*map(float, results), *(loss.cpu() / max(len(loader), 1)).tolist()]))
 
 
 def fitness(results):
-    return 0.1 * results[2] + 0.9 * results[3]  # mostly mAP50-95
+    return 0.1 * results['metrics/mAP_0.5'] + 0.9 * results['metrics/mAP_0.5:0.95']  # mostly mAP50-95
 
 
 # ---------------------------------------------------------------------------------------------- autoanchor
@@ -220,7 +235,7 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
     stride = det.stride.view(-1, 1, 1)
     rng = np.random.default_rng(seed)
     wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
-    anchors = (det.anchors * stride).view(-1, 2).cpu()
+    anchors = det.pixel_anchors().view(-1, 2).cpu()
     _, _, bpr, aat = anchor_metric(anchors, wh, thr)
     msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
     if bpr > 0.98:
@@ -325,14 +340,11 @@ def parse_args(argv=None):
 
 
 def build_datasets(opt, names, hyp, train=True):
-    gs = max(STRIDES)
-    try:  # a dataset root with a single split (like coco128) validates on it
-        val = YOLODataset(opt.val or opt.data, opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
-                          pad=0.5, cache=opt.cache, nc=len(names), split='val', prefix='val: ') if MAIN else None
-        tr = YOLODataset(opt.data, opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect, stride=gs,
-                         cache=opt.cache, nc=len(names), seed=opt.seed, prefix='train: ') if train else None
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f'ERROR: {e}')
+    # a dataset root with a single split (like coco128) validates on it
+    val = or_exit(YOLODataset, opt.val or opt.data, opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
+                  pad=0.5, cache=opt.cache, nc=len(names), split='val', prefix='val: ') if MAIN else None
+    tr = or_exit(YOLODataset, opt.data, opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
+                 cache=opt.cache, nc=len(names), seed=opt.seed, prefix='train: ') if train else None
     if train and not sum(len(x) for x in tr.labels):
         raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s labels '
                          f'are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
@@ -341,212 +353,262 @@ def build_datasets(opt, names, hyp, train=True):
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    model = load_weights(opt.weights, device, fuse=True)
+    model = or_exit(load_model, opt.weights, device, fuse=True)
     names = read_names(opt.names) if opt.names else model.names
     _, val = build_datasets(opt, names, None, train=False)
-    loader = create_dataloader(val, opt.batch, opt.workers)
-    validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, half=device.type == 'cuda',
-             verbose=opt.verbose)
+    validate(model, create_dataloader(val, opt.batch, opt.workers), names, opt.conf_thres, opt.iou_thres,
+             opt.max_det, half=device.type == 'cuda', verbose=opt.verbose)
+
+
+def transfer(model, state_dict, exclude=()):
+    """Copy every tensor whose name and shape fit (as the original's intersect_dicts): an edited block starts
+    from scratch while the rest starts from the checkpoint. Returns (transferred, total) counts."""
+    own = model.state_dict()
+    fits = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape and not any(x in k for x in exclude)}
+    model.load_state_dict(fits, strict=False)
+    return len(fits), len(own)
+
+
+class Trainer:
+    """One training run. __init__ sets everything up, or restores it from last.pt with --resume; fit() runs the
+    epochs: train_epoch() then end_epoch() (validate, results.csv, checkpoints, early stopping)."""
+
+    def __init__(self, opt):
+        self.ddp, self.device = LOCAL_RANK != -1, select_device(opt.device)
+        if self.ddp:  # one process per GPU (NCCL), or per CPU share (gloo)
+            if opt.batch % WORLD_SIZE:
+                raise SystemExit(f'--batch {opt.batch} must be a multiple of the number of processes ({WORLD_SIZE})')
+            if self.device.type == 'cuda':
+                self.device = torch.device('cuda', LOCAL_RANK)
+                torch.cuda.set_device(self.device)
+            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
+        resumed, self.start_epoch = None, 0
+        if opt.resume:  # everything, options included, comes from the checkpoint
+            opt, resumed = resume_options(opt)
+            self.save_dir, self.start_epoch = Path(opt.resume).parent.parent, resumed['epoch'] + 1
+            log(f'Resuming {opt.resume} from epoch {self.start_epoch}')
+        else:
+            self.save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
+        self.opt, self.weights_dir = opt, self.save_dir / 'weights'
+        torch.manual_seed(opt.seed + max(RANK, 0))
+        self.hyp = hyp = dict(HYP)
+        for kv in opt.hyp:
+            k, _, v = kv.partition('=')
+            if k not in hyp:
+                raise SystemExit(f'--hyp {kv}: unknown key; known: {", ".join(hyp)}')
+            hyp[k] = float(v)
+        hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
+        model = self.build_model(resumed).to(self.device)
+        self.names = model.names
+
+        self.train_set, val_set = build_datasets(opt, self.names, hyp)
+        batch = opt.batch // WORLD_SIZE
+        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect,
+                                              rank=max(RANK, 0), world_size=WORLD_SIZE)
+        self.val_loader = create_dataloader(val_set, batch * 2, opt.workers) if MAIN else None
+        if MAIN and not resumed and not opt.noautoanchor:
+            check_anchors(self.train_set, model, hyp['anchor_t'], opt.img, opt.seed)
+
+        # the loss gains in HYP are for 3 levels, 80 classes and 640 px
+        nl, nc = model.detect.nl, model.nc
+        hyp_loss = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * nc / 80 * 3 / nl,
+                        obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl)
+        self.nb = len(self.train_loader)
+        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)
+        decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
+        self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
+        self.ema = deepcopy(model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.amp = self.device.type == 'cuda'
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+        self.best_fitness, self.best_epoch, self.updates, self.last_opt_step = 0.0, 0, 0, -1
+        if resumed:
+            self.ema.load_state_dict(resumed['ema'])
+            self.optimizer.load_state_dict(resumed['optimizer'])
+            if self.amp and resumed.get('scaler'):
+                self.scaler.load_state_dict(resumed['scaler'])
+            self.best_fitness, self.best_epoch, self.updates, self.last_opt_step = (
+                resumed[k] for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'))
+        if opt.sync_bn and self.ddp and self.device.type == 'cuda':
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log('Using SyncBatchNorm')
+        self.raw = model  # DDP below copies rank 0's weights and buffers (anchors included) to every process
+        self.model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None) if self.ddp else model
+        self.loss_fn = YOLOLoss(model, hyp_loss)
+        self.last_state = None  # the checkpoint of the latest complete epoch
+
+    def build_model(self, resumed):
+        """The model saved in last.pt; or --cfg's scale (else the weights') with the --weights transferred into
+        it by name and shape, as in the original; or a new --cfg model with --names' (else COCO's) classes."""
+        opt = self.opt
+        if resumed:
+            model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'anchors', 'names')})
+            model.load_state_dict(resumed['model'])
+            return model
+        meta, sd, _ = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None, None)
+        names = read_names(opt.names) if opt.names or not meta else meta['names']
+        scale = Path(opt.cfg).stem.replace('yolov5', '') or (meta['scale'] if meta else 'n')
+        if isinstance(scale, str) and scale not in SCALES:
+            raise SystemExit(f'--cfg {opt.cfg}: choose a scale n, s, m, l or x')
+        model = YOLOv5(scale, len(names), names=names)
+        if meta:  # with --cfg the model keeps its own anchors, as in the original
+            n, total = transfer(model, sd, exclude=['anchors'] if opt.cfg else [])
+            log(f'Transferred {n}/{total} items from {opt.weights}')
+        return model
+
+    def lr_at(self, ni):
+        """(learning rate of each parameter group, momentum, gradient accumulation) at iteration ni: a linear
+        warmup (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum up, and
+        accumulation from 1 up to nbs / batch) into the linear or cosine decay of each epoch."""
+        hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
+        epoch = ni // self.nb
+        frac = epoch / opt.epochs
+        lf = ((1 - math.cos(frac * math.pi)) / 2 * (hyp['lrf'] - 1) + 1 if opt.cos_lr
+              else (1 - frac) * (1.0 - hyp['lrf']) + hyp['lrf'])
+        ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
+        lrs = [ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf) for j in range(3)]
+        return lrs, ramp(hyp['warmup_momentum'], hyp['momentum']), max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
+
+    def train_epoch(self, epoch):
+        """One pass over the training set; returns the mean (box, obj, cls) losses."""
+        opt, device = self.opt, self.device
+        self.model.train()
+        set_epoch(self.train_loader, epoch)
+        mloss = torch.zeros(3, device=device)
+        self.optimizer.zero_grad()
+        log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
+        t_epoch = time.time()
+        for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
+            ni = i + self.nb * epoch  # iterations since the start of training
+            lrs, momentum, accumulate = self.lr_at(ni)
+            for g, lr in zip(self.optimizer.param_groups, lrs):
+                g['lr'] = lr
+                if 'momentum' in g:  # SGD (Adam keeps its betas)
+                    g['momentum'] = momentum
+            imgs = imgs.to(device, non_blocking=True).float() / 255
+            if opt.multi_scale:
+                rng = np.random.default_rng([opt.seed, ni])
+                size = int(rng.integers(opt.img * 0.5, opt.img * 1.5 + 32)) // 32 * 32
+                f = size / max(imgs.shape[2:])
+                if f != 1:
+                    imgs = nn.functional.interpolate(imgs, size=[math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]],
+                                                     mode='bilinear', align_corners=False)
+            with torch.autocast(device.type, enabled=self.amp):
+                loss, items = self.loss_fn(self.model(imgs), targets.to(device))
+            if self.ddp:
+                loss *= WORLD_SIZE  # DDP averages gradients over processes; YOLOv5's loss is per global batch
+            self.scaler.scale(loss).backward()
+            if ni - self.last_opt_step >= accumulate:
+                self.optimizer_step()
+                self.last_opt_step = ni
+            mloss = (mloss * i + items) / (i + 1)
+            if MAIN:
+                mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if self.amp else '0G'
+                speed = (i + 1) / (time.time() - t_epoch)
+                line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1])
+                line += f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
+                if sys.stdout.isatty():
+                    print('\r' + line, end='\n' if i == self.nb - 1 else '', flush=True)
+                elif i == self.nb - 1:
+                    print(line, flush=True)
+                if epoch == 0 and i == 0:
+                    plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
+        return mloss
+
+    def optimizer_step(self):
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        self.updates += 1
+        ema_update(self.ema, self.raw, self.updates)
+
+    def end_epoch(self, epoch, mloss):
+        """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early."""
+        opt = self.opt
+        final = epoch + 1 == opt.epochs
+        results = dict.fromkeys(METRICS, 0.0)
+        if not opt.noval or final:
+            results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, half=self.amp,
+                               verbose=final and opt.verbose,
+                               plot_path=self.save_dir / 'val_batch0_pred.jpg' if final else None)
+        fi = fitness(results)
+        if fi >= self.best_fitness:
+            self.best_fitness, self.best_epoch = fi, epoch
+        stop = epoch - self.best_epoch >= opt.patience
+        lrs = {f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}
+        losses = dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist()))
+        write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **results, **lrs})
+        self.last_state = self.checkpoint(epoch)
+        if not opt.nosave or final or stop:
+            save_atomic(self.last_state, self.weights_dir / 'last.pt')
+            if self.best_epoch == epoch:
+                save_atomic(self.last_state, self.weights_dir / 'best.pt')
+        if stop:
+            log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
+        return stop
+
+    def checkpoint(self, epoch):
+        """Everything --resume needs to continue exactly, and what load_model needs: a plain dict."""
+        return dict(epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch),
+                    updates=self.updates, last_opt_step=self.last_opt_step, model=self.raw.state_dict(),
+                    ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict() if self.amp else None, hyp=self.hyp,
+                    opt=vars(self.opt) | {'resume': False}, date=datetime.now().isoformat(), **self.raw.meta())
+
+    def fit(self):
+        opt = self.opt
+        if MAIN:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+        log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
+            f'{WORLD_SIZE} process(es); logging results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, opt.epochs):
+                mloss = self.train_epoch(epoch)
+                stop = self.end_epoch(epoch, mloss) if MAIN else False
+                if self.ddp:  # every process must leave the loop together
+                    flag = [stop]
+                    dist.broadcast_object_list(flag, 0)
+                    stop = flag[0]
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            if MAIN and self.last_state is not None:  # the last complete epoch, so that --resume continues exactly
+                save_atomic(self.last_state, self.weights_dir / 'last.pt')
+                log(f'\nInterrupted: {self.weights_dir / "last.pt"} holds epoch {self.last_state["epoch"]}; '
+                    'continue with --resume')
+            raise SystemExit(130)
+        except torch.OutOfMemoryError:
+            raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
+                             f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
+        finally:
+            if self.ddp:
+                dist.destroy_process_group()
+        log(f'\n{epoch - self.start_epoch + 1} epochs completed. Results saved to {self.save_dir}')
+        return self.save_dir
+
+
+def resume_options(opt):
+    """--resume (the latest last.pt under --project) or --resume PATH: the run's options and its checkpoint."""
+    runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'),
+                                                                       key=os.path.getmtime)
+    if not runs:
+        raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
+    last = Path(runs[-1])
+    ckpt = torch.load(last, map_location='cpu', weights_only=True)
+    keep = {k: getattr(opt, k) for k in ('device', 'workers')}
+    opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
+    if ckpt['epoch'] + 1 >= opt.epochs:
+        raise SystemExit(f'{last} finished all {opt.epochs} epochs: nothing to resume (fine-tune it with --weights)')
+    return opt, ckpt
 
 
 def train(opt):
-    ddp = LOCAL_RANK != -1
-    device = select_device(opt.device)
-    if ddp:  # one process per GPU (NCCL), or per CPU share (gloo)
-        if opt.batch % WORLD_SIZE:
-            raise SystemExit(f'--batch {opt.batch} must be a multiple of the number of processes ({WORLD_SIZE})')
-        if device.type == 'cuda':
-            device = torch.device('cuda', LOCAL_RANK)
-            torch.cuda.set_device(device)
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    ckpt, start_epoch = None, 0
-    if opt.resume:  # everything, options included, comes from the checkpoint
-        runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'), key=os.path.getmtime)
-        if not runs:
-            raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
-        last = Path(runs[-1])
-        ckpt = torch.load(last, map_location='cpu', weights_only=True)
-        keep = {k: getattr(opt, k) for k in ('device', 'workers')}
-        opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
-        save_dir, start_epoch = last.parent.parent, ckpt['epoch'] + 1
-        if start_epoch >= opt.epochs:
-            raise SystemExit(f'{last} finished all {opt.epochs} epochs: nothing to resume (fine-tune it with --weights)')
-        log(f'Resuming {last} from epoch {start_epoch}')
-    else:
-        save_dir = Path(opt.project) / opt.name if opt.exist_ok else increment_path(Path(opt.project) / opt.name)
-    torch.manual_seed(opt.seed + max(RANK, 0))
-    hyp = dict(HYP)
-    for kv in opt.hyp:
-        k, _, v = kv.partition('=')
-        if k not in hyp:
-            raise SystemExit(f'--hyp {kv}: unknown key; known: {", ".join(hyp)}')
-        hyp[k] = float(v)
-    hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
-
-    names = read_names(opt.names)  # COCO's unless given: or those of the starting weights, below
-    if ckpt:  # rebuild the exact model that was saved
-        model = YOLOv5(tuple(ckpt['scale']), ckpt['nc'], ckpt['anchors'], ckpt['names'])
-        model.load_state_dict(ckpt['model'])
-        names = model.names
-    elif opt.weights:
-        src = load_weights(opt.weights)
-        names = names if opt.names else src.names
-        model = YOLOv5(src.scale, len(names), names=names)
-        sd, own = src.state_dict(), model.state_dict()
-        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
-        model.load_state_dict(fits, strict=False)
-        log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
-    else:
-        scale = Path(opt.cfg).stem.replace('yolov5', '') or 'n'
-        if scale not in SCALES:
-            raise SystemExit(f'--cfg {opt.cfg}: choose a scale n, s, m, l or x')
-        model = YOLOv5(scale, len(names), names=names)
-    model = model.to(device)
-
-    train_set, val_set = build_datasets(opt, names, hyp)
-    batch = opt.batch // WORLD_SIZE
-    train_loader = create_dataloader(train_set, batch, opt.workers, shuffle=not opt.rect, rank=max(RANK, 0),
-                                     world_size=WORLD_SIZE)
-    val_loader = create_dataloader(val_set, batch * 2, opt.workers) if MAIN else None
-    if MAIN and not ckpt and not opt.noautoanchor:
-        check_anchors(train_set, model, hyp['anchor_t'], opt.img, opt.seed)
-
-    # the loss gains in HYP are for 3 levels, 80 classes and 640 px
-    nl, nc = model.detect.nl, model.nc
-    hyp_run = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * nc / 80 * 3 / nl,
-                   obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl)
-    accumulate = max(round(hyp['nbs'] / opt.batch), 1)
-    decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
-    optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
-    lf = ((lambda x: ((1 - math.cos(x * math.pi / opt.epochs)) / 2) * (hyp['lrf'] - 1) + 1) if opt.cos_lr
-          else (lambda x: (1 - x / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']))
-    ema = deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    amp = device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    best_fitness, best_epoch, updates, last_opt_step = 0.0, 0, 0, -1
-    if ckpt:
-        ema.load_state_dict(ckpt['ema'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        if amp and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        best_fitness, best_epoch, updates, last_opt_step = (ckpt[k] for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'))
-    if opt.sync_bn and ddp and device.type == 'cuda':
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        log('Using SyncBatchNorm')
-    if ddp:  # DDP copies rank 0's weights and buffers (anchors included) to every process
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[LOCAL_RANK] if device.type == 'cuda' else None)
-    raw_model = model.module if ddp else model
-    loss_fn = YOLOLoss(raw_model, hyp_run)
-
-    weights_dir = save_dir / 'weights'
-    if MAIN:
-        weights_dir.mkdir(parents=True, exist_ok=True)
-    nb = len(train_loader)
-    warmup_iters = max(round(hyp['warmup_epochs'] * nb), 100)
-    log(f'Image sizes {opt.img} train, {opt.img} val; {train_loader.num_workers} dataloader workers; '
-        f'{WORLD_SIZE} process(es); logging results to {save_dir}\nStarting training for {opt.epochs} epochs...')
-    stop, epoch = False, start_epoch
-    try:
-        for epoch in range(start_epoch, opt.epochs):
-            model.train()
-            set_epoch(train_loader, epoch)
-            for g in optimizer.param_groups:  # the epoch's learning rate (warmup overrides it below)
-                g['lr'] = hyp['lr0'] * lf(epoch)
-            mloss = torch.zeros(3, device=device)
-            optimizer.zero_grad()
-            log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
-            t_epoch = time.time()
-            for i, (imgs, targets, paths, _) in enumerate(train_loader):
-                ni = i + nb * epoch  # iterations since the start of training
-                imgs = imgs.to(device, non_blocking=True).float() / 255
-                if ni <= warmup_iters:  # bias lr falls from 0.1, other lrs rise from 0, momentum rises 0.8 -> 0.937
-                    ramp = lambda start, end: float(np.interp(ni, [0, warmup_iters], [start, end]))
-                    accumulate = max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
-                    for j, g in enumerate(optimizer.param_groups):
-                        g['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf(epoch))
-                        if 'momentum' in g:
-                            g['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
-                if opt.multi_scale:
-                    rng = np.random.default_rng([opt.seed, ni])
-                    size = int(rng.integers(opt.img * 0.5, opt.img * 1.5 + 32)) // 32 * 32
-                    f = size / max(imgs.shape[2:])
-                    if f != 1:
-                        imgs = nn.functional.interpolate(imgs, size=[math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]],
-                                                         mode='bilinear', align_corners=False)
-                with torch.autocast(device.type, enabled=amp):
-                    loss, items = loss_fn(model(imgs), targets.to(device))
-                if ddp:
-                    loss *= WORLD_SIZE  # DDP averages gradients over processes; YOLOv5's loss is per global batch
-                scaler.scale(loss).backward()
-                if ni - last_opt_step >= accumulate:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                    nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad()
-                    updates += 1
-                    ema_update(ema, raw_model, updates)
-                    last_opt_step = ni
-                mloss = (mloss * i + items) / (i + 1)
-                if MAIN:
-                    mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if amp else '0G'
-                    speed = (i + 1) / (time.time() - t_epoch)
-                    line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1])
-                    line += f'  {i + 1}/{nb} {speed:.2f}it/s ETA {(nb - i - 1) / speed:.0f}s'
-                    if sys.stdout.isatty():
-                        print('\r' + line, end='\n' if i == nb - 1 else '', flush=True)
-                    elif i == nb - 1:
-                        print(line, flush=True)
-                if MAIN and epoch == 0 and i == 0:
-                    plot_batch((imgs * 255).byte().cpu(), targets, names, save_dir / 'train_batch0.jpg')
-            if MAIN:
-                final = epoch + 1 == opt.epochs
-                results = (0.0,) * 7
-                if not opt.noval or final:
-                    results, _ = validate(ema, val_loader, names, loss_fn=loss_fn, half=amp, verbose=final and opt.verbose,
-                                          plot_path=save_dir / 'val_batch0_pred.jpg' if final else None)
-                fi = fitness(results)
-                if fi >= best_fitness:
-                    best_fitness, best_epoch = fi, epoch
-                stop = epoch - best_epoch >= opt.patience
-                lrs = [g['lr'] for g in optimizer.param_groups]
-                write_results(save_dir / 'results.csv', dict(zip(
-                    ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
-                     'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-                     'x/lr0', 'x/lr1', 'x/lr2'], [epoch, *mloss.tolist(), *map(float, results), *lrs])))
-                ckpt = dict(epoch=epoch, best_fitness=float(best_fitness), best_epoch=int(best_epoch), updates=updates,
-                            last_opt_step=last_opt_step, model=raw_model.state_dict(), ema=ema.state_dict(),
-                            optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if amp else None, hyp=hyp,
-                            names=list(names), nc=nc, scale=list(raw_model.scale), opt=vars(opt) | {'resume': False},
-                            anchors=(raw_model.detect.anchors * raw_model.detect.stride.view(-1, 1, 1)).view(3, -1).tolist(),
-                            date=datetime.now().isoformat())
-                if not opt.nosave or final or stop:
-                    save_atomic(ckpt, weights_dir / 'last.pt')
-                    if best_epoch == epoch:
-                        save_atomic(ckpt, weights_dir / 'best.pt')
-                if stop:
-                    log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {best_epoch}')
-            if ddp:  # every process must leave the loop together
-                flag = [stop]
-                dist.broadcast_object_list(flag, 0)
-                stop = flag[0]
-            if stop:
-                break
-    except KeyboardInterrupt:
-        if MAIN and ckpt is not None:  # the last complete epoch, so that --resume continues exactly
-            save_atomic(ckpt, weights_dir / 'last.pt')
-            log(f'\nInterrupted: {weights_dir / "last.pt"} holds epoch {ckpt["epoch"]}; continue with --resume')
-        raise SystemExit(130)
-    except torch.OutOfMemoryError:
-        raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
-                         f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
-    finally:
-        if ddp:
-            dist.destroy_process_group()
-    log(f'\n{epoch - start_epoch + 1} epochs completed. Results saved to {save_dir}')
-    return save_dir
+    return Trainer(opt).fit()
 
 
 if __name__ == '__main__':
