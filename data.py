@@ -140,29 +140,36 @@ def label_path(img_path):
 
 
 def read_labels(path):
-    """Checked label rows (k, 5) float32 and a list of warnings, each naming the file and line."""
+    """Checked label rows (k, 5) float32 and warnings naming file and line. A row is a box `class xc yc w h` or a
+    polygon `class x1 y1 x2 y2 x3 y3 ...` (COCO segments), read as the box around its points. A malformed row
+    raises ValueError: as in the original, its image is then left out, lest its objects train as background."""
     if not os.path.isfile(path):
         return np.zeros((0, 5), np.float32), []
     rows, msgs = [], []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
+        if not line.split():
             continue
-        where = f'{path}:{n}'
         try:
-            v = [float(x) for x in line.split()]
+            v = np.array([float(x) for x in line.split()])
         except ValueError:
-            msgs.append(f'{where}: not numbers: {line.strip()[:60]!r}, row ignored')
-            continue
-        if len(v) != 5:
-            msgs.append(f'{where}: expected 5 numbers (class xc yc w h), got {len(v)}, row ignored')
-        elif v[0] != int(v[0]) or v[0] < 0:
-            msgs.append(f'{where}: class {v[0]:g} is not a non-negative integer, row ignored')
-        elif min(v[1:]) < -COORD_TOLERANCE or max(v[1:]) > 1 + COORD_TOLERANCE:
-            msgs.append(f'{where}: coordinates {v[1:]} not normalized to [0, 1], row ignored')
-        elif v[3] <= 0 or v[4] <= 0:
-            msgs.append(f'{where}: width and height must be positive, row ignored')
-        else:
-            rows.append([v[0]] + [min(max(x, 0.0), 1.0) for x in v[1:]])
+            raise ValueError(f'{path}:{n}: not numbers: {line.strip()[:60]!r}') from None
+        polygon = len(v) >= 7 and len(v) % 2 == 1
+        if len(v) != 5 and not polygon:
+            raise ValueError(f'{path}:{n}: {len(v)} numbers: a row is class xc yc w h, or class and 3+ x y points')
+        if v[0] != int(v[0]) or v[0] < 0:
+            raise ValueError(f'{path}:{n}: class {v[0]:g} is not a non-negative integer')
+        xy, outside = v[1:], (v[1:] < 0) | (v[1:] > 1)
+        if (xy < -COORD_TOLERANCE).any() or (xy > 1 + COORD_TOLERANCE).any():
+            raise ValueError(f'{path}:{n}: coordinates not normalized to [0, 1]: {line.strip()[:60]}')
+        if outside.any():
+            msgs.append(f'{path}:{n}: {" ".join(f"{x:g}" for x in xy[outside])} clipped to [0, 1]')
+            xy = xy.clip(0, 1)
+        if polygon:
+            lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
+            xy = np.concatenate(((lo + hi) / 2, hi - lo))
+        if xy[2] <= 0 or xy[3] <= 0:
+            raise ValueError(f'{path}:{n}: width and height must be positive')
+        rows.append([v[0], *xy])
     labels = np.array(rows, np.float32).reshape(-1, 5)
     _, first = np.unique(labels, axis=0, return_index=True)
     if len(first) < len(labels):
@@ -195,9 +202,9 @@ def _scan_one(args):
     img, lab = args
     try:
         size, warning = check_image(img)
-    except Exception as e:
-        return img, None, None, [f'{img}: corrupt image skipped: {e}']
-    labels, msgs = read_labels(lab)
+        labels, msgs = read_labels(lab)
+    except Exception as e:  # PIL raises many kinds for a corrupt file
+        return img, None, None, [f'{img}: ignoring corrupt image/label: {e}']
     return img, size, labels, ([warning] if warning else []) + msgs
 
 
@@ -357,7 +364,7 @@ def photometric(img, rng, hyp):
         img = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
     if rng.random() < hyp['brightness_contrast']:
         alpha, beta = 1 + rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2) * 255
-        img = cv2.convertScaleAbs(img, alpha=alpha, beta=beta)
+        img = cv2.LUT(img, np.clip(np.arange(256) * alpha + beta, 0, 255).astype(np.uint8))  # no abs(): 0 stays 0
     if rng.random() < hyp['gamma']:
         gamma = rng.uniform(0.8, 1.2)
         img = cv2.LUT(img, (255 * (np.arange(256) / 255) ** gamma).clip(0, 255).astype(np.uint8))

@@ -379,10 +379,12 @@ def scale_boxes(boxes, from_shape, to_shape, ratio_pad=None):
     return boxes
 
 
-def check_img_size(img, stride=max(STRIDES)):
-    if img % stride:  # the feature maps of the 3 levels must align
-        print(f'WARNING: --img {img} is not a multiple of the stride {stride}, using {img - img % stride + stride}')
-    return -(-img // stride) * stride
+def check_img_size(img, floor=0, stride=max(STRIDES)):
+    """img rounded up to a multiple of the stride (the 3 levels' feature maps must align), and at least floor."""
+    new = max(-(-img // stride) * stride, floor)
+    if new != img:
+        print(f'WARNING: --img {img} must be a multiple of {stride}' + f' and at least {floor}' * bool(floor) + f', using {new}')
+    return new
 
 
 def select_device(device=''):

@@ -474,34 +474,52 @@ def test_photometric_augmentations_change_pixels_not_shape():
 
 
 def test_label_checks(tmp_path, capsys):
-    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)]] * 9)
+    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)]] * 11)
     lab = root / 'labels' / 'train'
     (lab / 'im0.txt').write_text('0 0.5 0.5 0.2\n')                              # 4 numbers
     (lab / 'im1.txt').write_text('1 0.5 0.5 0.2 0.2\nx 0.5 0.5 0.2 0.2\n')       # not numbers (2nd row)
     (lab / 'im2.txt').write_text('1.5 0.5 0.5 0.2 0.2\n')                          # class not an integer
-    (lab / 'im3.txt').write_text('1 1.5 0.5 0.2 0.2\n1 1.004 0.5 0.2 0.2\n')     # out of [0, 1]; within tolerance
+    (lab / 'im3.txt').write_text('1 1.004 0.5 0.2 0.2\n1 1.5 0.5 0.2 0.2\n')     # within tolerance; out of [0, 1]
     (lab / 'im4.txt').write_text('1 0.5 0.5 0.0 0.2\n')                            # zero width
     (lab / 'im5.txt').write_text('2 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n3 0.1 0.1 0.1 0.1\n')  # a duplicate
     (lab / 'im6.txt').unlink()                                                      # missing: background
     (lab / 'im7.txt').write_text('')                                                # empty: background
     (root / 'images' / 'train' / 'im8.jpg').write_bytes(b'\xff\xd8\xff\xe0garbage')  # corrupt image
+    (lab / 'im9.txt').write_text('1 1.004 0.5 0.2 0.2\n4 0.5 -0.003 0.2 0.2\n')  # clipped, said so
+    (lab / 'im10.txt').write_text('1 0.1 0.1 0.3 0.1 0.2\n')                       # 5 coordinates
     img = root / 'images' / 'train' / 'trunc.jpg'  # a JPEG without its end marker that still decodes: kept
     ok, buf = cv2.imencode('.jpg', scene(64, 64, []))
     img.write_bytes(buf.tobytes()[:-2])
     files, sizes, labels = data.load_labels(data.find_images(root), nc=5)
     err = capsys.readouterr()
     by_name = {Path(f).stem: lb for f, lb in zip(files, labels)}
-    assert 'im8' not in by_name and 'trunc' in by_name and len(files) == 9
-    assert [len(by_name[f'im{i}']) for i in range(8)] == [0, 1, 0, 1, 0, 2, 0, 0]
-    assert by_name['im3'][0, 1] == 1.0  # clipped
-    for expected in ['im0.txt:1: expected 5 numbers', 'im1.txt:2: not numbers', 'im2.txt:1: class 1.5',
-                     'im3.txt:1: coordinates', 'im4.txt:1: width and height', 'im5.txt: 1 duplicate rows removed',
-                     'im8.jpg: corrupt image skipped', 'trunc.jpg: truncated JPEG, it decodes and is kept']:
+    # as in the original, an image with a malformed label row is left out whole: its objects must not be background
+    assert sorted(by_name) == ['im5', 'im6', 'im7', 'im9', 'trunc']
+    assert [len(by_name[k]) for k in ('im5', 'im6', 'im7', 'im9')] == [2, 0, 0, 2]
+    assert by_name['im9'][0, 1] == 1.0 and by_name['im9'][1, 2] == 0.0  # clipped
+    for expected in ['im0.txt:1: 4 numbers', 'im1.txt:2: not numbers', 'im2.txt:1: class 1.5',
+                     'im3.txt:2: coordinates not normalized', 'im4.txt:1: width and height', 'im10.txt:1: 6 numbers',
+                     'im5.txt: 1 duplicate rows removed', 'im8.jpg: ignoring corrupt image/label',
+                     'im9.txt:1: 1.004 clipped to [0, 1]', 'im9.txt:2: -0.003 clipped',
+                     'trunc.jpg: truncated JPEG, it decodes and is kept']:
         assert expected in err.err, expected
-    assert '9 images, 6 backgrounds, 1 corrupt, 4 instances' in err.out
-    (lab / 'im1.txt').write_text('7 0.5 0.5 0.2 0.2\n')
-    with pytest.raises(ValueError, match=r'im1.txt: class 7 is out of range.*5 classes'):
+    assert 'im0.jpg: ignoring corrupt image/label' in err.err
+    assert '5 images, 3 backgrounds, 7 corrupt, 4 instances' in err.out
+    (lab / 'im5.txt').write_text('7 0.5 0.5 0.2 0.2\n')
+    with pytest.raises(ValueError, match=r'im5.txt: class 7 is out of range.*5 classes'):
         data.load_labels(data.find_images(root), nc=5)
+
+
+def test_polygon_rows_become_the_boxes_around_their_points(tmp_path):
+    lab = tmp_path / 'a.txt'
+    lab.write_text('3 0.1 0.2 0.5 0.2 0.3 0.6\n1 0.5 0.5 0.2 0.4\n0 0.9 0.9 0.95 0.8 0.7 0.85 0.8 1.0\n')  # mixed
+    labels, msgs = data.read_labels(lab)
+    np.testing.assert_allclose(labels, [[3, 0.3, 0.4, 0.4, 0.4], [1, 0.5, 0.5, 0.2, 0.4], [0, 0.825, 0.9, 0.25, 0.2]],
+                               atol=1e-6)
+    for bad in ('3 0.1 0.2 0.5 0.2 0.3 0.6 0.7', '3 0.1 0.2', '3 0.1 0.2 0.5 0.2 0.5 0.2 0.3 0.6 0.9'):
+        lab.write_text(bad + '\n')  # an odd number of coordinates, or a single point: a bad row
+        with pytest.raises(ValueError, match='a.txt:1: .* numbers'):
+            data.read_labels(lab)
 
 
 def test_label_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypatch):
@@ -705,9 +723,19 @@ def test_fine_tune_coco128_matches_the_original(tmp_path):
     rows = last_results(tmp_path / 'runs/train/exp')
     assert [row['epoch'] for row in rows] == [0, 1, 2]
     assert abs(rows[-1]['metrics/mAP_0.5'] - 0.42) <= 0.03 and abs(rows[-1]['metrics/mAP_0.5:0.95'] - 0.24) <= 0.03, rows[-1]
-    for name in ('last.pt', 'best.pt'):
+    assert [round(rows[0][k], 6) for k in ('x/lr0', 'x/lr1', 'x/lr2')] == [0.0937, 0.0007, 0.0007]  # the original's warmup
+    for name in ('last.pt', 'best.pt'):  # stripped as the original: no optimizer, the EMA's weights in fp16
         ckpt = torch.load(tmp_path / 'runs/train/exp/weights' / name, weights_only=True)
-        assert {'model', 'ema', 'optimizer', 'epoch', 'best_fitness', 'hyp', 'names', 'scale', 'anchors', 'opt'} <= set(ckpt)
+        assert {'model', 'epoch', 'best_fitness', 'hyp', 'names', 'scale', 'anchors', 'opt'} <= set(ckpt)
+        assert not {'optimizer', 'ema'} & set(ckpt) and ckpt['model']['model.0.conv.weight'].dtype == torch.float16
+    # the run ends with best.pt validated again, fused, per class; the mAP is that of the epoch, unstripped
+    final = r.stdout[r.stdout.index('Validating '):]
+    assert '  person  ' in final and 'Results saved to' in final
+    best_row = next(line for line in final.splitlines() if line.split()[:1] == ['all']).split()
+    assert abs(float(best_row[6]) - rows[-1]['metrics/mAP_0.5:0.95']) <= 0.001, (best_row, rows[-1])
+    r = run_train('--val-only', '--weights', tmp_path / 'runs/train/exp/weights/best.pt', '--data', COCO128, '--img', 320,
+                  '--batch', 32, cwd=tmp_path)
+    assert next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split() == best_row
     for picture in ('train_batch0.jpg', 'val_batch0_pred.jpg'):
         assert cv2.imread(str(tmp_path / 'runs/train/exp' / picture)) is not None
 
@@ -720,6 +748,12 @@ def tiny_args(root, project, *extra):
 
 def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
     root = make_shapes_dataset(tmp_path / 'shapes', n_train=24, n_val=8, size=128)
+    real_finish = T.Trainer.finish
+
+    def keep_unstripped(self):  # a copy of last.pt before the end of the run strips it
+        __import__('shutil').copy(self.weights_dir / 'last.pt', self.weights_dir / 'unstripped.pt')
+        return real_finish(self)
+    monkeypatch.setattr(T.Trainer, 'finish', keep_unstripped)
     full = T.train(tiny_args(root, tmp_path / 'full'))
     real = T.set_epoch
 
@@ -735,8 +769,8 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
     monkeypatch.setattr(T, 'set_epoch', real)
     T.train(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt'), '--workers', '0']))
     assert [r['epoch'] for r in last_results(cut_dir)] == [0, 1, 2]
-    a = torch.load(full / 'weights/last.pt', weights_only=True)
-    b = torch.load(cut_dir / 'weights/last.pt', weights_only=True)
+    a = torch.load(full / 'weights/unstripped.pt', weights_only=True)
+    b = torch.load(cut_dir / 'weights/unstripped.pt', weights_only=True)
     for key in ('model', 'ema'):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
@@ -797,3 +831,94 @@ def test_map_of_perfect_and_of_shifted_predictions():
     p, r, ap, classes, n = T.ap_per_class(correct, shifted[:, 4].numpy(), shifted[:, 5].numpy(), labels[:, 0].numpy())
     # YOLOv5's 101-point envelope gives a perfect class 0.995, not 1 (it ends at recall 1 with precision 0)
     assert classes.tolist() == [0, 1] and abs(ap[1].mean() - 0.995) < 1e-9 and abs(ap[0].mean() - 0.398) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- the layers
+
+LAYERS = ['data', 'model', 'loss', 'train', 'detect']  # bottom-up; train and detect are siblings on top
+
+
+def test_each_file_imports_only_files_below_it():
+    import ast
+    for i, name in enumerate(LAYERS):
+        allowed = set(LAYERS[:i]) - ({'train'} if name == 'detect' else set())
+        tree = ast.parse((ROOT / f'{name}.py').read_text())
+        imported = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert imported & set(LAYERS) <= allowed, f'{name}.py imports {sorted(imported & set(LAYERS) - allowed)}'
+        r = subprocess.run([sys.executable, '-c', f'import sys, {name}; print(sorted(set(sys.modules) & {set(LAYERS)}))'],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and set(eval(r.stdout)) <= allowed | {name}, (name, r.stdout, r.stderr)
+
+
+def test_an_edited_block_still_fine_tunes_from_the_official_weights(tmp_path, monkeypatch, capsys):
+    class C3Plus(M.C3):  # what a user might try: one more conv after a C3
+        def __init__(self, c_in, c_out, n=1, shortcut=True):
+            super().__init__(c_in, c_out, n, shortcut)
+            self.extra = M.Conv(c_out, c_out, 3)
+
+        def forward(self, x):
+            return self.extra(super().forward(x))
+
+    class Edited(M.YOLOv5):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            old = self.model[8]
+            self.model[8] = C3Plus(old.cv1.conv.in_channels, old.cv3.conv.out_channels, len(old.m))
+
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=96)
+    monkeypatch.setattr(T, 'YOLOv5', Edited)
+    args = T.parse_args(['--weights', str(shared(WEIGHTS)), '--data', str(root), '--img', '96', '--batch', '4',
+                         '--epochs', '1', '--workers', '0', '--project', str(tmp_path / 'runs'), '--noautoanchor'])
+    run = T.train(args)
+    out = capsys.readouterr().out
+    assert 'Transferred 349/355 items' in out  # all but the 6 tensors of the new conv (weight, BN)
+    assert last_results(run)[0]['epoch'] == 0 and (run / 'weights/last.pt').exists()
+    monkeypatch.undo()
+    model = T.build_model(T.parse_args(['--cfg', 's', '--weights', str(WEIGHTS)]))  # --cfg wins over the weights' scale
+    assert model.scale == M.SCALES['s'] and 'Transferred ' in capsys.readouterr().out
+
+
+def scripted_validate(fitnesses):
+    """A stand-in for T.validate whose mAP50-95 follows a script: fitness without the cost of validating."""
+    values = iter(fitnesses)
+    return lambda *args, **kwargs: dict(dict.fromkeys(T.METRICS, 0.0), **{'metrics/mAP_0.5:0.95': next(values, 0.0)})
+
+
+def test_learning_rate_follows_the_originals_schedule(tmp_path, monkeypatch):
+    # 101 images at batch 1: the 100 warmup iterations (the original's minimum) end within epoch 0
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=101, n_val=2, size=64)
+    monkeypatch.setattr(T, 'validate', scripted_validate([0.1] * 5))
+    run = T.train(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
+                                '--batch', '1', '--epochs', '4', '--workers', '0', '--project', str(tmp_path / 'runs'),
+                                '--noautoanchor', '--hyp', 'warmup_epochs=0', 'mosaic=0']))
+    # the original's LambdaLR steps at the end of each epoch: epoch e trains at lr0 * lf(e - 1), never lf(3)
+    assert [round(r['x/lr1'], 6) for r in last_results(run)] == [0.01, 0.01, 0.007525, 0.00505]
+    assert [round(r['x/lr0'], 6) for r in last_results(run)] == [0.01, 0.01, 0.007525, 0.00505]
+
+
+@pytest.mark.parametrize('patience,fitnesses,epochs_run', [
+    (0, [0.5, 0.1, 0.1, 0.1, 0.1], 5),   # --patience 0: no early stopping
+    (2, [0.5, 0.4, 0.3, 0.2, 0.1], 3),   # best at epoch 0, stops 2 epochs later
+    (1, [0.5, 0.5, 0.5, 0.5, 0.5], 5),   # a fitness equal to the best counts as an improvement, as in the original
+    (2, [0.1, 0.3, 0.2, 0.2, 0.1], 4)])  # best at epoch 1
+def test_early_stopping(tmp_path, monkeypatch, patience, fitnesses, epochs_run):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    monkeypatch.setattr(T, 'validate', scripted_validate(fitnesses))
+    run = T.train(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
+                                '--batch', '4', '--epochs', '5', '--workers', '0', '--project', str(tmp_path / 'runs'),
+                                '--noautoanchor', '--patience', str(patience)]))
+    assert [r['epoch'] for r in last_results(run)] == list(range(epochs_run))
+    assert torch.load(run / 'weights/last.pt', weights_only=True)['epoch'] == epochs_run - 1
+
+
+def test_brightness_contrast_never_raises_a_dark_pixel():
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[4:] = 200
+    blacks = []
+    for seed in range(20):
+        out = data.photometric(img.copy(), np.random.default_rng(seed), dict(AUG_OFF, brightness_contrast=1.0))
+        assert (out[:4] <= 51).all() and (out[4:] > 100).all()  # black rises by at most beta <= 0.2 * 255
+        blacks.append(int(out[0, 0, 0]))
+    # beta < 0 about half of the time: black stays black (an absolute value would turn -beta into grey)
+    assert 5 <= blacks.count(0) <= 15, blacks

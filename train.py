@@ -23,7 +23,7 @@ import torch.nn as nn
 from data import (AUG, YOLODataset, create_dataloader, label_path, or_exit, plot_batch, read_names, run_dir, set_epoch,
                   xywh2xyxy)
 from loss import YOLOLoss
-from model import (SCALES, YOLOv5, check_img_size, load_model, non_max_suppression, read_checkpoint, scale_boxes,
+from model import (SCALES, STRIDES, YOLOv5, check_img_size, load_model, non_max_suppression, read_checkpoint, scale_boxes,
                    select_device)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
@@ -136,7 +136,7 @@ def summarize(stats, names, seen, verbose):
     p, r, ap, classes, n_labels = ap_per_class(*stats)
     ap50, ap = ap[:, 0], ap.mean(1)
     log(pf % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
-    for i, c in enumerate(classes if verbose else []):
+    for i, c in enumerate(classes if verbose and len(names) > 1 else []):
         log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
     return [p.mean(), r.mean(), ap50.mean(), ap.mean()]
 
@@ -335,7 +335,7 @@ def parse_args(argv=None):
     p.add_argument('--iou-thres', type=float, default=0.6)
     p.add_argument('--max-det', type=int, default=300)
     opt = p.parse_args(argv)
-    opt.img = check_img_size(opt.img)
+    opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
     return opt
 
 
@@ -357,16 +357,28 @@ def run_val_only(opt):
     names = read_names(opt.names) if opt.names else model.names
     _, val = build_datasets(opt, names, None, train=False)
     validate(model, create_dataloader(val, opt.batch, opt.workers), names, opt.conf_thres, opt.iou_thres,
-             opt.max_det, half=device.type == 'cuda', verbose=opt.verbose)
+             opt.max_det, half=device.type == 'cuda', verbose=opt.verbose or len(names) < 50)  # as val.py
 
 
-def transfer(model, state_dict, exclude=()):
-    """Copy every tensor whose name and shape fit (as the original's intersect_dicts): an edited block starts
-    from scratch while the rest starts from the checkpoint. Returns (transferred, total) counts."""
-    own = model.state_dict()
-    fits = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape and not any(x in k for x in exclude)}
-    model.load_state_dict(fits, strict=False)
-    return len(fits), len(own)
+def build_model(opt, resumed=None):
+    """The model saved in last.pt; or --cfg's scale (else the weights') with --weights transferred into it by name
+    and shape, as in the original; or a new --cfg model with --names' (else COCO's) classes."""
+    if resumed:
+        model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'anchors', 'names')})
+        model.load_state_dict(resumed['model'])
+        return model
+    meta, sd, _ = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None, None)
+    names = read_names(opt.names) if opt.names or not meta else meta['names']
+    scale = Path(opt.cfg).stem.replace('yolov5', '') or (meta['scale'] if meta else 'n')
+    if isinstance(scale, str) and scale not in SCALES:
+        raise SystemExit(f'--cfg {opt.cfg}: choose a scale n, s, m, l or x')
+    model = YOLOv5(scale, len(names), names=names)
+    if meta:  # with --cfg the model keeps its own anchors, as in the original
+        own = model.state_dict()
+        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape and not (opt.cfg and 'anchors' in k)}
+        model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
+        log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
+    return model
 
 
 class Trainer:
@@ -398,7 +410,7 @@ class Trainer:
                 raise SystemExit(f'--hyp {kv}: unknown key; known: {", ".join(hyp)}')
             hyp[k] = float(v)
         hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
-        model = self.build_model(resumed).to(self.device)
+        model = build_model(opt, resumed).to(self.device)
         self.names = model.names
 
         self.train_set, val_set = build_datasets(opt, self.names, hyp)
@@ -438,35 +450,18 @@ class Trainer:
             model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None) if self.ddp else model
         self.loss_fn = YOLOLoss(model, hyp_loss)
         self.last_state = None  # the checkpoint of the latest complete epoch
-
-    def build_model(self, resumed):
-        """The model saved in last.pt; or --cfg's scale (else the weights') with the --weights transferred into
-        it by name and shape, as in the original; or a new --cfg model with --names' (else COCO's) classes."""
-        opt = self.opt
-        if resumed:
-            model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'anchors', 'names')})
-            model.load_state_dict(resumed['model'])
-            return model
-        meta, sd, _ = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None, None)
-        names = read_names(opt.names) if opt.names or not meta else meta['names']
-        scale = Path(opt.cfg).stem.replace('yolov5', '') or (meta['scale'] if meta else 'n')
-        if isinstance(scale, str) and scale not in SCALES:
-            raise SystemExit(f'--cfg {opt.cfg}: choose a scale n, s, m, l or x')
-        model = YOLOv5(scale, len(names), names=names)
-        if meta:  # with --cfg the model keeps its own anchors, as in the original
-            n, total = transfer(model, sd, exclude=['anchors'] if opt.cfg else [])
-            log(f'Transferred {n}/{total} items from {opt.weights}')
-        return model
+        self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
 
     def lr_at(self, ni):
         """(learning rate of each parameter group, momentum, gradient accumulation) at iteration ni: a linear
         warmup (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum up, and
-        accumulation from 1 up to nbs / batch) into the linear or cosine decay of each epoch."""
+        accumulation from 1 up to nbs / batch) towards lf(epoch), then the linear or cosine decay lf. As in the
+        original, whose scheduler steps at the end of each epoch, a warmed-up epoch e trains at lf(e - 1)."""
         hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
         epoch = ni // self.nb
-        frac = epoch / opt.epochs
-        lf = ((1 - math.cos(frac * math.pi)) / 2 * (hyp['lrf'] - 1) + 1 if opt.cos_lr
-              else (1 - frac) * (1.0 - hyp['lrf']) + hyp['lrf'])
+        e = epoch if ni <= nw or nw >= epoch * self.nb else epoch - 1  # the epoch where warmup ends keeps lf(epoch)
+        lf = ((1 - math.cos(e / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1 if opt.cos_lr
+              else (1 - e / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf'])
         ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
         lrs = [ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf) for j in range(3)]
         return lrs, ramp(hyp['warmup_momentum'], hyp['momentum']), max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
@@ -527,29 +522,47 @@ class Trainer:
         ema_update(self.ema, self.raw, self.updates)
 
     def end_epoch(self, epoch, mloss):
-        """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early."""
+        """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early.
+        As the original's: an epoch that may stop the run is validated and saved even with --noval or --nosave;
+        fitness equal to the best counts as an improvement; --patience 0 never stops."""
         opt = self.opt
-        final = epoch + 1 == opt.epochs
-        results = dict.fromkeys(METRICS, 0.0)
-        if not opt.noval or final:
-            results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, half=self.amp,
-                               verbose=final and opt.verbose,
-                               plot_path=self.save_dir / 'val_batch0_pred.jpg' if final else None)
-        fi = fitness(results)
+        patience = opt.patience or float('inf')
+        final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
+        if not opt.noval or final:  # else the last results are carried forward, as the original does
+            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, half=self.amp,
+                                    plot_path=self.save_dir / 'val_batch0_pred.jpg' if final else None)
+        fi = fitness(self.results)
         if fi >= self.best_fitness:
             self.best_fitness, self.best_epoch = fi, epoch
-        stop = epoch - self.best_epoch >= opt.patience
+        stop = epoch - self.best_epoch >= patience
         lrs = {f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}
         losses = dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist()))
-        write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **results, **lrs})
+        write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **self.results, **lrs})
         self.last_state = self.checkpoint(epoch)
-        if not opt.nosave or final or stop:
+        if not opt.nosave or final:
             save_atomic(self.last_state, self.weights_dir / 'last.pt')
             if self.best_epoch == epoch:
                 save_atomic(self.last_state, self.weights_dir / 'best.pt')
         if stop:
             log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
         return stop
+
+    def finish(self):
+        """As the original: strip last.pt and best.pt to the EMA's weights in fp16 (no optimizer: the file people
+        ship), then validate best.pt once more, fused, with the per-class table; that is the run's result."""
+        last, best = self.weights_dir / 'last.pt', self.weights_dir / 'best.pt'
+        for path in (last, best) if best.exists() else (last,):  # with --nosave best.pt may never have been saved
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+            ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.pop('ema').items()}
+            save_atomic({k: v for k, v in ckpt.items() if k not in ('optimizer', 'scaler', 'updates')}, path)
+        if not best.exists():
+            return self.results
+        log(f'\nValidating {best}...')
+        model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
+        model.load_state_dict(read_checkpoint(best)[1])
+        coco = str(self.val_loader.dataset.files[0]).replace(os.sep, '/').count('/coco/images/val2017/')
+        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6, loss_fn=self.loss_fn,
+                        verbose=True)
 
     def checkpoint(self, epoch):
         """Everything --resume needs to continue exactly, and what load_model needs: a plain dict."""
@@ -565,7 +578,7 @@ class Trainer:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
         log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
             f'{WORLD_SIZE} process(es); logging results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
-        epoch = self.start_epoch
+        epoch, t0 = self.start_epoch, time.time()
         try:
             for epoch in range(self.start_epoch, opt.epochs):
                 mloss = self.train_epoch(epoch)
@@ -588,7 +601,10 @@ class Trainer:
         finally:
             if self.ddp:
                 dist.destroy_process_group()
-        log(f'\n{epoch - self.start_epoch + 1} epochs completed. Results saved to {self.save_dir}')
+        if MAIN:
+            log(f'\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
+            self.finish()
+            log(f'Results saved to {self.save_dir}')
         return self.save_dir
 
 
@@ -602,8 +618,9 @@ def resume_options(opt):
     ckpt = torch.load(last, map_location='cpu', weights_only=True)
     keep = {k: getattr(opt, k) for k in ('device', 'workers')}
     opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
-    if ckpt['epoch'] + 1 >= opt.epochs:
-        raise SystemExit(f'{last} finished all {opt.epochs} epochs: nothing to resume (fine-tune it with --weights)')
+    if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
+        done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
+        raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
     return opt, ckpt
 
 
