@@ -9,6 +9,7 @@ being augmented, its labels are `class x1 y1 x2 y2` in pixels; they are normaliz
 Every random draw of a sample comes from a generator seeded by (seed, epoch, index), so a batch is the
 same whatever the number of workers, and a resumed run sees the same data as an uninterrupted one.
 """
+import argparse
 import glob
 import hashlib
 import math
@@ -582,6 +583,28 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
 
 # ---------------------------------------------------------------------------------------------- command line
 
+def number(kind, low, high=math.inf):
+    """An argparse type: an int or float from low to high. argparse turns a bad value into a message naming the
+    flag and what it accepts, with exit code 2, before anything slow starts."""
+    what = ('an integer' if kind is int else 'a number') + (f' >= {low}' if high == math.inf else f' from {low} to {high}')
+
+    def parse(text):
+        try:
+            if low <= kind(text) <= high:
+                return kind(text)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f'{text!r} is not {what}')
+    return parse
+
+
+def existing_file(text):
+    """An argparse type: a file that exists."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f'{text}: no such file')
+    return text
+
+
 def or_exit(fn, *args, **kwargs):
     """fn(*args, **kwargs) for the command line: a missing or bad input file ends the program with its message
     (fn raises FileNotFoundError or ValueError for those), no traceback. Any other error is a bug: it shows."""
@@ -592,13 +615,12 @@ def or_exit(fn, *args, **kwargs):
 
 
 if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]: see what training sees
-    import argparse
     p = argparse.ArgumentParser()
     p.add_argument('data')
-    p.add_argument('--img', type=int, default=640)
-    p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--img', type=number(int, 32), default=640)
+    p.add_argument('--batch', type=number(int, 1), default=16)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--names', default=None)
+    p.add_argument('--names', type=existing_file, default=None)
     p.add_argument('--out', default='train_batch.jpg')
     a = p.parse_args()
     names = read_names(a.names)

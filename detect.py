@@ -13,8 +13,9 @@ from pathlib import Path
 import cv2
 import torch
 
-from data import IMAGE_EXTS, PALETTE, VIDEO_EXTS, draw_box, letterbox, or_exit, run_dir, to_tensor, xyxy2xywh
-from model import check_img_size, load_model, non_max_suppression, scale_boxes, select_device
+from data import IMAGE_EXTS, PALETTE, VIDEO_EXTS, draw_box, letterbox, number, or_exit, run_dir, to_tensor, xyxy2xywh
+from model import (check_img_size, device_name, load_model, non_max_suppression, scale_boxes, select_device,
+                   weights_file)
 
 
 def expand_sources(sources):
@@ -61,21 +62,21 @@ def read_frames(path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('source', nargs='+', help='images, videos, folders or globs')
-    p.add_argument('--weights', default='yolov5n.pt', help='official yolov5*.pt or a checkpoint of train.py')
-    p.add_argument('--img', '--img-size', '--imgsz', type=int, default=640, help='inference size (pixels)')
-    p.add_argument('--conf-thres', type=float, default=0.25)
-    p.add_argument('--iou-thres', type=float, default=0.45)
-    p.add_argument('--max-det', type=int, default=1000)
-    p.add_argument('--classes', nargs='+', type=int, help='keep only these class indices')
+    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help='official yolov5*.pt or ours')
+    p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640, help='inference size (pixels)')
+    p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.25)
+    p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.45)
+    p.add_argument('--max-det', type=number(int, 1), default=1000)
+    p.add_argument('--classes', nargs='+', type=number(int, 0), help='keep only these class indices')
     p.add_argument('--agnostic-nms', action='store_true')
-    p.add_argument('--device', default='', help='cpu, 0, cuda:0 ... (default: cuda if available)')
+    p.add_argument('--device', type=device_name, default='', help='cpu, 0, cuda:0 ... (default: cuda if available)')
     p.add_argument('--save-txt', action='store_true', help='save YOLO labels to labels/*.txt')
     p.add_argument('--save-conf', action='store_true', help='add confidences to --save-txt labels')
     p.add_argument('--nosave', action='store_true', help='do not save annotated images or videos')
     p.add_argument('--project', default='runs/detect')
     p.add_argument('--name', default='exp')
     p.add_argument('--exist-ok', action='store_true', help='reuse project/name instead of incrementing')
-    p.add_argument('--line-thickness', type=int, default=3)
+    p.add_argument('--line-thickness', type=number(int, 1), default=3)
     p.add_argument('--hide-labels', action='store_true')
     p.add_argument('--hide-conf', action='store_true')
     opt = p.parse_args(argv)
@@ -100,6 +101,10 @@ def run(opt):
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
     half = device.type == 'cuda'
     model, names = model.half() if half else model, model.names
+    if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
+        print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '
+              f'(0 to {len(names) - 1})', file=sys.stderr)
+        return 2
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     sources = list(expand_sources(opt.source))

@@ -7,6 +7,7 @@ The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... mod
 official checkpoints load by name with no key mapping. Concat and Upsample have no weights: their
 indices hold an nn.Identity that forward() never calls.
 """
+import argparse
 import codecs
 import functools
 import glob
@@ -388,10 +389,35 @@ def check_img_size(img, floor=0, stride=max(STRIDES)):
 
 
 def select_device(device=''):
-    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun)."""
+    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun).
+    Raises ValueError for a device that is not here."""
     device = str(device).strip().lower().replace('cuda:', '')
     if device == 'cpu' or (not device and not torch.cuda.is_available()):
         return torch.device('cpu')
-    if not torch.cuda.is_available():
-        raise SystemExit(f'--device {device}: CUDA is not available here; use --device cpu')
-    return torch.device('cuda', int(device.split(',')[0] or 0))
+    ids = device.split(',') if device else ['0']
+    if not all(i.isdigit() for i in ids):
+        raise ValueError(f'{device!r} is not cpu, a GPU index (0, 1, ...) or a list of them (0,1)')
+    if max(map(int, ids)) >= torch.cuda.device_count():
+        raise ValueError(f'{device!r}: no such CUDA device here ({torch.cuda.device_count()} found); try cpu')
+    return torch.device('cuda', int(ids[0]))
+
+
+# argparse types of the scripts' flags: a bad value ends the program with a message naming the flag, exit code 2
+
+def device_name(text):
+    try:
+        select_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def checkpoint_file(text):
+    if not zipfile.is_zipfile(text):  # every PyTorch checkpoint is a zip archive
+        raise argparse.ArgumentTypeError(f'{text}: ' + ('not a checkpoint (.pt)' if os.path.isfile(text) else 'no such file'))
+    return text
+
+
+def weights_file(text):
+    """'' (none), an official name (downloaded if missing) or a checkpoint."""
+    return text if not text or os.path.basename(text) in OFFICIAL else checkpoint_file(text)

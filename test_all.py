@@ -922,3 +922,37 @@ def test_brightness_contrast_never_raises_a_dark_pixel():
         blacks.append(int(out[0, 0, 0]))
     # beta < 0 about half of the time: black stays black (an absolute value would turn -beta into grey)
     assert 5 <= blacks.count(0) <= 15, blacks
+
+
+# ---------------------------------------------------------------------------------------------- command lines
+
+BAD_TRAIN = [('--batch', '0'), ('--batch', '-3'), ('--batch', 'x'), ('--img', '-64'), ('--img', '0'),
+             ('--epochs', '0'), ('--workers', '-2'), ('--patience', '-1'), ('--conf-thres', '1.5'),
+             ('--iou-thres', '-0.1'), ('--label-smoothing', '2'), ('--max-det', '0'), ('--hyp', 'lr0=abc'),
+             ('--hyp', 'lr0'), ('--hyp', 'lr9=1'), ('--names', 'missing.txt'), ('--resume', 'IMAGE'),
+             ('--resume', 'missing.pt'), ('--weights', 'IMAGE'), ('--weights', 'nothere.pt'), ('--device', '7'),
+             ('--device', 'gpu'), ('--cfg', 'q'), ('--cache', 'disk')]
+BAD_DETECT = [('--img', '0'), ('--img', '-5'), ('--conf-thres', '2'), ('--iou-thres', 'high'), ('--max-det', '0'),
+              ('--line-thickness', '0'), ('--classes', '-1'), ('--weights', 'IMAGE'), ('--device', '3')]
+
+
+@pytest.mark.parametrize('script,flag,value', [('train', *a) for a in BAD_TRAIN] + [('detect', *a) for a in BAD_DETECT])
+def test_a_bad_flag_value_is_refused_naming_the_flag(tmp_path, capsys, script, flag, value):
+    image = tmp_path / 'x.jpg'
+    cv2.imwrite(str(image), scene(32, 32, []))
+    value = str(image) if value == 'IMAGE' else value
+    parse = T.parse_args if script == 'train' else lambda argv: detect.parse_args([str(image), *argv])
+    with pytest.raises(SystemExit) as e:
+        parse(['--val-only', flag, value] if flag == '--batch' and value == '0' else [flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f'argument {flag}' in err and value in err and 'Traceback' not in err, err
+
+
+def test_bad_flags_on_the_real_command_lines(tmp_path):
+    r = run_detect(shared(BUS), '--weights', WEIGHTS, '--classes', '0', '99', cwd=tmp_path)
+    assert r.returncode == 2 and 'argument --classes: 99 is not a class' in r.stderr and '0 to 79' in r.stderr
+    r = run_train('--data', tmp_path, '--hyp', 'lr0=abc', cwd=tmp_path)
+    assert r.returncode == 2 and 'argument --hyp' in r.stderr and 'Traceback' not in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / 'data.py'), str(tmp_path), '--img', '0'], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and 'argument --img' in r.stderr and 'Traceback' not in r.stderr

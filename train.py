@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import (AUG, YOLODataset, create_dataloader, label_path, or_exit, plot_batch, read_names, run_dir, set_epoch,
-                  xywh2xyxy)
+from data import (AUG, YOLODataset, create_dataloader, existing_file, label_path, number, or_exit, plot_batch,
+                  read_names, run_dir, set_epoch, xywh2xyxy)
 from loss import YOLOLoss
-from model import (SCALES, STRIDES, YOLOv5, check_img_size, load_model, non_max_suppression, read_checkpoint, scale_boxes,
-                   select_device)
+from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, load_model,
+                   non_max_suppression, read_checkpoint, scale_boxes, select_device, weights_file)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -300,41 +300,62 @@ def write_results(path, row):
 
 # ---------------------------------------------------------------------------------------------- the training run
 
+def hyp_entry(text):
+    """An argparse type for --hyp: KEY=NUMBER, KEY one of HYP's."""
+    key, _, value = text.partition('=')
+    if key not in HYP:
+        raise argparse.ArgumentTypeError(f'{text!r}: unknown key {key!r}; known: {", ".join(HYP)}')
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER') from None
+
+
+def scale_name(text):
+    """An argparse type for --cfg: n, s, m, l, x or yolov5n.yaml ... -> the scale's letter."""
+    if text and Path(text).stem.replace('yolov5', '') not in SCALES:
+        raise argparse.ArgumentTypeError(f'{text!r}: choose a scale n, s, m, l or x (or yolov5s.yaml ...)')
+    return Path(text).stem.replace('yolov5', '')
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--weights', default='yolov5n.pt', help="starting weights; '' with --cfg trains from scratch")
-    p.add_argument('--cfg', default='', help='scale from scratch: n, s, m, l, x (or yolov5s.yaml)')
+    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' to train from scratch")
+    p.add_argument('--cfg', type=scale_name, default='', help='model scale: n, s, m, l, x (or yolov5s.yaml)')
     p.add_argument('--data', default='', help='dataset root (images/, labels/), image folder or .txt list')
     p.add_argument('--val', default='', help='validation images (default: the val split of --data, else its train split)')
-    p.add_argument('--names', default=None, help='class names file, one per line (default: the 80 COCO classes)')
-    p.add_argument('--hyp', nargs='*', default=[], metavar='KEY=VALUE', help='override HYP entries')
-    p.add_argument('--epochs', type=int, default=100)
-    p.add_argument('--batch', '--batch-size', type=int, default=16, help='total batch size over all processes')
-    p.add_argument('--img', '--img-size', '--imgsz', type=int, default=640)
+    p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
+    p.add_argument('--hyp', nargs='*', type=hyp_entry, default=[], metavar='KEY=VALUE', help='override HYP entries')
+    p.add_argument('--epochs', type=number(int, 1), default=100)
+    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total batch size over all processes')
+    p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
     p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
-    p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run or the given last.pt')
+    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, default=False,
+                   help='resume the latest run or the given last.pt')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true')
-    p.add_argument('--cache', nargs='?', const='ram', default=None, help='--cache ram: keep resized images in memory')
-    p.add_argument('--device', default='', help='cpu, 0, 0,1 ... (default: cuda if available)')
+    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='--cache ram: keep resized images in memory')
+    p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ... (default: cuda if available)')
     p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
-    p.add_argument('--workers', type=int, default=8, help='dataloader workers per process')
+    p.add_argument('--workers', type=number(int, 0), default=8, help='dataloader workers per process')
     p.add_argument('--project', default='runs/train')
     p.add_argument('--name', default='exp')
     p.add_argument('--exist-ok', action='store_true')
     p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
-    p.add_argument('--label-smoothing', type=float, default=0.0)
-    p.add_argument('--patience', type=int, default=100, help='stop after this many epochs without improvement')
+    p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
+    p.add_argument('--patience', type=number(int, 0), default=100, help='stop after this many epochs without improvement')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
     p.add_argument('--verbose', action='store_true', help='per-class rows in the validation table')
-    p.add_argument('--conf-thres', type=float, default=0.001)
-    p.add_argument('--iou-thres', type=float, default=0.6)
-    p.add_argument('--max-det', type=int, default=300)
+    p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
+    p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
+    p.add_argument('--max-det', type=number(int, 1), default=300)
     opt = p.parse_args(argv)
+    if opt.batch % WORLD_SIZE:
+        p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({WORLD_SIZE})')
     opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
     return opt
 
@@ -369,10 +390,7 @@ def build_model(opt, resumed=None):
         return model
     meta, sd, _ = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None, None)
     names = read_names(opt.names) if opt.names or not meta else meta['names']
-    scale = Path(opt.cfg).stem.replace('yolov5', '') or (meta['scale'] if meta else 'n')
-    if isinstance(scale, str) and scale not in SCALES:
-        raise SystemExit(f'--cfg {opt.cfg}: choose a scale n, s, m, l or x')
-    model = YOLOv5(scale, len(names), names=names)
+    model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
     if meta:  # with --cfg the model keeps its own anchors, as in the original
         own = model.state_dict()
         fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape and not (opt.cfg and 'anchors' in k)}
@@ -388,8 +406,6 @@ class Trainer:
     def __init__(self, opt):
         self.ddp, self.device = LOCAL_RANK != -1, select_device(opt.device)
         if self.ddp:  # one process per GPU (NCCL), or per CPU share (gloo)
-            if opt.batch % WORLD_SIZE:
-                raise SystemExit(f'--batch {opt.batch} must be a multiple of the number of processes ({WORLD_SIZE})')
             if self.device.type == 'cuda':
                 self.device = torch.device('cuda', LOCAL_RANK)
                 torch.cuda.set_device(self.device)
@@ -403,12 +419,7 @@ class Trainer:
             self.save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
         self.opt, self.weights_dir = opt, self.save_dir / 'weights'
         torch.manual_seed(opt.seed + max(RANK, 0))
-        self.hyp = hyp = dict(HYP)
-        for kv in opt.hyp:
-            k, _, v = kv.partition('=')
-            if k not in hyp:
-                raise SystemExit(f'--hyp {kv}: unknown key; known: {", ".join(hyp)}')
-            hyp[k] = float(v)
+        self.hyp = hyp = dict(HYP, **dict(opt.hyp))
         hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
         model = build_model(opt, resumed).to(self.device)
         self.names = model.names
