@@ -12,10 +12,18 @@ same whatever the number of workers, and a resumed run sees the same data as an 
 import argparse
 import glob
 import hashlib
+import http.client
+import json
 import math
 import os
+import re
+import shutil
 import sys
+import textwrap
+import time
+import urllib.error
 import urllib.request
+import zipfile
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -97,7 +105,9 @@ def to_tensor(img):
 # ---------------------------------------------------------------------------------------------- files and labels
 
 def find_images(source, split='train'):
-    """Image paths from a folder, a .txt list of paths, or a dataset root holding images/<split>/."""
+    """Image paths from a folder, a .txt list of paths, a dataset root holding images/<split>/, or a list of these."""
+    if isinstance(source, (list, tuple)):
+        return sorted({f for src in source for f in find_images(src, split)})
     p = Path(source)
     if p.is_dir() and (p / 'images').is_dir():  # dataset root: pick the split, else the only one there
         splits = sorted(d.name for d in (p / 'images').iterdir() if d.is_dir())
@@ -111,27 +121,11 @@ def find_images(source, split='train'):
         lines = [x.strip() for x in p.read_text().splitlines() if x.strip()]
         files = [x if os.path.isabs(x) else str(p.parent / x) for x in lines]  # relative to the list file
     else:
-        hint = ' (YAML data files are not read: give the folder that holds images/ and labels/)' if p.suffix in ('.yaml', '.yml') else ''
-        raise FileNotFoundError(f'{source}: not a folder of images, a .txt list or a dataset root{hint}')
+        raise FileNotFoundError(f'{source}: not a data YAML, a dataset root, a folder of images or a .txt list')
     files = sorted(f for f in files if Path(f).suffix.lower() in IMAGE_EXTS)
     if not files:
         raise FileNotFoundError(f'{source}: no images found')
     return files
-
-
-def download(url, path):
-    print(f'Downloading {url} to {path} ...', file=sys.stderr)
-    tmp = path + '.part'
-    try:
-        urllib.request.urlretrieve(url, tmp, lambda n, size, total: print(
-            f'\r  {n * size / 1e6:.1f} of {max(total, 0) / 1e6:.1f} MB', end='', file=sys.stderr))
-        print(file=sys.stderr)
-        os.replace(tmp, path)
-    except Exception as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise FileNotFoundError(f'{path} not found and the download failed ({e}). Download {url} '
-                                f'by hand and put it at {os.path.abspath(path)}') from None
 
 
 def label_path(img_path):
@@ -217,7 +211,13 @@ def files_hash(paths):
     return h.hexdigest()
 
 
-def load_labels(img_files, nc, prefix=''):
+def available_memory():
+    """Bytes the system can still give (Linux's MemAvailable; unlimited where it does not say)."""
+    meminfo = Path('/proc/meminfo')
+    return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else math.inf
+
+
+def load_labels(img_files, nc, prefix='', single_cls=False):
     """Checks every image and label file, with a cache beside the labels (labels/<split>.cache) that is
     reused while no file changed. Returns kept image paths, their (w, h) sizes and label arrays."""
     label_files = [label_path(f) for f in img_files]
@@ -251,6 +251,7 @@ def load_labels(img_files, nc, prefix=''):
     print(f'{prefix}{"Scanned" if source == "scan" else "Cached"} {Path(label_files[0]).parent}: {len(files)} images, '
           f'{n_bg} backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
     for f, lb in zip(files, labels):
+        lb[:, 0] *= not single_cls  # --single-cls: every object is class 0
         if len(lb) and lb[:, 0].max() >= nc:
             raise ValueError(f'{label_path(f)}: class {int(lb[:, 0].max())} is out of range: the dataset has '
                              f'{nc} classes (0-{nc - 1}); fix the label or give the right --names')
@@ -266,6 +267,248 @@ def read_names(path=None):
     if not names:
         raise ValueError(f'{path}: no class names (one per line)')
     return names
+
+
+# ---------------------------------------------------------------------------------------------- data YAMLs and downloads
+
+def _uncomment(line):
+    """The line without its comment: a # at the start or after a blank, outside quotes."""
+    quote = None
+    for i, c in enumerate(line):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in '\'"' and (i == 0 or line[i - 1] in ' \t[,:'):
+            quote = c
+        elif c == '#' and (i == 0 or line[i - 1] in ' \t'):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def _scalar(text, where):
+    """A quoted or plain scalar, or a flow list [a, 'b c'] of them; plain ones may be null, int or float."""
+    s = text.strip()
+    if s.startswith('[') and s.endswith(']'):
+        return [_scalar(x, where) for x in re.findall(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^,\s][^,]*""", s[1:-1])]
+    if len(s) > 1 and s[0] == s[-1] == "'":
+        return s[1:-1].replace("''", "'")
+    if len(s) > 1 and s[0] == s[-1] == '"':
+        return json.loads(s)
+    if s[:1] in set('[]{}&*!%@`\'"|>'):
+        raise ValueError(f'{where}: {s[:40]!r} is not in the subset of YAML read here (no flow mappings, anchors, tags)')
+    if s in ('', '~', 'null', 'Null', 'NULL'):
+        return None
+    if re.fullmatch(r'[-+]?\d+', s):
+        return int(s)
+    return float(s) if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s) else s
+
+
+def _key_value(line, where):
+    m = re.fullmatch(r"""\s*('[^']*'|"[^"]*"|[^\s'"#:][^:#]*?)\s*:(?:\s+(.*))?""", line)
+    if not m:
+        raise ValueError(f'{where}: not a `key: value` line: {line.strip()[:60]!r}')
+    return _scalar(m[1], where), (m[2] or '').strip()
+
+
+def read_yaml(path):
+    """The YAML that dataset files use: `key: value` lines with plain or quoted scalars and flow lists, block
+    lists (- a) and one nested mapping level (names: 0: person; or a block to skip, such as an export service's
+    roboflow:), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
+    lines, out, i = Path(path).read_text().splitlines(), {}, 0
+    nested = lambda j: j < len(lines) and (not lines[j].strip() or lines[j][0] in ' \t' or lines[j].startswith('- '))
+    while i < len(lines):
+        line, where = _uncomment(lines[i]), f'{path}:{i + 1}'
+        i += 1
+        if not line or line in ('---', '...'):
+            continue
+        if line[0] in ' \t':
+            raise ValueError(f'{where}: unexpected indentation')
+        key, value = _key_value(line, where)
+        if value.rstrip('-+') in ('|', '>'):  # a block scalar: the indented lines that follow, as text
+            block = []
+            while nested(i) and not lines[i].startswith('- '):
+                block, i = block + [lines[i]], i + 1
+            text = textwrap.dedent('\n'.join(block)).strip('\n')
+            out[key] = text + '\n' if value[0] == '|' else ' '.join(text.split())
+        elif value:
+            out[key] = _scalar(value, where)
+        else:  # a block list or a mapping, one level deep
+            items, mapping, indent = [], {}, None
+            while nested(i):
+                sub, where = _uncomment(lines[i]), f'{path}:{i + 1}'
+                i += 1
+                if not sub.strip():
+                    continue
+                if indent is not None and len(sub) - len(sub.lstrip()) != indent:
+                    raise ValueError(f'{where}: only one level of nesting is read')
+                indent = len(sub) - len(sub.lstrip())
+                if sub.strip().startswith('- ') or sub.strip() == '-':
+                    items.append(_scalar(sub.strip()[1:], where))
+                else:
+                    k, v = _key_value(sub, where)
+                    mapping[k] = _scalar(v, where)
+            if items and mapping:
+                raise ValueError(f'{path}: {key}: a list and a mapping mixed')
+            out[key] = items or mapping or None
+    return out
+
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent / 'datasets'  # ../datasets beside the repository, as the original
+ASSETS = 'https://github.com/ultralytics/assets/releases/download/v0.0.0/'
+KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds without a file: (url, extract into) pairs
+    'coco128': dict(path='coco128', train='images/train2017', val='images/train2017',
+                    download=[(ASSETS + 'coco128.zip', '.')]),
+    'coco': dict(path='coco', train='train2017.txt', val='val2017.txt',  # not test2017.zip (7 GB): training needs none
+                 download=[(ASSETS + 'coco2017labels.zip', '.'), ('http://images.cocodataset.org/zips/train2017.zip',
+                           'coco/images'), ('http://images.cocodataset.org/zips/val2017.zip', 'coco/images')]),
+}
+
+
+def data_spec(data):
+    """--data as {'train': sources, 'val': sources, 'names': list or None}. data is a data YAML (its paths resolved
+    as below, its dataset downloaded when missing), a dataset the project knows (coco128, coco: fetched into
+    ../datasets/NAME), or else a dataset root, a folder of images or a .txt list (which validates on its val split
+    if it has one, else on its own images)."""
+    p = Path(data)
+    name = p.stem if p.suffix in ('.yaml', '.yml', '') else ''
+    if name in KNOWN_DATA and not p.exists():
+        cfg, base = dict(KNOWN_DATA[name], names=COCO_NAMES), DATASETS_DIR
+    elif p.suffix in ('.yaml', '.yml'):
+        if not p.is_file():
+            raise FileNotFoundError(f'{data}: no such file (known without one: {", ".join(KNOWN_DATA)})')
+        cfg, base = read_yaml(p), p.parent
+    else:
+        return dict(train=str(data), val=str(data), names=None)
+    names = cfg.get('names')
+    if isinstance(names, dict):  # {index: name}
+        names = [names.get(i, f'class{i}') for i in range(max(names) + 1)] if names else None
+    if names is not None and 'nc' in cfg and cfg['nc'] != len(names):
+        raise ValueError(f'{data}: nc is {cfg["nc"]} but {len(names)} names are given')
+    names = names or ([f'class{i}' for i in range(cfg['nc'])] if cfg.get('nc') else None)
+    root = base / str(cfg.get('path') or '')  # relative to the YAML's folder; an absolute path stays absolute
+    try:
+        return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
+    except FileNotFoundError:
+        if not cfg.get('download'):
+            raise
+        _download_dataset(data, cfg['download'], root, base)
+        return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
+
+
+def _resolve(cfg, split, root, base):
+    """The sources of a split: each relative to `path`, else the YAML's folder; `../x` also as `x` (the form of
+    export services, whose data.yaml sits in the dataset root beside train/ and valid/)."""
+    entries = cfg.get(split)
+    if not entries:
+        raise ValueError(f'no {split}: in the data YAML')
+    found = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        tried = [root / entry, root / entry[3:], base / entry] if entry.startswith('../') else [root / entry, base / entry]
+        path = next((t for t in tried if t.exists()), None)
+        if path is None:
+            raise FileNotFoundError(f'{split}: {entry} not found; tried ' + ', '.join(str(t.resolve()) for t in tried))
+        found.append(str(path))
+    return found
+
+
+def _download_dataset(data, download, root, base):
+    """A missing dataset, fetched: the zips of a known dataset or of a YAML `download: URL`. A download: that is a
+    Python script is never run (the original exec()s it): the error names what to fetch and where to put it."""
+    if isinstance(download, str) and not re.fullmatch(r'https?://\S+\.zip', download.strip()):
+        urls = re.findall(r'https?://[^\s\'"]+', download)
+        raise FileNotFoundError(f'{data}: dataset not found, and its download: is a script, which is never run '
+                                f'here. Fetch {", ".join(urls) or "the dataset"} by hand and unpack it to {root.resolve()}')
+    pairs = [(download.strip(), root.parent)] if isinstance(download, str) else [(u, base / d) for u, d in download]
+    errors = []
+    for url, dest in pairs:
+        try:
+            download_zip(url, Path(dest))
+        except FileNotFoundError as e:
+            errors.append(str(e))
+    if errors:
+        raise FileNotFoundError(f'{data}: dataset not found and not downloaded:\n  ' + '\n  '.join(errors))
+
+
+def download(url, path):
+    """url fetched to path with progress (bytes, rate, ETA), resuming an interrupted path.part (HTTP Range); path
+    appears only when complete. YOLO_MIRROR (an http(s) URL or a folder) serves the same file name instead: for
+    mirrors, and for machines without internet. Raises FileNotFoundError naming the URL and where to put the file."""
+    path, name, mirror = Path(path), url.rsplit('/', 1)[-1], os.getenv('YOLO_MIRROR', '')
+    src, part = f'{mirror.rstrip("/")}/{name}' if mirror else url, Path(f'{path}.part')
+    print(f'Downloading {src} to {path} ...', file=sys.stderr)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if mirror and not re.match(r'https?://', mirror):
+            shutil.copyfile(src, part)
+        else:
+            _fetch(src, part)
+        os.replace(part, path)
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        hint = '' if mirror else f', or set YOLO_MIRROR to a folder or an http(s) URL that serves {name}'
+        raise FileNotFoundError(f'{src}: download failed ({e}). Download it by hand and put it at {path.resolve()}'
+                                + hint) from None
+
+
+def _fetch(url, part):
+    have = part.stat().st_size if part.exists() else 0
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {}),
+                                   timeout=60)
+    except urllib.error.HTTPError:
+        part.unlink(missing_ok=True)  # e.g. 416 for a .part the server cannot continue: the next try starts over
+        raise
+    with r, open(part, 'ab' if r.status == 206 else 'wb') as f:
+        have = have if r.status == 206 else 0  # a server that ignores Range sends everything again
+        total = have + int(r.headers['Content-Length']) if r.headers.get('Content-Length') else -1
+        done, t0, shown = have, time.time(), 0
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            done += len(chunk)
+            if time.time() - shown > 0.5 or done == total:
+                rate = (done - have) / max(time.time() - t0, 1e-9)
+                eta = f'ETA {(total - done) / max(rate, 1):.0f}s' if total > 0 else ''
+                print(f'\r  {done / 1e6:.1f}/{max(total, done) / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  {eta}   ', end='',
+                      file=sys.stderr)
+                shown = time.time()
+    print(file=sys.stderr)
+    if total >= 0 and part.stat().st_size != total:
+        raise OSError(f'got {part.stat().st_size} of {total} bytes, the rest resumes on the next try')
+
+
+def download_zip(url, dest):
+    """A zip fetched into dest (unless put there by hand), checked, extracted into a temporary folder and moved
+    into place, then deleted: a crash never leaves a half dataset that looks whole. Done once: the marker
+    .NAME.done remembers it."""
+    name = url.rsplit('/', 1)[-1]
+    zip_path, tmp, done = dest / name, dest / f'.{name}.tmp', dest / f'.{name}.done'
+    if done.exists():
+        return
+    if not zip_path.exists():
+        download(url, zip_path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            if z.testzip() is not None:
+                raise zipfile.BadZipFile(f'{z.testzip()} is damaged')
+            print(f'Unzipping {zip_path} ...', file=sys.stderr)
+            z.extractall(tmp)
+    except zipfile.BadZipFile as e:
+        zip_path.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileNotFoundError(f'{url}: not a valid zip ({e}); deleted, nothing extracted') from None
+    for item in tmp.iterdir():
+        _move_into(item, dest / item.name)
+    tmp.rmdir()
+    done.touch()
+    zip_path.unlink()
+
+
+def _move_into(src, dst):
+    if dst.is_dir() and src.is_dir():  # merge, e.g. images/train2017 into a coco/ the labels zip made
+        for child in src.iterdir():
+            _move_into(child, dst / child.name)
+        src.rmdir()
+    else:
+        os.replace(src, dst)
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
@@ -384,10 +627,10 @@ def mixup(img, labels, img2, labels2, rng):
 
 class YOLODataset(torch.utils.data.Dataset):
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
-                 pad=0.0, cache=None, nc=80, seed=0, split='train', prefix=''):
+                 pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False, prefix=''):
         self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
         self.epoch = 0  # set by the trainer each epoch: part of every sample's random seed
-        self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix)
+        self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
         self.mosaic = augment and not rect
         self.warned = set()
         if rect:  # sort by aspect ratio, one letterbox shape per batch: less padding, same results as YOLOv5's val
@@ -403,7 +646,12 @@ class YOLODataset(torch.utils.data.Dataset):
                 shapes.append([a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1])
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
         self.ram = [None] * len(self.files)
-        if cache == 'ram':
+        if cache == 'ram':  # refuse what the machine cannot hold, with the figures, before filling memory for minutes
+            r = img_size / self.sizes.max(1)
+            need, free = 3 * (np.ceil(self.sizes[:, 0] * r) * np.ceil(self.sizes[:, 1] * r)).sum(), available_memory()
+            if need > free:
+                raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img {img_size},'
+                                 f' but {free / 1e9:.1f} GB are available: leave out --cache, or lower --img')
             with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
                 self.ram = pool.map(self.load_image, range(len(self.files)))
             mb = sum(x[0].nbytes for x in self.ram if x[0] is not None) / 2 ** 20

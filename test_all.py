@@ -799,8 +799,8 @@ def test_training_refuses_bad_datasets_with_a_clear_message(tmp_path):
     (wrong / 'names.txt').write_text('a\nb\n')
     r = run_train('--weights', '', '--data', wrong, '--names', wrong / 'names.txt', '--img', 128, '--epochs', 1, cwd=tmp_path)
     assert r.returncode != 0 and 'im0.txt: class 7 is out of range' in r.stderr and '--names' in r.stderr
-    r = run_train('--weights', '', '--data', tmp_path / 'coco128.yaml', cwd=tmp_path)
-    assert r.returncode != 0 and 'coco128.yaml: not a folder' in r.stderr and 'images/ and labels/' in r.stderr
+    r = run_train('--weights', '', '--data', tmp_path / 'mine.yaml', cwd=tmp_path)
+    assert r.returncode != 0 and 'mine.yaml: no such file (known without one: coco128, coco)' in r.stderr
     r = run_train('--weights', '', '--data', wrong, '--hyp', 'lr9=1', cwd=tmp_path)
     assert r.returncode != 0 and 'unknown key' in r.stderr
 
@@ -956,3 +956,201 @@ def test_bad_flags_on_the_real_command_lines(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / 'data.py'), str(tmp_path), '--img', '0'], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and 'argument --img' in r.stderr and 'Traceback' not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- data YAMLs, downloads
+
+def serve(files):
+    """A loopback HTTP server of files {name: bytes}: it honours Range, logs (name, Range) of each request, and
+    cuts the first response of each name in server.cut halfway, as a dropped connection would."""
+    import http.server
+    import re
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name, srv = self.path.lstrip('/'), self.server
+            srv.requests.append((name, self.headers.get('Range')))
+            if name not in srv.files:
+                return self.send_error(404)
+            body = srv.files[name]
+            start = int(re.match(r'bytes=(\d+)-', self.headers['Range'])[1]) if self.headers.get('Range') else 0
+            self.send_response(206 if start else 200)
+            self.send_header('Content-Length', str(len(body) - start))
+            self.end_headers()
+            end = start + (len(body) - start) // 2 if name in srv.cut else len(body)
+            srv.cut.discard(name)
+            self.wfile.write(body[start:end])
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    srv.files, srv.cut, srv.requests = files, set(), []
+    srv.url = f'http://127.0.0.1:{srv.server_address[1]}/'
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def zip_bytes(entries):
+    """A zip in memory of {name in the zip: file path or bytes}."""
+    import io
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w') as z:
+        for name, content in entries.items():
+            z.writestr(name, content if isinstance(content, bytes) else Path(content).read_bytes())
+    return buf.getvalue()
+
+
+def mini_coco_zips(tmp_path):
+    """COCO in miniature, laid out as the real zips: coco2017labels.zip (coco/labels/<split>/*.txt and
+    coco/<split>.txt lists of ./images/... paths), train2017.zip and val2017.zip (<split>/*.jpg)."""
+    shapes = make_shapes_dataset(tmp_path / 'shapes', n_train=16, n_val=8, size=128)
+    labels, zips = {}, {}
+    for split, coco_split in (('train', 'train2017'), ('val', 'val2017')):
+        imgs = sorted((shapes / 'images' / split).glob('*.jpg'))
+        zips[f'{coco_split}.zip'] = zip_bytes({f'{coco_split}/{p.name}': p for p in imgs})
+        labels.update({f'coco/labels/{coco_split}/{p.stem}.txt': shapes / 'labels' / split / f'{p.stem}.txt' for p in imgs})
+        labels[f'coco/{coco_split}.txt'] = ''.join(f'./images/{coco_split}/{p.name}\n' for p in imgs).encode()
+    zips['coco2017labels.zip'] = zip_bytes(labels)
+    return zips
+
+
+def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
+    srv = serve(mini_coco_zips(tmp_path))
+    repo = tmp_path / 'yolov5'  # a copy of the project: datasets go to ../datasets beside it, as in the original
+    repo.mkdir()
+    for f in ('data.py', 'model.py', 'loss.py', 'train.py'):
+        (repo / f).write_text((ROOT / f).read_text())
+    cmd = [sys.executable, str(repo / 'train.py'), '--data', 'coco.yaml', '--epochs', '1', '--weights', '',
+           '--cfg', 'yolov5n.yaml', '--batch-size', '8', '--img', '128', '--workers', '0']
+    env = dict(os.environ, YOLO_MIRROR=srv.url)
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(name for name, _ in srv.requests) == ['coco2017labels.zip', 'train2017.zip', 'val2017.zip']
+    coco = tmp_path / 'datasets' / 'coco'
+    assert len(list((coco / 'images' / 'train2017').glob('*.jpg'))) == 16 and not list(coco.rglob('*.zip'))
+    assert 'train: Scanned' in r.stdout and '16 images' in r.stdout and 'val: Scanned' in r.stdout
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and len(srv.requests) == 3 and 'Downloading' not in r.stderr  # nothing fetched again
+    assert (repo / 'runs/train/exp2/weights/best.pt').exists()
+
+
+def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch):
+    blob = np.random.default_rng(0).bytes(3_000_000)
+    srv = serve({'blob.bin': blob, 'bad.zip': b'PK\x03\x04 not really a zip' * 1000})
+    monkeypatch.setenv('YOLO_MIRROR', srv.url)
+    srv.cut.add('blob.bin')
+    with pytest.raises(FileNotFoundError, match='blob.bin: download failed .*1500000 of 3000000 bytes'):
+        data.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
+    assert not (tmp_path / 'blob.bin').exists() and (tmp_path / 'blob.bin.part').stat().st_size == 1_500_000
+    data.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
+    assert (tmp_path / 'blob.bin').read_bytes() == blob and not (tmp_path / 'blob.bin.part').exists()
+    assert srv.requests[-1] == ('blob.bin', 'bytes=1500000-')  # the second request asked for the rest only
+    dest = tmp_path / 'ds'
+    with pytest.raises(FileNotFoundError, match='bad.zip: not a valid zip'):
+        data.download_zip('https://example.com/bad.zip', dest)
+    assert list(dest.iterdir()) == []
+    # a mirror that is a folder, as on a machine without internet where the zips were copied by hand
+    (tmp_path / 'mirror').mkdir()
+    (tmp_path / 'mirror' / 'd.zip').write_bytes(zip_bytes({'d/a.txt': b'hello'}))
+    monkeypatch.setenv('YOLO_MIRROR', str(tmp_path / 'mirror'))
+    data.download_zip('https://example.com/d.zip', dest)
+    assert (dest / 'd' / 'a.txt').read_text() == 'hello' and not (dest / 'd.zip').exists()
+
+
+def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.delenv('YOLO_MIRROR', raising=False)
+    (tmp_path / 'ds.yaml').write_text('path: ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
+                                      'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
+    r = run_train('--data', tmp_path / 'ds.yaml', '--weights', '', cwd=tmp_path)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert 'http://127.0.0.1:9/ds.zip: download failed' in r.stderr and f'put it at {tmp_path}/ds.zip' in r.stderr
+    (tmp_path / 'coco.yaml').write_text('path: coco\ntrain: train2017.txt\nval: val2017.txt\nnames: [a]\ndownload: |\n'
+                                        "  urls = ['http://images.cocodataset.org/zips/val2017.zip']\n  download(urls)\n")
+    with pytest.raises(FileNotFoundError, match='is a script, which is never run.*val2017.zip'):
+        data.data_spec(tmp_path / 'coco.yaml')
+
+
+ORIGINAL_COCO128_YAML = '''# YOLOv5 by Ultralytics, AGPL-3.0 license
+# COCO128 dataset https://www.kaggle.com/ultralytics/coco128 (first 128 images from COCO train2017)
+# parent
+# ├── yolov5
+# └── datasets
+#     └── coco128  ← downloads here (7 MB)
+
+# Train/val/test sets as 1) dir: path/to/imgs, 2) file: path/to/imgs.txt, or 3) list: [path/to/imgs1, path/to/imgs2, ..]
+path: ../datasets/coco128  # dataset root dir
+train: images/train2017  # train images (relative to 'path') 128 images
+val: images/train2017  # val images (relative to 'path') 128 images
+test:  # test images (optional)
+
+# Classes
+names:
+''' + ''.join(f'  {i}: {n}\n' for i, n in enumerate(data.COCO_NAMES)) + '''
+
+# Download script/URL (optional)
+download: https://ultralytics.com/assets/coco128.zip
+'''
+
+
+def test_data_yaml_forms(tmp_path):
+    (tmp_path / 'datasets').mkdir()
+    (tmp_path / 'datasets' / 'coco128').symlink_to(shared(COCO128))
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'coco128.yaml').write_text(ORIGINAL_COCO128_YAML)  # path relative to the YAML's folder
+    spec = data.data_spec(tmp_path / 'data' / 'coco128.yaml')
+    assert spec['names'] == data.COCO_NAMES and Path(spec['train'][0]).resolve() == (COCO128 / 'images/train2017').resolve()
+    # an export service's data.yaml in the dataset root beside train/ and valid/, with ../ paths and its own block
+    root = tmp_path / 'export'
+    for split, n in (('train', 3), ('valid', 2)):
+        make_dataset(tmp_path / 'tmp', [[(0, 10, 10, 50, 50)]] * n, split=split)
+        (root / split).mkdir(parents=True)
+        for kind in ('images', 'labels'):
+            os.replace(tmp_path / 'tmp' / kind / split, root / split / kind)
+    (root / 'data.yaml').write_text("train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 3\n"
+                                    "names: ['cat', \"hot dog\", 'it''s']\n\nroboflow:\n  workspace: me\n  version: 2\n"
+                                    "  url: https://universe.roboflow.com/me/x/dataset/2\n")
+    spec = data.data_spec(root / 'data.yaml')
+    assert spec['names'] == ['cat', 'hot dog', "it's"] and spec['val'] == [str(root / 'valid/images')]
+    ds = data.YOLODataset(spec['train'], 64, nc=3)
+    assert len(ds) == 3 and all(len(lb) == 1 for lb in ds.labels)
+    # block lists, block scalars, comments; the errors name file and line
+    (root / 'b.yaml').write_text('train: [../train/images, ../valid/images]  # both\nval: ../valid/images\nnames:\n'
+                                 '- cat\n- dog\n- "#3"\ndescription: >\n  folded\n  text\n')
+    spec = data.data_spec(root / 'b.yaml')
+    assert spec['names'] == ['cat', 'dog', '#3'] and len(data.find_images(spec['train'])) == 5
+    assert data.read_yaml(root / 'b.yaml')['description'] == 'folded text'
+    for text, error in [('nc: 2\nnames: [a, b, c]\n', 'nc is 2 but 3 names'),
+                        ('names: {0: a}\n', 'c.yaml:3: .* not in the subset'),
+                        ('names:\n  a:\n    b: 1\n', 'c.yaml:5: only one level of nesting'),
+                        ('train: x\njust words\n', 'c.yaml:2: not a `key: value` line')]:
+        (root / 'c.yaml').write_text('train: ../train/images\nval: ../valid/images\n' * ('train' not in text) + text)
+        with pytest.raises(ValueError, match=error):
+            data.data_spec(root / 'c.yaml')
+    (root / 'c.yaml').write_text('path: elsewhere\ntrain: images/train\nval: images/val\nnames: [a]\n')
+    with pytest.raises(FileNotFoundError, match=f'train: images/train not found; tried {root}/elsewhere/images/train, '
+                                                f'{root}/images/train'):
+        data.data_spec(root / 'c.yaml')
+
+
+def test_single_class_and_frozen_backbone(tmp_path):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=96)
+    run = T.train(T.parse_args(['--weights', str(shared(WEIGHTS)), '--data', str(root), '--img', '96', '--batch', '4',
+                                '--epochs', '1', '--workers', '0', '--project', str(tmp_path / 'runs'),
+                                '--noautoanchor', '--single-cls', '--freeze', '10']))
+    ckpt = torch.load(run / 'weights/last.pt', weights_only=True)
+    official = M.load_model(WEIGHTS).state_dict()
+    assert ckpt['names'] == ['item'] and ckpt['nc'] == 1
+    conv = lambda k: k.endswith('conv.weight')
+    assert all(torch.equal(ckpt['model'][k].float(), official[k].half().float()) for k in official
+               if conv(k) and int(k.split('.')[1]) < 10)  # the backbone kept its weights (stored in fp16)
+    assert not all(torch.equal(ckpt['model'][k].float(), official[k].half().float()) for k in official
+                   if conv(k) and 10 <= int(k.split('.')[1]) < 24)
+
+
+def test_cache_ram_refuses_what_memory_cannot_hold(tmp_path, monkeypatch):
+    root, _ = rectangles_dataset(tmp_path)
+    monkeypatch.setattr(data, 'available_memory', lambda: 100_000)
+    with pytest.raises(ValueError, match=r'--cache ram needs 0.0 GB for 6 images at --img 640, but 0.0 GB'):
+        data.YOLODataset(root, 640, cache='ram', nc=18)

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import (AUG, YOLODataset, create_dataloader, existing_file, label_path, number, or_exit, plot_batch,
-                  read_names, run_dir, set_epoch, xywh2xyxy)
+from data import (AUG, YOLODataset, create_dataloader, data_spec, existing_file, label_path, number, or_exit,
+                  plot_batch, read_names, run_dir, set_epoch, xywh2xyxy)
 from loss import YOLOLoss
 from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, load_model,
                    non_max_suppression, read_checkpoint, scale_boxes, select_device, weights_file)
@@ -322,7 +322,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' to train from scratch")
     p.add_argument('--cfg', type=scale_name, default='', help='model scale: n, s, m, l, x (or yolov5s.yaml)')
-    p.add_argument('--data', default='', help='dataset root (images/, labels/), image folder or .txt list')
+    p.add_argument('--data', default='coco128.yaml', help='data YAML, coco128 / coco, dataset root, image folder or .txt')
+    p.add_argument('--single-cls', action='store_true', help='train every class as one')
+    p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze the first N layers (10: backbone)')
     p.add_argument('--val', default='', help='validation images (default: the val split of --data, else its train split)')
     p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
     p.add_argument('--hyp', nargs='*', type=hyp_entry, default=[], metavar='KEY=VALUE', help='override HYP entries')
@@ -360,12 +362,13 @@ def parse_args(argv=None):
     return opt
 
 
-def build_datasets(opt, names, hyp, train=True):
-    # a dataset root with a single split (like coco128) validates on it
-    val = or_exit(YOLODataset, opt.val or opt.data, opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
-                  pad=0.5, cache=opt.cache, nc=len(names), split='val', prefix='val: ') if MAIN else None
-    tr = or_exit(YOLODataset, opt.data, opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
-                 cache=opt.cache, nc=len(names), seed=opt.seed, prefix='train: ') if train else None
+def build_datasets(opt, data, names, hyp, train=True):
+    """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
+    val = or_exit(YOLODataset, opt.val or data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
+                  pad=0.5, cache=opt.cache, nc=len(names), split='val', single_cls=opt.single_cls,
+                  prefix='val: ') if MAIN else None
+    tr = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
+                 cache=opt.cache, nc=len(names), seed=opt.seed, single_cls=opt.single_cls, prefix='train: ') if train else None
     if train and not sum(len(x) for x in tr.labels):
         raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s labels '
                          f'are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
@@ -375,27 +378,32 @@ def build_datasets(opt, names, hyp, train=True):
 def run_val_only(opt):
     device = select_device(opt.device)
     model = or_exit(load_model, opt.weights, device, fuse=True)
-    names = read_names(opt.names) if opt.names else model.names
-    _, val = build_datasets(opt, names, None, train=False)
+    data = or_exit(data_spec, opt.data)
+    names = read_names(opt.names) if opt.names else data['names'] or model.names
+    _, val = build_datasets(opt, data, names, None, train=False)
     validate(model, create_dataloader(val, opt.batch, opt.workers), names, opt.conf_thres, opt.iou_thres,
              opt.max_det, half=device.type == 'cuda', verbose=opt.verbose or len(names) < 50)  # as val.py
 
 
-def build_model(opt, resumed=None):
+def build_model(opt, resumed=None, data_names=None):
     """The model saved in last.pt; or --cfg's scale (else the weights') with --weights transferred into it by name
-    and shape, as in the original; or a new --cfg model with --names' (else COCO's) classes."""
+    and shape, as in the original. Its classes: --names, else the data YAML's, else the weights', else COCO's."""
     if resumed:
         model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'anchors', 'names')})
         model.load_state_dict(resumed['model'])
         return model
     meta, sd, _ = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None, None)
-    names = read_names(opt.names) if opt.names or not meta else meta['names']
+    names = read_names(opt.names) if opt.names else data_names or (meta['names'] if meta else read_names())
+    names = ['item'] if opt.single_cls and len(names) != 1 else names  # --single-cls trains every class as one
     model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
     if meta:  # with --cfg the model keeps its own anchors, as in the original
         own = model.state_dict()
         fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape and not (opt.cfg and 'anchors' in k)}
         model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
         log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
+    frozen = [f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0]))]
+    for k, p in model.named_parameters():  # --freeze 10: the backbone keeps the starting weights
+        p.requires_grad_(not k.startswith(tuple(frozen)))
     return model
 
 
@@ -421,10 +429,14 @@ class Trainer:
         torch.manual_seed(opt.seed + max(RANK, 0))
         self.hyp = hyp = dict(HYP, **dict(opt.hyp))
         hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
-        model = build_model(opt, resumed).to(self.device)
+        if LOCAL_RANK > 0:
+            dist.barrier()  # local rank 0 fetches a missing dataset first
+        data = or_exit(data_spec, opt.data)
+        if LOCAL_RANK == 0:
+            dist.barrier()
+        model = build_model(opt, resumed, data['names']).to(self.device)
         self.names = model.names
-
-        self.train_set, val_set = build_datasets(opt, self.names, hyp)
+        self.train_set, val_set = build_datasets(opt, data, self.names, hyp)
         batch = opt.batch // WORLD_SIZE
         self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect,
                                               rank=max(RANK, 0), world_size=WORLD_SIZE)
@@ -641,9 +653,4 @@ def train(opt):
 
 if __name__ == '__main__':
     args = parse_args()
-    if args.val_only:
-        run_val_only(args)
-    elif not args.data and not args.resume:
-        raise SystemExit('ERROR: give --data: a dataset root (images/, labels/), an image folder or a .txt list')
-    else:
-        train(args)
+    run_val_only(args) if args.val_only else train(args)
