@@ -185,8 +185,14 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     junk.write_bytes(b'not a checkpoint at all')
     with pytest.raises(ValueError, match='junk.pt: not a PyTorch checkpoint'):
         M.load_model(junk)
-    r = run_detect(shared(BUS), '--weights', junk, cwd=tmp_path)  # the command line says the same, no traceback
-    assert r.returncode != 0 and 'ERROR: ' in r.stderr and 'junk.pt: not a PyTorch' in r.stderr and 'Traceback' not in r.stderr
+    r = run_detect(shared(BUS), '--weights', junk, cwd=tmp_path)  # the command line says so too, no traceback
+    assert r.returncode == 2 and 'argument --weights' in r.stderr and 'junk.pt: not a checkpoint' in r.stderr
+    other = tmp_path / 'other.pt'  # a zip, so a checkpoint at first sight, but not a model
+    with zipfile.ZipFile(other, 'w') as z:
+        z.writestr('notes.txt', 'hello')
+    r = run_detect(shared(BUS), '--weights', other, cwd=tmp_path)
+    assert r.returncode == 1 and 'ERROR: ' in r.stderr and 'other.pt: not a YOLOv5 checkpoint' in r.stderr
+    assert 'Traceback' not in r.stderr
     liar = tmp_path / 'liar.pt'  # claims to be yolov5s but holds yolov5n weights
     torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS,
                 'names': data.COCO_NAMES}, liar)
@@ -659,15 +665,41 @@ def run_train(*args, cwd, torchrun=False, timeout=600):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+# The original YOLOv5's confusion matrix of yolov5n on COCO128 at 640, batch 32 (its v7.0 release, whose mAP differs
+# from the current original's in the third digit): the diagonal where not 0, the background row and column
+CONFUSION_DIAGONAL = {0: 164, 1: 2, 2: 8, 3: 3, 4: 3, 5: 5, 6: 2, 7: 1, 8: 2, 9: 2, 11: 1, 13: 4, 14: 13, 15: 3, 16: 3,
+                      17: 2, 20: 13, 21: 1, 22: 4, 23: 8, 24: 1, 25: 9, 26: 1, 27: 3, 28: 3, 29: 4, 31: 4, 32: 3, 33: 5,
+                      35: 3, 36: 3, 38: 2, 39: 4, 40: 10, 41: 9, 42: 1, 43: 8, 44: 3, 45: 14, 50: 2, 51: 5, 52: 1,
+                      53: 5, 54: 12, 55: 4, 56: 12, 57: 1, 58: 6, 60: 4, 61: 1, 62: 2, 65: 4, 68: 3, 69: 2, 71: 1,
+                      72: 3, 73: 3, 74: 8, 75: 2, 77: 6}
+CONFUSION_BACKGROUND_ROW = [86, 4, 38, 1, 3, 2, 1, 8, 4, 12, 0, 1, 0, 5, 3, 1, 4, 0, 0, 0, 3, 0, 0, 1, 4, 9, 18, 4, 1, 1, 1,
+                            1, 3, 5, 4, 4, 2, 0, 5, 13, 6, 26, 4, 7, 19, 12, 1, 0, 0, 4, 9, 19, 1, 0, 2, 0, 23, 4, 7, 3,
+                            9, 1, 0, 2, 2, 4, 0, 7, 0, 3, 0, 5, 2, 26, 1, 0, 1, 15, 0, 5, 0]
+CONFUSION_BACKGROUND_COLUMN = [45, 1, 4, 1, 0, 2, 1, 2, 2, 2, 0, 0, 0, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 2, 3, 0, 2, 1, 1, 1,
+                               1, 2, 2, 1, 0, 0, 0, 2, 6, 3, 1, 0, 3, 0, 5, 0, 0, 1, 0, 2, 3, 0, 3, 5, 1, 19, 1, 3, 0, 2,
+                               0, 0, 0, 0, 1, 0, 1, 1, 3, 0, 0, 0, 0, 1, 3, 0, 2, 0, 0, 0]
+
+
 @pytest.mark.parametrize('img,batch,expected', [(640, 32, [0.626, 0.481, 0.545, 0.350]),  # ../shared/expected/
                                                  (320, 16, [0.585, 0.382, 0.458, 0.290])])  # coco128_yolov5n_640_val.txt
-def test_val_only_matches_the_original(img, batch, expected):
-    r = run_train('--val-only', '--weights', shared(WEIGHTS), '--data', shared(COCO128), '--img', img, '--batch', batch, cwd=ROOT)
+def test_val_only_matches_the_original(tmp_path, img, batch, expected):
+    r = run_train('--val-only', '--weights', shared(WEIGHTS), '--data', shared(COCO128), '--img', img, '--batch', batch,
+                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split()
     assert row[1:3] == ['128', '929']
     assert all(abs(float(v) - e) <= 0.005 for v, e in zip(row[3:], expected)), row
-    assert 'Speed:' in r.stdout
+    assert 'Speed:' in r.stdout and 'Results saved to runs/val/exp' in r.stdout
+    if img == 640:  # the confusion matrix: as the original's, to a few counts out of 1084
+        m = np.loadtxt(tmp_path / 'runs/val/exp/confusion_matrix.csv', delimiter=',')
+        diagonal = np.array([CONFUSION_DIAGONAL.get(i, 0) for i in range(80)])
+        assert m.shape == (81, 81) and abs(m.sum() - 1084) <= 6 and abs(m[0, 0] - 164) <= 1
+        assert np.abs(np.diag(m)[:80] - diagonal).sum() <= 8 and np.abs(np.diag(m)[:80] - diagonal).max() <= 2
+        assert np.abs(m[80] - CONFUSION_BACKGROUND_ROW).sum() <= 8 and np.abs(m[80] - CONFUSION_BACKGROUND_ROW).max() <= 2
+        assert np.abs(m[:, 80] - CONFUSION_BACKGROUND_COLUMN).sum() <= 8
+        for name, size in (('confusion_matrix.png', 1000), ('PR_curve.png', 800), ('F1_curve.png', 800)):
+            picture = cv2.imread(str(tmp_path / 'runs/val/exp' / name))
+            assert picture is not None and min(picture.shape[:2]) >= size and picture.std() > 10, name
 
 
 def make_shapes_dataset(root, n_train=128, n_val=32, size=160, seed=0):
@@ -736,8 +768,11 @@ def test_fine_tune_coco128_matches_the_original(tmp_path):
     r = run_train('--val-only', '--weights', tmp_path / 'runs/train/exp/weights/best.pt', '--data', COCO128, '--img', 320,
                   '--batch', 32, cwd=tmp_path)
     assert next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split() == best_row
-    for picture in ('train_batch0.jpg', 'val_batch0_pred.jpg'):
-        assert cv2.imread(str(tmp_path / 'runs/train/exp' / picture)) is not None
+    for picture in ('train_batch0.jpg', 'val_batch0_pred.jpg', 'labels.jpg', 'results.png', 'confusion_matrix.png',
+                    'PR_curve.png', 'F1_curve.png'):
+        img = cv2.imread(str(tmp_path / 'runs/train/exp' / picture))
+        assert img is not None and min(img.shape[:2]) >= 600 and img.std() > 10, picture
+    assert np.loadtxt(tmp_path / 'runs/train/exp/confusion_matrix.csv', delimiter=',').shape == (81, 81)
 
 
 def tiny_args(root, project, *extra):
@@ -828,9 +863,10 @@ def test_map_of_perfect_and_of_shifted_predictions():
     shifted[0, [0, 2]] += 8  # IoU 32/48 = 0.667: a true positive up to the 0.65 threshold only
     correct = T.match_predictions(shifted, labels[:, 0], labels[:, 1:], iouv)
     assert correct[0].tolist() == [True] * 4 + [False] * 6 and correct[1].all()
-    p, r, ap, classes, n = T.ap_per_class(correct, shifted[:, 4].numpy(), shifted[:, 5].numpy(), labels[:, 0].numpy())
+    p, r, ap, classes, n, curves = T.ap_per_class(correct, shifted[:, 4].numpy(), shifted[:, 5].numpy(), labels[:, 0].numpy())
     # YOLOv5's 101-point envelope gives a perfect class 0.995, not 1 (it ends at recall 1 with precision 0)
     assert classes.tolist() == [0, 1] and abs(ap[1].mean() - 0.995) < 1e-9 and abs(ap[0].mean() - 0.398) < 1e-3
+    assert curves['pr'].shape == curves['f1'].shape == (2, 1000) and curves['pr'][1, :999].min() == 1  # class 1: perfect
 
 
 # ---------------------------------------------------------------------------------------------- the layers
@@ -1154,3 +1190,16 @@ def test_cache_ram_refuses_what_memory_cannot_hold(tmp_path, monkeypatch):
     monkeypatch.setattr(data, 'available_memory', lambda: 100_000)
     with pytest.raises(ValueError, match=r'--cache ram needs 0.0 GB for 6 images at --img 640, but 0.0 GB'):
         data.YOLODataset(root, 640, cache='ram', nc=18)
+
+
+def test_results_png_follows_results_csv(tmp_path):
+    csv = tmp_path / 'results.csv'
+    row = lambda e: {'epoch': e, **{k: 1 / (e + 1) for k in ('train/box_loss', 'train/obj_loss', 'train/cls_loss')},
+                     **{k: e / 10 for k in T.METRICS}, 'x/lr0': 0.01, 'x/lr1': 0.01, 'x/lr2': 0.01}
+    T.write_results(csv, row(0))
+    T.plot_results(csv)  # one epoch: dots, no crash
+    one = cv2.imread(str(tmp_path / 'results.png'))
+    T.write_results(csv, row(1))
+    T.plot_results(csv)
+    two = cv2.imread(str(tmp_path / 'results.png'))
+    assert one.shape == two.shape == (1000, 2000, 3) and (one != two).any()

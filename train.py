@@ -15,6 +15,7 @@ from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -74,19 +75,26 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
 
 
 def compute_ap(recall, precision):
-    """COCO's 101-point interpolated area under the precision envelope."""
+    """COCO's 101-point interpolated area under the precision envelope; and the envelope (recall, precision)."""
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision, [0.0])))))
     x = np.linspace(0, 1, 101)
-    return np.trapezoid(np.interp(x, mrec, mpre), x)
+    return np.trapezoid(np.interp(x, mrec, mpre), x), mrec, mpre
+
+
+def smooth(y, f):
+    """A box filter over a fraction f of y, its ends padded with their values."""
+    k = round(len(y) * f * 2) // 2 + 1
+    return np.convolve(np.concatenate((np.full(k // 2, y[0]), y, np.full(k // 2, y[-1]))), np.ones(k) / k, 'valid')
 
 
 def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
-    """Per class present in the labels: P and R at the confidence of best mean F1, and AP at 10 IoUs."""
+    """Per class present in the labels: P and R at the confidence of best mean F1, AP at 10 IoUs; and the curves
+    of precision against recall (IoU 0.5) and of F1 against confidence."""
     order = np.argsort(-conf)
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)
-    px = np.linspace(0, 1, 1000)
+    px, pr = np.linspace(0, 1, 1000), np.zeros((len(classes), 1000))
     ap, p, r = np.zeros((len(classes), tp.shape[1])), np.zeros((len(classes), 1000)), np.zeros((len(classes), 1000))
     for ci, c in enumerate(classes):
         i = pred_cls == c
@@ -97,13 +105,29 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
         precision = tpc / (tpc + fpc)
         r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # as functions of the confidence threshold
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
-        ap[ci] = [compute_ap(recall[:, j], precision[:, j]) for j in range(tp.shape[1])]
+        for j in range(tp.shape[1]):
+            ap[ci, j], mrec, mpre = compute_ap(recall[:, j], precision[:, j])
+            pr[ci] = np.interp(px, mrec, mpre) if j == 0 else pr[ci]
     f1 = 2 * p * r / (p + r + eps)
-    k = max(round(1000 * 0.1 * 2) // 2 + 1, 1)  # smooth the mean F1 curve with a box filter of 10%
-    f1_smooth = np.convolve(np.concatenate((np.full(k // 2, f1.mean(0)[0]), f1.mean(0), np.full(k // 2, f1.mean(0)[-1]))),
-                            np.ones(k) / k, mode='valid')
-    best = f1_smooth.argmax()
-    return p[:, best], r[:, best], ap, classes.astype(int), n_labels
+    best = smooth(f1.mean(0), 0.1).argmax()
+    return p[:, best], r[:, best], ap, classes.astype(int), n_labels, dict(px=px, pr=pr, f1=f1)
+
+
+def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
+    """One image into the original's confusion matrix (rows predicted, columns true, background last): detections
+    above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best first. As in the original, a
+    detection is counted as background only in an image where something was paired."""
+    bg, det = len(matrix) - 1, det[det[:, 4] > conf]
+    li, di = torch.where(box_iou(labels[:, 1:], det[:, :4]) > iou_thres)
+    m = torch.stack((li, di, box_iou(labels[:, 1:], det[:, :4])[li, di]), 1).cpu().numpy()
+    for k in (1, 0):  # one detection per label, then one label per detection, best IoU first
+        m = m[m[:, 2].argsort()[::-1]]
+        m = m[np.unique(m[:, k], return_index=True)[1]]
+    li, di, classes = m[:, 0].astype(int), m[:, 1].astype(int), det[:, 5].int().tolist()
+    for i, c in enumerate(labels[:, 0].int().tolist()):
+        matrix[classes[di[li == i][0]] if (li == i).sum() == 1 else bg, c] += 1
+    for k, c in enumerate(classes if len(m) else []):
+        matrix[c, bg] += k not in di
 
 
 @torch.inference_mode()
@@ -115,40 +139,51 @@ def predict(model, imgs, half=False):
     return torch.cat([c[0] for c in chunks]), [torch.cat(r) for r in zip(*[c[1] for c in chunks])]
 
 
-def match_image(pred, labels, img_shape, to_orig, iouv):
-    """(correct at each IoU, conf, predicted class, label classes) of one image; boxes are compared in the
-    original image's pixels, as YOLOv5 does."""
+def match_image(pred, labels, img_shape, to_orig, iouv, confusion=None):
+    """(correct at each IoU, conf, predicted class, label classes) of one image, its boxes compared in the original
+    image's pixels as YOLOv5 does; and the image added to the confusion matrix, if one is given."""
     correct = np.zeros((len(pred), len(iouv)), bool)
-    if len(pred) and len(labels):
-        predn = scale_boxes(pred[:, :4].clone(), img_shape, *to_orig)
-        tbox = scale_boxes(xywh2xyxy(labels[:, 1:5]), img_shape, *to_orig)
-        correct = match_predictions(torch.cat((predn, pred[:, 4:]), 1), labels[:, 0], tbox, iouv)
+    if len(labels):
+        labels = torch.cat((labels[:, :1], scale_boxes(xywh2xyxy(labels[:, 1:5]), img_shape, *to_orig)), 1)
+        pred = torch.cat((scale_boxes(pred[:, :4].clone(), img_shape, *to_orig), pred[:, 4:]), 1)
+        correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv) if len(pred) else correct
+        if confusion is not None:
+            confusion_add(confusion, pred, labels)
     return correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()
 
 
-def summarize(stats, names, seen, verbose):
-    """YOLOv5's table (all classes, and each class with verbose); returns mean P, R, mAP50, mAP50-95."""
+def summarize(stats, names, seen, verbose, plots_dir=None):
+    """YOLOv5's table (all classes, and each class with verbose), the PR and F1 curves into plots_dir if given;
+    returns mean P, R, mAP50, mAP50-95."""
     pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')
         return [0.0] * 4
-    p, r, ap, classes, n_labels = ap_per_class(*stats)
+    p, r, ap, classes, n_labels, curves = ap_per_class(*stats)
     ap50, ap = ap[:, 0], ap.mean(1)
     log(pf % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
     for i, c in enumerate(classes if verbose and len(names) > 1 else []):
         log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
+    if plots_dir:
+        px, present, f1 = curves['px'], [names[c] for c in classes], smooth(curves['f1'].mean(0), 0.05)
+        plot_curve(px, curves['pr'], curves['pr'].mean(0), present, plots_dir / 'PR_curve.png', 'Recall',
+                   'Precision', f'all classes {ap50.mean():.3f} mAP@0.5')
+        plot_curve(px, curves['f1'], f1, present, plots_dir / 'F1_curve.png', 'Confidence', 'F1',
+                   f'all classes {f1.max():.2f} at {px[f1.argmax()]:.3f}')
     return [p.mean(), r.mean(), ap50.mean(), ap.mean()]
 
 
 @torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, half=False,
-             verbose=False, plot_path=None):
-    """Prints YOLOv5's validation table and returns {name in METRICS: value}."""
+             verbose=False, plots_dir=None):
+    """Prints YOLOv5's validation table and returns {name in METRICS: value}. With plots_dir, also draws the first
+    batch's predictions, the confusion matrix (and its counts as .csv), the PR and F1 curves there."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
     stats, seen, dt, loss = [], 0, [0.0, 0.0, 0.0], torch.zeros(3, device=device)
+    confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
     for bi, (imgs, targets, paths, to_orig) in enumerate(loader):
         t0 = time.perf_counter()
@@ -167,12 +202,17 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
             labels = targets[targets[:, 0] == si, 1:]
             seen += 1
             if len(pred) or len(labels):
-                stats.append(match_image(pred, labels, imgs.shape[2:], to_orig[si], iouv))
-        if plot_path and bi == 0:
+                stats.append(match_image(pred, labels, imgs.shape[2:], to_orig[si], iouv, confusion))
+        if plots_dir and bi == 0:
             lb = targets.clone()
             lb[:, 2:] /= torch.tensor((w, h, w, h), device=device)
-            plot_batch((imgs * 255).byte().cpu(), lb.cpu(), names, plot_path, [p[p[:, 4] > 0.25].cpu() for p in preds])
-    results = summarize(stats, names, seen, verbose)
+            plot_batch((imgs * 255).byte().cpu(), lb.cpu(), names, plots_dir / 'val_batch0_pred.jpg',
+                       [p[p[:, 4] > 0.25].cpu() for p in preds])
+    results = summarize(stats, names, seen, verbose, plots_dir)
+    if plots_dir:
+        plot_confusion_matrix(confusion, names, plots_dir / 'confusion_matrix.png')
+        np.savetxt(plots_dir / 'confusion_matrix.csv', confusion, '%d', ',', header='rows: predicted, columns: '
+                   'true class, in the order: ' + ', '.join(names) + ', background (conf 0.25, IoU 0.45)')
     pre, inf, nms = (t * 1e3 / max(seen, 1) for t in dt)
     log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
         f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
@@ -181,6 +221,119 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
 
 def fitness(results):
     return 0.1 * results['metrics/mAP_0.5'] + 0.9 * results['metrics/mAP_0.5:0.95']  # mostly mAP50-95
+
+
+# ---------------------------------------------------------------------------------------------- pictures of a run (OpenCV only)
+
+FONT, AA, BLACK, BLUE, ORANGE = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (0, 0, 0), (180, 100, 20), (20, 130, 255)
+HUES = cv2.cvtColor(np.uint8([[(i * 47 % 180, 230, 210) for i in range(180)]]), cv2.COLOR_HSV2BGR)[0].tolist()
+
+
+def put(img, s, x, y, ax=0.0, ay=0.0, scale=0.5, color=BLACK, vertical=False):
+    """Text whose box has its (ax, ay) fraction at (x, y); vertical reads bottom-up. Returns the text width."""
+    (w, h), b = cv2.getTextSize(s, FONT, scale, 1)
+    m = cv2.putText(np.zeros((h + b + 2, w + 2), np.uint8), s, (1, h + 1), FONT, scale, 255, 1, AA)  # a mask:
+    m = (cv2.rotate(m, cv2.ROTATE_90_COUNTERCLOCKWISE) if vertical else m)[..., None] / 255  # OpenCV can't rotate text
+    y0, x0 = (min(max(int(p - f * n), 0), N - n) for p, f, n, N in zip((y, x), (ay, ax), m.shape, img.shape))  # inside
+    roi = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+    roi[:] = roi * (1 - m) + np.array(color) * m  # blending keeps the antialiasing on any background
+    return w
+
+
+def chart(img, box, xlim, ylim, title='', xlabel='', ylabel='', ticks='xy', pad=0, z=None):
+    """Frame box=(x0, y0, x1, y1) with ticks, labels, a title, maybe a heatmap z (0..1); return a data->pixel map."""
+    (x0, y0, x1, y1), (a, b), (c, d) = box, xlim, ylim
+    e, f = (a == b) * (abs(a) / 10 or 1), (c == d) * (abs(c) / 10 or 1)  # widen flat ranges (one epoch, a constant)
+    a, b, c, d = a - e, b + e, c - f, d + f
+
+    def to(x, y):
+        return np.int_(np.stack([x0 + (x - a) / (b - a) * (x1 - x0), y1 - (y - c) / (d - c) * (y1 - y0)], -1) + 0.5)
+
+    def nice(lo, hi):  # about 5 ticks at a step of 1, 2 or 5 times a power of ten: 10 ** (k / 3) to one digit
+        s = float(f'{10 ** (round(3 * math.log10((hi - lo) / 5)) / 3):.0e}')
+        return [k * s + 0.0 for k in range(math.ceil(lo / s - 1e-9), math.floor(hi / s + 1e-9) + 1)]  # +0.0: no -0
+
+    if z is not None:  # white to dark blue, like matplotlib's 'Blues'
+        z = np.stack([np.interp(z, [0, 0.5, 1], r) for r in ([255, 214, 107], [255, 174, 48], [255, 107, 8])], -1)
+        img[y0:y1, x0:x1] = cv2.resize(z.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    for t in nice(a, b) if 'x' in ticks else []:
+        cv2.line(img, tuple(to(t, c)), tuple(to(t, c) + (0, 5)), BLACK)
+        put(img, f'{t:.4g}', to(t, c)[0], y1 + 8, 0.5)
+    for t in nice(c, d) if 'y' in ticks else []:
+        cv2.line(img, tuple(to(a, t)), tuple(to(a, t) - (5, 0)), BLACK)
+        pad = max(pad, put(img, f'{t:.4g}', x0 - 8, to(a, t)[1], 1, 0.5))  # the y label goes left of the widest
+    cv2.rectangle(img, (x0, y0), (x1, y1), BLACK, 1)
+    put(img, title, (x0 + x1) / 2, y0 - 8, 0.5, 1, 0.65)
+    put(img, xlabel, (x0 + x1) / 2, y1 + max(pad if 'x' not in ticks else 0, 20) + 14, 0.5, 0, 0.6)
+    put(img, ylabel, x0 - pad - 18, (y0 + y1) / 2, 1, 0.5, 0.6, vertical=True)
+    return to
+
+
+def plot_results(csv_path):
+    """results.png beside csv_path: each loss and metric against epoch, raw (blue dots) and smoothed (orange dashes)."""
+    head = [s.strip() for s in Path(csv_path).read_text().splitlines()[0].split(',')]
+    data, img = np.loadtxt(csv_path, delimiter=',', skiprows=1, ndmin=2), np.full((1000, 2000, 3), 255, np.uint8)
+    x, w = data[:, 0], np.exp(-0.5 * (np.subtract.outer(data[:, 0], data[:, 0]) / 3) ** 2)  # Gaussian, sigma 3 epochs
+    for k, j in enumerate((1, 2, 3, 4, 5, 8, 9, 10, 6, 7)):  # top: train losses, P, R; bottom: val losses, mAPs
+        y, m, r, c = data[:, j], np.ptp(data[:, j]) / 20, k // 5 * 500, k % 5 * 400  # m keeps dots off the frame
+        to = chart(img, (c + 85, r + 45, c + 385, r + 440), (x.min(), x.max()), (y.min() - m, y.max() + m), head[j])
+        cv2.polylines(img, [to(x, y)], False, BLUE, 2, AA)
+        cv2.polylines(img, list(to(x, y)[:, None]), True, BLUE, 6 if len(x) < 100 else 4, AA)  # 1-point lines: dots
+        xs = np.linspace(x.min(), x.max(), 150)  # the smoothed curve as dashes: point pairs, with gaps between them
+        cv2.polylines(img, list(to(xs, np.interp(xs, x, w @ y / w.sum(1))).reshape(-1, 2, 2)), False, ORANGE, 2, AA)
+    put(img, 'blue: results   orange: smoothed', 1990, 990, 1, 1)
+    cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
+
+
+def plot_confusion_matrix(matrix, names, path):
+    """Column-normalized heatmap: where each true class (column) ended up; the last row and column are background."""
+    m, labels, n = matrix / np.maximum(matrix.sum(0), 1e-9), [*names, 'background'], len(matrix)
+    m, cell = m * (m >= 0.005), min(160, max(4, 1600 // n))  # cells under 0.005 stay blank
+    fs, step = min(0.55, max(cell, 14) / 36), math.ceil(14 / cell)  # tiny cells: every step-th label only
+    S, L, T = cell * n, max(cv2.getTextSize(s, FONT, fs, 1)[0][0] for s in labels[::step]) + 62, 60
+    img = np.full((T + S + L + 10, L + S + 110, 3), 255, np.uint8)
+    chart(img, (L, T, L + S, T + S), (0, n), (n, 0), 'Confusion matrix', 'True', 'Predicted', '', L - 50, m)
+    chart(img, (L + S + 50, T, L + S + 70, T + S), (0, 1), (0, 1), ticks='y', z=np.linspace(1, 0, 256)[:, None])
+    for i in range(0, n, step):
+        put(img, labels[i], L - 6, T + (i + 0.5) * cell, 1, 0.5, fs)
+        put(img, labels[i], L + (i + 0.5) * cell, T + S + 6, 0.5, 0, fs, vertical=True)
+    for i, j in np.argwhere(m > 0) if n <= 30 else []:  # values fit only while cells are big
+        put(img, f'{m[i, j]:.2f}', L + (j + 0.5) * cell, T + (i + 0.5) * cell, 0.5, 0.5, min(0.9, cell / 110),
+            (255, 255, 255) if m[i, j] > 0.5 else BLACK)
+    cv2.imwrite(str(path), img)
+
+
+def plot_curve(px, curves, mean, names, path, xlabel, ylabel, mean_label):
+    """One thin line per class and their mean as a thick blue line, e.g. precision against recall."""
+    img, nc = np.full((900, 1200, 3), 255, np.uint8), len(curves)
+    to = chart(img, (90, 50, 830, 810), (0, 1), (0, 1), f'{ylabel}-{xlabel} curve', xlabel, ylabel)
+    legend = [(HUES[i % 180], 1, s) for i, s in enumerate(names[:nc])] if nc < 21 else []  # more would not fit
+    for i, y in enumerate(curves):
+        cv2.polylines(img, [to(px, y)], False, legend[i][0] if legend else (170, 170, 170), 1, AA)
+    cv2.polylines(img, [to(px, mean)], False, BLUE, 4, AA)
+    for k, (c, t, s) in enumerate(legend + [(BLUE, 4, mean_label)]):
+        cv2.line(img, (850, 60 + 26 * k), (880, 60 + 26 * k), c, t, AA)
+        put(img, s, 888, 60 + 26 * k, 0, 0.5)
+    cv2.imwrite(str(path), img)
+
+
+def plot_labels(labels, names, path):
+    """labels.jpg: instances per class, box shapes, and histograms of centres and of sizes (darker = more)."""
+    c, xywh, img = labels[:, 0].astype(int), labels[:, 1:5], np.full((1460, 1600, 3), 255, np.uint8)
+    nc = max(len(names), c.max(initial=0) + 1)
+    n, bw = np.bincount(c, minlength=nc), 1460 / nc
+    to = chart(img, (100, 50, 1560, 700), (-.5, nc - .5), (0, n.max() * 1.05 + 1), 'instances', 'classes', '', 'y', 135)
+    for i in range(nc):  # bars with names (or indices) under them; only every few names where they would overlap
+        cv2.rectangle(img, tuple(to(i - 0.4, 0)), tuple(to(i + 0.4, n[i])), HUES[i % 180], -1)
+        s = (names[i] if i < len(names) else str(i)) if i % math.ceil(16 / bw) == 0 else ''
+        put(img, s if len(s) < 16 else s[:14] + '..', to(i, 0)[0], 708, 0.5, 0, 0.45, vertical=True)
+    chart(img, (100, 950, 550, 1400), (0, 1), (0, 1), f'box shapes ({min(len(c), 1000)} of {len(c)})', ticks='')
+    for k, (w, h) in enumerate(xywh[:1000, 2:] * 225):  # half sizes in pixels: each box centred on the square's centre
+        cv2.rectangle(img, (int(325 - w), int(1175 - h)), (int(325 + w), int(1175 + h)), HUES[c[k] % 180], 1, AA)
+    for x0, (i, j, a, b) in ((620, (0, 1, 'x', 'y')), (1110, (2, 3, 'width', 'height'))):
+        h = np.log1p(np.histogram2d(xywh[:, i], xywh[:, j], 50, [[0, 1], [0, 1]])[0]).T[::-1]  # rows: y downwards
+        chart(img, (x0, 950, x0 + 450, 1400), (0, 1), (0, 1), f'{b} vs {a}', a, b, z=h / max(h.max(), 1e-9))
+    cv2.imwrite(str(path), img)
 
 
 # ---------------------------------------------------------------------------------------------- autoanchor
@@ -343,7 +496,7 @@ def parse_args(argv=None):
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
     p.add_argument('--workers', type=number(int, 0), default=8, help='dataloader workers per process')
-    p.add_argument('--project', default='runs/train')
+    p.add_argument('--project', help='where runs go: runs/train, with --val-only runs/val')
     p.add_argument('--name', default='exp')
     p.add_argument('--exist-ok', action='store_true')
     p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
@@ -356,6 +509,7 @@ def parse_args(argv=None):
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
     p.add_argument('--max-det', type=number(int, 1), default=300)
     opt = p.parse_args(argv)
+    opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
     if opt.batch % WORLD_SIZE:
         p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({WORLD_SIZE})')
     opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
@@ -381,8 +535,11 @@ def run_val_only(opt):
     data = or_exit(data_spec, opt.data)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
     _, val = build_datasets(opt, data, names, None, train=False)
+    save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
     validate(model, create_dataloader(val, opt.batch, opt.workers), names, opt.conf_thres, opt.iou_thres,
-             opt.max_det, half=device.type == 'cuda', verbose=opt.verbose or len(names) < 50)  # as val.py
+             opt.max_det, half=device.type == 'cuda', verbose=opt.verbose or len(names) < 50, plots_dir=save_dir)
+    log(f'Results saved to {save_dir}')
 
 
 def build_model(opt, resumed=None, data_names=None):
@@ -441,8 +598,11 @@ class Trainer:
         self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect,
                                               rank=max(RANK, 0), world_size=WORLD_SIZE)
         self.val_loader = create_dataloader(val_set, batch * 2, opt.workers) if MAIN else None
-        if MAIN and not resumed and not opt.noautoanchor:
-            check_anchors(self.train_set, model, hyp['anchor_t'], opt.img, opt.seed)
+        if MAIN and not resumed:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
+            if not opt.noautoanchor:
+                check_anchors(self.train_set, model, hyp['anchor_t'], opt.img, opt.seed)
 
         # the loss gains in HYP are for 3 levels, 80 classes and 640 px
         nl, nc = model.detect.nl, model.nc
@@ -552,8 +712,7 @@ class Trainer:
         patience = opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
         if not opt.noval or final:  # else the last results are carried forward, as the original does
-            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, half=self.amp,
-                                    plot_path=self.save_dir / 'val_batch0_pred.jpg' if final else None)
+            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, half=self.amp)
         fi = fitness(self.results)
         if fi >= self.best_fitness:
             self.best_fitness, self.best_epoch = fi, epoch
@@ -561,6 +720,7 @@ class Trainer:
         lrs = {f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}
         losses = dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist()))
         write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **self.results, **lrs})
+        plot_results(self.save_dir / 'results.csv')
         self.last_state = self.checkpoint(epoch)
         if not opt.nosave or final:
             save_atomic(self.last_state, self.weights_dir / 'last.pt')
@@ -585,7 +745,7 @@ class Trainer:
         model.load_state_dict(read_checkpoint(best)[1])
         coco = str(self.val_loader.dataset.files[0]).replace(os.sep, '/').count('/coco/images/val2017/')
         return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6, loss_fn=self.loss_fn,
-                        verbose=True)
+                        verbose=True, plots_dir=self.save_dir)
 
     def checkpoint(self, epoch):
         """Everything --resume needs to continue exactly, and what load_model needs: a plain dict."""
