@@ -1203,3 +1203,96 @@ def test_results_png_follows_results_csv(tmp_path):
     T.plot_results(csv)
     two = cv2.imread(str(tmp_path / 'results.png'))
     assert one.shape == two.shape == (1000, 2000, 3) and (one != two).any()
+
+
+# ---------------------------------------------------------------------------------------------- faults
+
+KILLER = '''import os, signal, sys
+sys.path.insert(0, {root!r})
+import train
+real = train.ema_update
+
+
+def ema_update(ema, model, updates):  # rank 1 kills itself once, in the middle of epoch 2 (2 steps per epoch)
+    if updates == 5 and train.RANK == 1 and not os.path.exists({marker!r}):
+        open({marker!r}, 'w').close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(ema, model, updates)
+
+
+train.ema_update = ema_update
+train.train(train.parse_args())
+'''
+
+
+def test_torchrun_restart_continues_the_same_run(tmp_path):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=16, n_val=4, size=96)
+    script = tmp_path / 'killer.py'
+    script.write_text(KILLER.format(root=str(ROOT), marker=str(tmp_path / 'kill.marker')))
+    runs = {}
+    for name, prog in (('killed', script), ('whole', ROOT / 'train.py')):
+        r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                            '--max-restarts', '1', '--monitor-interval', '0.2', str(prog), '--weights', '', '--data',
+                            str(root), '--names', str(root / 'names.txt'), '--img', '96', '--batch', '8', '--epochs', '3',
+                            '--device', 'cpu', '--workers', '0', '--hyp', 'nbs=8', '--noautoanchor',
+                            '--project', str(tmp_path / name)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = r
+    assert (tmp_path / 'kill.marker').exists() and 'Resuming' in runs['killed'].stdout
+    assert [d.name for d in (tmp_path / 'killed').iterdir()] == ['exp']  # one run folder, continued
+    assert [row['epoch'] for row in last_results(tmp_path / 'killed/exp')] == [0, 1, 2]
+    a, b = (torch.load(tmp_path / name / 'exp/weights/last.pt', weights_only=True) for name in ('killed', 'whole'))
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])  # as if nothing had happened
+
+
+class NaNLoss(L.YOLOLoss):
+    """The loss, but not finite at the steps listed in bad (counted across the run; 'all' from the first on)."""
+    bad, calls = set(), 0
+
+    def __call__(self, preds, targets):
+        loss, items = super().__call__(preds, targets)
+        if not preds[0].requires_grad:  # validation
+            return loss, items
+        NaNLoss.calls += 1
+        return (loss * float('nan'), items) if NaNLoss.calls in self.bad or NaNLoss.calls >= self.bad_from else (loss, items)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, capsys):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    monkeypatch.setattr(T, 'YOLOLoss', NaNLoss)
+    args = lambda project: T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'),
+                                         '--img', '64', '--batch', '4', '--epochs', '3', '--workers', '0',
+                                         '--noautoanchor', '--project', str(tmp_path / project)])
+    NaNLoss.bad, NaNLoss.bad_from, NaNLoss.calls = {3}, 10 ** 9, 0  # one bad batch (epoch 1): skipped
+    run = T.train(args('one'))
+    err = capsys.readouterr().err
+    assert 'loss nan, step skipped; the batch: ' in err and str(root / 'images/train') in err
+    assert [r['epoch'] for r in last_results(run)] == [0, 1, 2]
+    assert all(v.isfinite().all() for v in torch.load(run / 'weights/last.pt', weights_only=True)['model'].values())
+    NaNLoss.bad, NaNLoss.bad_from, NaNLoss.calls = set(), 3, 0  # from epoch 1 on (2 steps an epoch): stops in epoch 2
+    with pytest.raises(SystemExit, match='3 steps in a row with a non-finite loss: training stopped, .*last.pt holds epoch 1'):
+        T.train(args('all'))
+    ckpt = torch.load(tmp_path / 'all/exp/weights/last.pt', weights_only=True)
+    assert ckpt['epoch'] == 1 and all(v.isfinite().all() for v in ckpt['model'].values())
+
+
+def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monkeypatch):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64', '--batch', '8',
+            '--epochs', '2', '--workers', '0', '--noautoanchor']
+    (tmp_path / 'file').write_text('not a folder')
+    with pytest.raises(SystemExit, match='cannot write the run folder .*file/exp'):
+        T.train(T.parse_args(args + ['--project', str(tmp_path / 'file')]))
+    real, saves = torch.save, []
+
+    def full_disk(obj, path):  # the third save (epoch 1's last.pt) finds the disk full halfway
+        saves.append(path)
+        if len(saves) == 3:
+            Path(path).write_bytes(b'half a checkpoint')
+            raise RuntimeError('PytorchStreamWriter failed writing file data/0: file write failed')
+        real(obj, path)
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(SystemExit, match=r'cannot write .*last.pt \(PytorchStreamWriter.*\); it still holds the last'):
+        T.train(T.parse_args(args + ['--project', str(tmp_path / 'runs')]))
+    weights = tmp_path / 'runs/exp/weights'
+    assert torch.load(weights / 'last.pt', weights_only=True)['epoch'] == 0 and not list(weights.glob('*.tmp'))

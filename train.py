@@ -439,10 +439,15 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
 
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """torch.save to a temporary file, then rename: a crash or a full disk never leaves a truncated checkpoint."""
     tmp = Path(f'{path}.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = 'it still holds the last epoch saved' if path.exists() else 'nothing was saved'
+        raise SystemExit(f'ERROR: cannot write {path} ({e}); {kept}') from None
 
 
 def write_results(path, row):
@@ -574,15 +579,19 @@ class Trainer:
             if self.device.type == 'cuda':
                 self.device = torch.device('cuda', LOCAL_RANK)
                 torch.cuda.set_device(self.device)
-            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
-        resumed, self.start_epoch = None, 0
-        if opt.resume:  # everything, options included, comes from the checkpoint
-            opt, resumed = resume_options(opt)
-            self.save_dir, self.start_epoch = Path(opt.resume).parent.parent, resumed['epoch'] + 1
-            log(f'Resuming {opt.resume} from epoch {self.start_epoch}')
-        else:
-            self.save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
-        self.opt, self.weights_dir = opt, self.save_dir / 'weights'
+            store, rank, world = next(dist.rendezvous('env://'))  # each torchrun restart gets keys of its own:
+            store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)  # stale ones hang
+            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo', store=store, rank=rank,
+                                    world_size=world)
+        choice = [pick_run(opt) if MAIN else None]
+        if self.ddp:  # every process follows rank 0, checkpoint included: the nodes need not share a disk
+            dist.broadcast_object_list(choice, 0)
+        opt, resumed, self.save_dir = choice[0]
+        self.opt, self.weights_dir, self.start_epoch = opt, self.save_dir / 'weights', resumed['epoch'] + 1 if resumed else 0
+        csv = self.save_dir / 'results.csv'
+        if MAIN and csv.exists():  # rows of epochs that run again: a crash came between a row and its checkpoint
+            head, *rows = csv.read_text().splitlines(True)
+            csv.write_text(head + ''.join(r for r in rows if float(r.split(',')[0]) < self.start_epoch))
         torch.manual_seed(opt.seed + max(RANK, 0))
         self.hyp = hyp = dict(HYP, **dict(opt.hyp))
         hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
@@ -599,7 +608,6 @@ class Trainer:
                                               rank=max(RANK, 0), world_size=WORLD_SIZE)
         self.val_loader = create_dataloader(val_set, batch * 2, opt.workers) if MAIN else None
         if MAIN and not resumed:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
             plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
             if not opt.noautoanchor:
                 check_anchors(self.train_set, model, hyp['anchor_t'], opt.img, opt.seed)
@@ -632,7 +640,7 @@ class Trainer:
         self.model = nn.parallel.DistributedDataParallel(
             model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None) if self.ddp else model
         self.loss_fn = YOLOLoss(model, hyp_loss)
-        self.last_state = None  # the checkpoint of the latest complete epoch
+        self.last_state, self.bad_steps = None, 0  # the checkpoint of the latest complete epoch; non-finite steps
         self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
 
     def lr_at(self, ni):
@@ -675,6 +683,8 @@ class Trainer:
                                                      mode='bilinear', align_corners=False)
             with torch.autocast(device.type, enabled=self.amp):
                 loss, items = self.loss_fn(self.model(imgs), targets.to(device))
+            if not self.finite(loss, paths):
+                continue
             if self.ddp:
                 loss *= WORLD_SIZE  # DDP averages gradients over processes; YOLOv5's loss is per global batch
             self.scaler.scale(loss).backward()
@@ -695,9 +705,25 @@ class Trainer:
                     plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
         return mloss
 
+    def finite(self, loss, paths):
+        """Whether the step may go on. A non-finite loss on any process skips it on all of them (else the gradient
+        all-reduce of DDP would hang), with a warning naming the files; 3 in a row stop the run."""
+        bad = torch.tensor(float(not loss.isfinite()), device=self.device)
+        if self.ddp:
+            dist.all_reduce(bad)
+        if not loss.isfinite():
+            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if self.bad_steps >= 3:
+            raise FloatingPointError(f'{self.bad_steps} steps in a row with a non-finite loss')
+        return not bad
+
     def optimizer_step(self):
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        if not norm.isfinite() and not self.scaler.is_enabled():  # (the scaler skips such steps itself)
+            print('WARNING: non-finite gradients, step skipped', file=sys.stderr)
+            return self.optimizer.zero_grad()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
@@ -721,6 +747,8 @@ class Trainer:
         losses = dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist()))
         write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **self.results, **lrs})
         plot_results(self.save_dir / 'results.csv')
+        if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
+            raise FloatingPointError('the weights are no longer finite')  # never saved: last.pt keeps the last good ones
         self.last_state = self.checkpoint(epoch)
         if not opt.nosave or final:
             save_atomic(self.last_state, self.weights_dir / 'last.pt')
@@ -757,8 +785,6 @@ class Trainer:
 
     def fit(self):
         opt = self.opt
-        if MAIN:
-            self.weights_dir.mkdir(parents=True, exist_ok=True)
         log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
             f'{WORLD_SIZE} process(es); logging results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
         epoch, t0 = self.start_epoch, time.time()
@@ -772,12 +798,15 @@ class Trainer:
                     stop = flag[0]
                 if stop:
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, FloatingPointError) as e:
+            last = self.weights_dir / 'last.pt'
             if MAIN and self.last_state is not None:  # the last complete epoch, so that --resume continues exactly
-                save_atomic(self.last_state, self.weights_dir / 'last.pt')
-                log(f'\nInterrupted: {self.weights_dir / "last.pt"} holds epoch {self.last_state["epoch"]}; '
-                    'continue with --resume')
-            raise SystemExit(130)
+                save_atomic(self.last_state, last)
+            held = f'{last} holds epoch {self.last_state["epoch"]}' if self.last_state else 'no epoch completed'
+            if isinstance(e, KeyboardInterrupt):
+                log(f'\nInterrupted: {held}; continue with --resume')
+                raise SystemExit(130)
+            raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
         except torch.OutOfMemoryError:
             raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
                              f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
@@ -789,6 +818,27 @@ class Trainer:
             self.finish()
             log(f'Results saved to {self.save_dir}')
         return self.save_dir
+
+
+def pick_run(opt):
+    """(options, checkpoint to resume or None, run folder). --resume continues a run; so does a restart by torchrun
+    (TORCHELASTIC_RESTART_COUNT > 0): the run this torchrun job began, marked with its run id, from its last.pt,
+    or from the beginning if it saved none yet. Else a new run folder, refused now if it cannot be written."""
+    run_id, restarted = os.getenv('TORCHELASTIC_RUN_ID'), int(os.getenv('TORCHELASTIC_RESTART_COUNT', 0))
+    mine = [m.parent for m in Path(opt.project).glob('*/.torchrun_id') if restarted and m.read_text() == run_id]
+    if mine and (mine[0] / 'weights/last.pt').exists():
+        opt.resume = str(mine[0] / 'weights/last.pt')
+    if opt.resume:  # everything, options included, comes from the checkpoint
+        opt, ckpt = resume_options(opt)
+        log(f'Resuming {opt.resume} from epoch {ckpt["epoch"] + 1}')
+        return opt, ckpt, Path(opt.resume).parent.parent
+    save_dir = mine[0] if mine else run_dir(opt.project, opt.name, opt.exist_ok)
+    try:
+        (save_dir / 'weights').mkdir(parents=True, exist_ok=True)
+        (save_dir / '.torchrun_id').write_text(run_id or '')
+    except OSError as e:
+        raise SystemExit(f'ERROR: cannot write the run folder {save_dir} ({e.strerror})') from None
+    return opt, None, save_dir
 
 
 def resume_options(opt):
