@@ -97,9 +97,10 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     return img, r, (dw, dh)
 
 
-def to_tensor(img):
-    """An OpenCV image (h, w, 3) BGR -> the model's (3, h, w) RGB uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[::-1]))
+def to_tensor(img, rgb=False):
+    """An image (h, w, 3), BGR as OpenCV reads it (or RGB already) -> the model's (3, h, w) RGB uint8 tensor. Its
+    bytes stay in (h, w, 3) order: channels-last, the layout that convolutions run fastest in, and no transpose."""
+    return torch.from_numpy(np.ascontiguousarray(img) if rgb else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------- files and labels
@@ -558,17 +559,14 @@ def box_candidates(before, after, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16)
 
 
 def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
-    """Random gains on hue, saturation and value through look-up tables, in place."""
+    """Random gains on hue, saturation and value through a look-up table. Returns the image in RGB, the model's
+    order: from HSV straight to RGB saves a pass."""
     if not (hgain or sgain or vgain):
-        return
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
     x = np.arange(256, dtype=r.dtype)
-    lut_h = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV's hue runs 0-179
-    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
-    cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=img)
+    lut = np.stack(((x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)), 1)  # OpenCV's hue: 0-179
+    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut.astype(np.uint8)[None]), cv2.COLOR_HSV2RGB)
 
 
 def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
@@ -726,7 +724,8 @@ class YOLODataset(torch.utils.data.Dataset):
         raise RuntimeError('no readable image found')
 
     def __getitem__(self, index):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)  # (epoch, index) from EpochSampler
+        rng = np.random.default_rng([self.seed, epoch, index])
         hyp, to_orig = self.hyp, None
         if self.mosaic and rng.random() < hyp['mosaic']:
             img, labels = self.load_mosaic(index, rng)
@@ -745,36 +744,45 @@ class YOLODataset(torch.utils.data.Dataset):
         if self.augment:
             if rng.random() < hyp['crop']:
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
-            img = photometric(img, rng, hyp)
-            augment_hsv(img, rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v'])
+            img = augment_hsv(photometric(img, rng, hyp), rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v'])  # now RGB
         h, w = img.shape[:2]
         labels = labels.astype(np.float32)
         labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
         labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)] if len(labels) else labels
         if self.augment:
             if rng.random() < hyp['flipud']:
-                img, labels[:, 2] = np.flipud(img), 1 - labels[:, 2]
+                img, labels[:, 2] = cv2.flip(img, 0), 1 - labels[:, 2]
             if rng.random() < hyp['fliplr']:
-                img, labels[:, 1] = np.fliplr(img), 1 - labels[:, 1]
+                img, labels[:, 1] = cv2.flip(img, 1), 1 - labels[:, 1]
         out = np.zeros((len(labels), 6), np.float32)
         out[:, 1:] = labels
-        return to_tensor(img), torch.from_numpy(out), self.files[index], to_orig
+        return to_tensor(img, rgb=self.augment), torch.from_numpy(out), self.files[index], to_orig
 
 
 def collate(batch):
     imgs, labels, paths, to_orig = zip(*batch)
     for i, lb in enumerate(labels):
         lb[:, 0] = i  # which image of the batch each label belongs to
-    return torch.stack(imgs), torch.cat(labels), paths, to_orig
+    imgs = torch.stack([im.permute(1, 2, 0) for im in imgs]).permute(0, 3, 1, 2)  # stays channels-last
+    return imgs, torch.cat(labels), paths, to_orig
 
 
-def create_dataloader(dataset, batch_size, workers=8, shuffle=False, rank=0, world_size=1):
-    """Loader over a DistributedSampler (also with one process: one code path, and set_epoch reshuffles)."""
-    sampler = torch.utils.data.distributed.DistributedSampler(dataset, world_size, rank, shuffle=shuffle,
-                                                              seed=dataset.seed, drop_last=False)
-    workers = min(os.cpu_count() // max(world_size, 1), batch_size if batch_size > 1 else 0, workers)
-    return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available(), collate_fn=collate)
+class EpochSampler(torch.utils.data.distributed.DistributedSampler):
+    """A DistributedSampler (also for one process: one code path, and set_epoch reshuffles) whose indices carry
+    their epoch: (epoch, index) seeds a sample's random draws, and reaches loader workers that live for the run."""
+    def __iter__(self):
+        return ((self.epoch, i) for i in super().__iter__())
+
+
+def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, world_size=1, cpu=False):
+    """workers=None: up to 8 beside a GPU; beside a CPU that computes (cpu=True), the cores its compute threads leave.
+    On a 2-core machine that is none: measured, workers there slow the training steps down more than they help."""
+    if workers is None:
+        workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
+    sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed, drop_last=False)
+    workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
 def set_epoch(loader, epoch):

@@ -14,8 +14,8 @@ import cv2
 import torch
 
 from data import IMAGE_EXTS, PALETTE, VIDEO_EXTS, draw_box, letterbox, number, or_exit, run_dir, to_tensor, xyxy2xywh
-from model import (check_img_size, device_name, load_model, non_max_suppression, scale_boxes, select_device,
-                   weights_file)
+from model import (check_img_size, device_name, half_dtype, load_model, non_max_suppression, scale_boxes,
+                   select_device, weights_file)
 
 
 def expand_sources(sources):
@@ -79,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument('--line-thickness', type=number(int, 1), default=3)
     p.add_argument('--hide-labels', action='store_true')
     p.add_argument('--hide-conf', action='store_true')
+    p.add_argument('--half', action='store_true', help='16-bit inference: fp16 on CUDA, bf16 on CPUs that have it')
     opt = p.parse_args(argv)
     opt.img = check_img_size(opt.img)
     return opt
@@ -99,8 +100,7 @@ def run(opt):
     model = or_exit(load_model, opt.weights, device, fuse=True)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
-    half = device.type == 'cuda'
-    model, names = model.half() if half else model, model.names
+    dtype, names = half_dtype(device) if opt.half else None, model.names  # 16 bits only if asked: fp32 is the original's
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
         print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '
               f'(0 to {len(names) - 1})', file=sys.stderr)
@@ -117,9 +117,10 @@ def run(opt):
         for frame, fi, count, fps in read_frames(path):
             t0 = time.perf_counter()
             x = to_tensor(letterbox(frame, opt.img, stride=32, auto=True)[0]).to(device)
-            x = (x.half() if half else x.float())[None] / 255
+            x = x.float()[None] / 255
             t1 = time.perf_counter()
-            pred = model(x)[0]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                pred = model(x)[0]
             t2 = time.perf_counter()
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms,
                                       max_det=opt.max_det)[0].float()

@@ -125,7 +125,8 @@ class Detect(nn.Module):
         raw, decoded = [], []
         for i, (conv, f) in enumerate(zip(self.m, features)):
             b, _, ny, nx = f.shape
-            p = conv(f).view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            p = conv(f).float()  # fp32 from here (under autocast too): boxes in pixels and the loss need its precision
+            p = p.view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             raw.append(p)
             if not self.training:
                 grid, anchor_grid = self.make_grid(i, ny, nx, p)
@@ -386,6 +387,15 @@ def check_img_size(img, floor=0, stride=max(STRIDES)):
     if new != img:
         print(f'WARNING: --img {img} must be a multiple of {stride}' + f' and at least {floor}' * bool(floor) + f', using {new}')
     return new
+
+
+def half_dtype(device):
+    """The 16-bit type this device computes fast: fp16 on CUDA, bf16 on a CPU that has it natively (AVX512-BF16 or
+    AMX, as PyTorch reports them); None elsewhere, where 16 bits would only be slower."""
+    if device.type == 'cuda':
+        return torch.float16
+    native = any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+    return torch.bfloat16 if device.type == 'cpu' and native else None
 
 
 def select_device(device=''):

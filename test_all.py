@@ -474,9 +474,9 @@ def test_photometric_augmentations_change_pixels_not_shape():
         if key == 'to_gray':
             assert (out[:, :, 0] == out[:, :, 1]).all() and (out[:, :, 1] == out[:, :, 2]).all()
     assert np.array_equal(data.photometric(img.copy(), rng, AUG_OFF), img)
-    hsv = img.copy()
-    data.augment_hsv(hsv, rng, 0.015, 0.7, 0.4)
-    assert hsv.shape == img.shape and not np.array_equal(hsv, img)
+    hsv = data.augment_hsv(img.copy(), rng, 0.015, 0.7, 0.4)  # returned in RGB, the model's order
+    assert hsv.shape == img.shape and not np.array_equal(hsv, img[:, :, ::-1])
+    assert np.array_equal(data.augment_hsv(img, rng, 0, 0, 0), img[:, :, ::-1])
 
 
 def test_label_checks(tmp_path, capsys):
@@ -564,6 +564,12 @@ def test_loader_is_deterministic_under_a_seed(tmp_path):
         assert torch.equal(b[0], batches[0][0]) and torch.equal(b[1], batches[0][1]) and b[2] == batches[0][2]
     data.set_epoch(loader, 2)
     assert not torch.equal(next(iter(loader))[0], batches[0][0])  # a new epoch, new shuffle and augmentation
+    ds = data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=5)
+    persistent = data.create_dataloader(ds, 4, 2, shuffle=True)  # workers that live on: the epoch must reach them
+    for epoch in (1, 2):
+        data.set_epoch(persistent, epoch)
+        batch = next(iter(persistent))
+    assert persistent.persistent_workers and torch.equal(batch[0], next(iter(loader))[0])
     other = data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=6)
     assert not torch.equal(other[0][0], data.YOLODataset(root, 160, augment=True, hyp=hyp, nc=18, seed=5)[0][0])
 
@@ -1296,3 +1302,38 @@ def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monk
         T.train(T.parse_args(args + ['--project', str(tmp_path / 'runs')]))
     weights = tmp_path / 'runs/exp/weights'
     assert torch.load(weights / 'last.pt', weights_only=True)['epoch'] == 0 and not list(weights.glob('*.tmp'))
+
+
+# ---------------------------------------------------------------------------------------------- mixed precision
+
+HALF = M.half_dtype(torch.device('cpu'))  # bf16 where the CPU has it natively, else None
+
+
+@pytest.mark.skipif(HALF is None, reason='this CPU has no native bf16')
+def test_half_inference_agrees_with_fp32(tmp_path):
+    r = run_detect(shared(BUS), '--weights', WEIGHTS, '--half', '--save-txt', '--save-conf', cwd=tmp_path)
+    assert r.returncode == 0 and 'bus.jpg: 640x480 4 persons, 1 bus, ' in r.stdout, r.stderr
+    ours = read_labels(tmp_path / 'runs/detect/exp/labels/bus.txt')
+    assert match_rows(ours, read_labels(SHARED / 'expected' / 'bus_yolov5n_640.txt')) < 0.01
+    r = run_train('--val-only', '--half', '--weights', WEIGHTS, '--data', COCO128, '--img', 320, '--batch', 16, cwd=tmp_path)
+    row = next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split()
+    assert abs(float(row[5]) - 0.458) < 0.01 and abs(float(row[6]) - 0.290) < 0.01, row
+
+
+@pytest.mark.skipif(HALF is None, reason='this CPU has no native bf16')
+def test_mixed_precision_training_checks_itself_first(tmp_path, monkeypatch, capsys):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64', '--batch', '8',
+            '--epochs', '1', '--workers', '0', '--noautoanchor', '--project', str(tmp_path / 'runs')]
+    T.train(T.parse_args(args))
+    assert f'AMP: mixed precision training in {HALF}' in capsys.readouterr().out
+    T.train(T.parse_args(args + ['--no-amp']))
+    assert 'AMP: off, training in fp32' in capsys.readouterr().out
+    real = T.predict
+
+    def skewed(model, x, dtype=None):  # the check's single image comes out wrong in 16 bits
+        return ((pred * (2 if dtype and len(x) == 1 else 1), raw) for pred, raw in real(model, x, dtype))
+    monkeypatch.setattr(T, 'predict', skewed)
+    T.train(T.parse_args(args))  # outputs that disagree: one warning, and fp32
+    out = capsys.readouterr().out
+    assert 'AMP: WARNING: torch.bfloat16 outputs disagree with fp32 on ' in out and 'training in fp32' in out

@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import (AUG, YOLODataset, create_dataloader, data_spec, existing_file, label_path, number, or_exit,
-                  plot_batch, read_names, run_dir, set_epoch, xywh2xyxy)
+from data import (AUG, YOLODataset, create_dataloader, data_spec, existing_file, label_path, letterbox, number, or_exit,
+                  plot_batch, read_names, run_dir, set_epoch, to_tensor, xywh2xyxy)
 from loss import YOLOLoss
-from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, load_model,
+from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, half_dtype, load_model,
                    non_max_suppression, read_checkpoint, scale_boxes, select_device, weights_file)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
@@ -131,12 +131,13 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
 
 
 @torch.inference_mode()
-def predict(model, imgs, half=False):
-    """Decoded predictions and raw maps of a batch. On CPU, chunks of 4 images run ~1.8x faster than a batch
-    of 32 (memory traffic); in eval mode an image's output does not depend on its batch, so results are equal."""
-    with torch.autocast(imgs.device.type, enabled=half):  # fp16 on CUDA without touching the (EMA) weights
-        chunks = [model(c) for c in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs))]
-    return torch.cat([c[0] for c in chunks]), [torch.cat(r) for r in zip(*[c[1] for c in chunks])]
+def predict(model, imgs, dtype=None):
+    """Yields (decoded predictions, raw maps) of a batch chunk by chunk. On CPU chunks of 4 images run ~1.8x faster
+    than a batch of 32 (memory traffic) and need less memory; in eval mode an image's output does not depend on its
+    batch. A 16-bit dtype runs them in mixed precision, without touching the weights."""
+    for chunk in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs)):
+        with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
+            yield model(chunk)
 
 
 def match_image(pred, labels, img_shape, to_orig, iouv, confusion=None):
@@ -175,7 +176,7 @@ def summarize(stats, names, seen, verbose, plots_dir=None):
 
 
 @torch.inference_mode()
-def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, half=False,
+def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, dtype=None,
              verbose=False, plots_dir=None):
     """Prints YOLOv5's validation table and returns {name in METRICS: value}. With plots_dir, also draws the first
     batch's predictions, the confusion matrix (and its counts as .csv), the PR and F1 curves there."""
@@ -190,14 +191,16 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
         t1 = time.perf_counter()
-        preds, raw = predict(model, imgs, half)
-        t2 = time.perf_counter()
+        preds, raws, t_nms = [], [], 0.0
+        for pred, raw in predict(model, imgs, dtype):  # NMS chunk by chunk: only a chunk's outputs are ever held
+            t = time.perf_counter()
+            preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True, max_det=max_det)
+            raws, t_nms = raws + [raw] * bool(loss_fn), t_nms + time.perf_counter() - t
+        dt = [a + b for a, b in zip(dt, (t1 - t0, time.perf_counter() - t1 - t_nms, t_nms))]
         if loss_fn:
-            loss += loss_fn([r.float() for r in raw], targets)[1]
+            loss += loss_fn([torch.cat(r) for r in zip(*raws)], targets)[1]
         h, w = imgs.shape[2:]
         targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)
-        preds = non_max_suppression(preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
-        dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, time.perf_counter() - t2))]
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]
             seen += 1
@@ -500,7 +503,8 @@ def parse_args(argv=None):
     p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
-    p.add_argument('--workers', type=number(int, 0), default=8, help='dataloader workers per process')
+    p.add_argument('--workers', type=number(int, 0), help='dataloader workers per process (default: 8 on GPUs, on '
+                   'CPU the cores the compute threads leave)')
     p.add_argument('--project', help='where runs go: runs/train, with --val-only runs/val')
     p.add_argument('--name', default='exp')
     p.add_argument('--exist-ok', action='store_true')
@@ -508,7 +512,9 @@ def parse_args(argv=None):
     p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
     p.add_argument('--patience', type=number(int, 0), default=100, help='stop after this many epochs without improvement')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--no-amp', action='store_true', help='train in fp32 (default: fp16 on CUDA, bf16 on CPUs with it)')
     p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
+    p.add_argument('--half', action='store_true', help='--val-only in 16 bits: fp16 on CUDA, bf16 on CPUs with it')
     p.add_argument('--verbose', action='store_true', help='per-class rows in the validation table')
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
@@ -536,15 +542,27 @@ def build_datasets(opt, data, names, hyp, train=True):
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    model = or_exit(load_model, opt.weights, device, fuse=True)
+    model = or_exit(load_model, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
     _, val = build_datasets(opt, data, names, None, train=False)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
-    validate(model, create_dataloader(val, opt.batch, opt.workers), names, opt.conf_thres, opt.iou_thres,
-             opt.max_det, half=device.type == 'cuda', verbose=opt.verbose or len(names) < 50, plots_dir=save_dir)
+    loader = create_dataloader(val, opt.batch, opt.workers, cpu=device.type == 'cpu')
+    validate(model, loader, names, opt.conf_thres, opt.iou_thres,
+             opt.max_det, dtype=half_dtype(device) if opt.half else None, verbose=opt.verbose or len(names) < 50,
+             plots_dir=save_dir)
     log(f'Results saved to {save_dir}')
+
+
+def amp_agrees(model, image, size, dtype):
+    """As the original checks before training on CUDA: do the model's outputs in mixed precision agree with fp32 on
+    a real image (the first training image), to 10% (boxes as fractions of the image)? If not, it trains in fp32.
+    All outputs are compared, not just the detections: a detection near the threshold may come and go."""
+    x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
+    a, b = (next(predict(deepcopy(model).eval(), x, d))[0] for d in (None, dtype))
+    scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
+    return bool(((a - b).abs() / scale).max() < 0.1)
 
 
 def build_model(opt, resumed=None, data_names=None):
@@ -600,13 +618,15 @@ class Trainer:
         data = or_exit(data_spec, opt.data)
         if LOCAL_RANK == 0:
             dist.barrier()
-        model = build_model(opt, resumed, data['names']).to(self.device)
+        # channels-last (as the loader's images are): bf16 training steps ~25% faster on CPU, and fp16 ones on GPUs
+        model = build_model(opt, resumed, data['names']).to(self.device, memory_format=torch.channels_last)
         self.names = model.names
         self.train_set, val_set = build_datasets(opt, data, self.names, hyp)
         batch = opt.batch // WORLD_SIZE
-        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect,
+        cpu = self.device.type == 'cpu'
+        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect, cpu=cpu,
                                               rank=max(RANK, 0), world_size=WORLD_SIZE)
-        self.val_loader = create_dataloader(val_set, batch * 2, opt.workers) if MAIN else None
+        self.val_loader = create_dataloader(val_set, batch * 2, opt.workers, cpu=cpu) if MAIN else None
         if MAIN and not resumed:
             plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
             if not opt.noautoanchor:
@@ -623,13 +643,17 @@ class Trainer:
         self.ema = deepcopy(model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        self.amp = self.device.type == 'cuda'
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+        self.amp = None if opt.no_amp else half_dtype(self.device)  # fp16 on CUDA, bf16 on CPUs that have it
+        if self.amp and not amp_agrees(model, self.train_set.files[0], opt.img, self.amp):
+            log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
+            self.amp = None
+        log(f'AMP: mixed precision training in {self.amp}' if self.amp else 'AMP: off, training in fp32')
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp == torch.float16)  # bf16 needs no loss scaling
         self.best_fitness, self.best_epoch, self.updates, self.last_opt_step = 0.0, 0, 0, -1
         if resumed:
             self.ema.load_state_dict(resumed['ema'])
             self.optimizer.load_state_dict(resumed['optimizer'])
-            if self.amp and resumed.get('scaler'):
+            if self.scaler.is_enabled() and resumed.get('scaler'):
                 self.scaler.load_state_dict(resumed['scaler'])
             self.best_fitness, self.best_epoch, self.updates, self.last_opt_step = (
                 resumed[k] for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'))
@@ -681,8 +705,9 @@ class Trainer:
                 if f != 1:
                     imgs = nn.functional.interpolate(imgs, size=[math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]],
                                                      mode='bilinear', align_corners=False)
-            with torch.autocast(device.type, enabled=self.amp):
-                loss, items = self.loss_fn(self.model(imgs), targets.to(device))
+            with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
+                preds = self.model(imgs)
+            loss, items = self.loss_fn(preds, targets.to(device))  # in fp32: Detect returns fp32 maps
             if not self.finite(loss, paths):
                 continue
             if self.ddp:
@@ -693,7 +718,7 @@ class Trainer:
                 self.last_opt_step = ni
             mloss = (mloss * i + items) / (i + 1)
             if MAIN:
-                mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if self.amp else '0G'
+                mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
                 speed = (i + 1) / (time.time() - t_epoch)
                 line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1])
                 line += f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
@@ -738,7 +763,7 @@ class Trainer:
         patience = opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
         if not opt.noval or final:  # else the last results are carried forward, as the original does
-            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, half=self.amp)
+            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, dtype=self.amp)
         fi = fitness(self.results)
         if fi >= self.best_fitness:
             self.best_fitness, self.best_epoch = fi, epoch
@@ -773,14 +798,14 @@ class Trainer:
         model.load_state_dict(read_checkpoint(best)[1])
         coco = str(self.val_loader.dataset.files[0]).replace(os.sep, '/').count('/coco/images/val2017/')
         return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6, loss_fn=self.loss_fn,
-                        verbose=True, plots_dir=self.save_dir)
+                        dtype=torch.float16 if self.amp == torch.float16 else None, verbose=True, plots_dir=self.save_dir)
 
     def checkpoint(self, epoch):
         """Everything --resume needs to continue exactly, and what load_model needs: a plain dict."""
         return dict(epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch),
                     updates=self.updates, last_opt_step=self.last_opt_step, model=self.raw.state_dict(),
                     ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict() if self.amp else None, hyp=self.hyp,
+                    scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None, hyp=self.hyp,
                     opt=vars(self.opt) | {'resume': False}, date=datetime.now().isoformat(), **self.raw.meta())
 
     def fit(self):
