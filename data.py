@@ -63,17 +63,13 @@ AUG = dict(
 # ---------------------------------------------------------------------------------------------- boxes
 
 def xywh2xyxy(x):
-    y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
-    y[..., 0], y[..., 1] = x[..., 0] - x[..., 2] / 2, x[..., 1] - x[..., 3] / 2
-    y[..., 2], y[..., 3] = x[..., 0] + x[..., 2] / 2, x[..., 1] + x[..., 3] / 2
-    return y
+    cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
+    return cat((x[..., :2] - x[..., 2:4] / 2, x[..., :2] + x[..., 2:4] / 2), -1)
 
 
 def xyxy2xywh(x):
-    y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
-    y[..., 0], y[..., 1] = (x[..., 0] + x[..., 2]) / 2, (x[..., 1] + x[..., 3]) / 2
-    y[..., 2], y[..., 3] = x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]
-    return y
+    cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
+    return cat(((x[..., :2] + x[..., 2:4]) / 2, x[..., 2:4] - x[..., :2]), -1)
 
 
 def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True, stride=32):
@@ -213,9 +209,9 @@ def files_hash(paths):
 
 
 def available_memory():
-    """Bytes the system can still give (Linux's MemAvailable; unlimited where it does not say)."""
+    """Bytes the system can still give (Linux's MemAvailable); None where it does not say."""
     meminfo = Path('/proc/meminfo')
-    return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else math.inf
+    return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else None
 
 
 def load_labels(img_files, nc, prefix='', single_cls=False):
@@ -240,7 +236,7 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
             if not os.stat(cache_path.parent).st_mode & 0o222:
                 raise PermissionError(13, 'folder is read-only')
             tmp = f'{cache_path}.{os.getpid()}.tmp.npz'  # one per process: DDP ranks may scan at the same time
-            np.savez(tmp, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes, msgs=np.array(msgs, dtype=str),
+            np.savez(tmp, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes, msgs=np.array(msgs, str),
                      labels=np.concatenate(labels or [np.zeros((0, 5), np.float32)]), counts=[len(x) for x in labels],
                      corrupt=n_corrupt)
             os.replace(tmp, cache_path)
@@ -270,7 +266,7 @@ def read_names(path=None):
     return names
 
 
-# ---------------------------------------------------------------------------------------------- data YAMLs and downloads
+# ---------------------------------------------------------------------------------------------- data YAMLs, downloads
 
 def _uncomment(line):
     """The line without its comment: a # at the start or after a blank, outside quotes."""
@@ -288,19 +284,16 @@ def _uncomment(line):
 def _scalar(text, where):
     """A quoted or plain scalar, or a flow list [a, 'b c'] of them; plain ones may be null, int or float."""
     s = text.strip()
-    if s.startswith('[') and s.endswith(']'):
+    if s[:1] == '[' and s[-1:] == ']':
         return [_scalar(x, where) for x in re.findall(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^,\s][^,]*""", s[1:-1])]
-    if len(s) > 1 and s[0] == s[-1] == "'":
-        return s[1:-1].replace("''", "'")
-    if len(s) > 1 and s[0] == s[-1] == '"':
-        return json.loads(s)
-    if s[:1] in set('[]{}&*!%@`\'"|>'):
-        raise ValueError(f'{where}: {s[:40]!r} is not in the subset of YAML read here (no flow mappings, anchors, tags)')
-    if s in ('', '~', 'null', 'Null', 'NULL'):
-        return None
+    if len(s) > 1 and s[0] == s[-1] and s[0] in '\'"':
+        return s[1:-1].replace("''", "'") if s[0] == "'" else json.loads(s)
+    if s[:1] and s[0] in '[]{}&*!%@`\'"|>':
+        raise ValueError(f'{where}: {s[:40]!r} is not in the YAML read here (no flow mappings, anchors, tags)')
     if re.fullmatch(r'[-+]?\d+', s):
         return int(s)
-    return float(s) if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s) else s
+    number = re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s)
+    return float(s) if number else None if s in ('', '~', 'null', 'Null', 'NULL') else s
 
 
 def _key_value(line, where):
@@ -315,41 +308,33 @@ def read_yaml(path):
     lists (- a) and one nested mapping level (names: 0: person; or a block to skip, such as an export service's
     roboflow:), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
     lines, out, i = Path(path).read_text().splitlines(), {}, 0
-    nested = lambda j: j < len(lines) and (not lines[j].strip() or lines[j][0] in ' \t' or lines[j].startswith('- '))
     while i < len(lines):
-        line, where = _uncomment(lines[i]), f'{path}:{i + 1}'
+        line, where, block = _uncomment(lines[i]), f'{path}:{i + 1}', []
         i += 1
-        if not line or line in ('---', '...'):
+        while i < len(lines) and (not lines[i].strip() or lines[i][0] in ' \t' or lines[i].startswith('- ')):
+            block, i = block + [(f'{path}:{i + 1}', lines[i])], i + 1  # the lines under this one: a nested block
+        if line.strip() in ('', '---', '...') or line[0] in ' \t':
+            if line.strip() not in ('', '---', '...'):
+                raise ValueError(f'{where}: unexpected indentation')
             continue
-        if line[0] in ' \t':
-            raise ValueError(f'{where}: unexpected indentation')
         key, value = _key_value(line, where)
-        if value.rstrip('-+') in ('|', '>'):  # a block scalar: the indented lines that follow, as text
-            block = []
-            while nested(i) and not lines[i].startswith('- '):
-                block, i = block + [lines[i]], i + 1
-            text = textwrap.dedent('\n'.join(block)).strip('\n')
+        if value.rstrip('-+') in ('|', '>'):  # a block scalar: the text of the lines under it
+            text = textwrap.dedent('\n'.join(text for _, text in block)).strip('\n')
             out[key] = text + '\n' if value[0] == '|' else ' '.join(text.split())
-        elif value:
-            out[key] = _scalar(value, where)
-        else:  # a block list or a mapping, one level deep
-            items, mapping, indent = [], {}, None
-            while nested(i):
-                sub, where = _uncomment(lines[i]), f'{path}:{i + 1}'
-                i += 1
-                if not sub.strip():
-                    continue
-                if indent is not None and len(sub) - len(sub.lstrip()) != indent:
-                    raise ValueError(f'{where}: only one level of nesting is read')
-                indent = len(sub) - len(sub.lstrip())
-                if sub.strip().startswith('- ') or sub.strip() == '-':
-                    items.append(_scalar(sub.strip()[1:], where))
-                else:
-                    k, v = _key_value(sub, where)
-                    mapping[k] = _scalar(v, where)
-            if items and mapping:
-                raise ValueError(f'{path}: {key}: a list and a mapping mixed')
-            out[key] = items or mapping or None
+            continue
+        items, mapping = [], {}  # else a scalar, or a block list or a mapping one level deep
+        block = [(where, _uncomment(text)) for where, text in block if _uncomment(text).strip()]
+        for where, text in block:
+            if len(text) - len(text.lstrip()) != len(block[0][1]) - len(block[0][1].lstrip()) or value:
+                raise ValueError(f'{where}: ' + ('unexpected indentation' if value else 'one nested level only'))
+            if text.strip()[:2] in ('- ', '-'):
+                items.append(_scalar(text.strip()[1:], where))
+            else:
+                k, v = _key_value(text, where)
+                mapping[k] = _scalar(v, where)
+        if items and mapping:
+            raise ValueError(f'{path}: {key}: a list and a mapping mixed')
+        out[key] = _scalar(value, where) if value else items or mapping or None
     return out
 
 
@@ -366,13 +351,12 @@ KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds withou
 
 def data_spec(data):
     """--data as {'train': sources, 'val': sources, 'names': list or None}. data is a data YAML (its paths resolved
-    as below, its dataset downloaded when missing), a dataset the project knows (coco128, coco: fetched into
-    ../datasets/NAME), or else a dataset root, a folder of images or a .txt list (which validates on its val split
-    if it has one, else on its own images)."""
+    as _resolve says, its dataset downloaded when missing), a dataset the project knows (coco128, coco: fetched
+    into ../datasets/NAME), or else a dataset root, a folder of images or a .txt list (which validates on its val
+    split if it has one, else on its own images)."""
     p = Path(data)
-    name = p.stem if p.suffix in ('.yaml', '.yml', '') else ''
-    if name in KNOWN_DATA and not p.exists():
-        cfg, base = dict(KNOWN_DATA[name], names=COCO_NAMES), DATASETS_DIR
+    if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
+        cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), DATASETS_DIR
     elif p.suffix in ('.yaml', '.yml'):
         if not p.is_file():
             raise FileNotFoundError(f'{data}: no such file (known without one: {", ".join(KNOWN_DATA)})')
@@ -382,32 +366,30 @@ def data_spec(data):
     names = cfg.get('names')
     if isinstance(names, dict):  # {index: name}
         names = [names.get(i, f'class{i}') for i in range(max(names) + 1)] if names else None
-    if names is not None and 'nc' in cfg and cfg['nc'] != len(names):
+    if names is not None and cfg.get('nc', len(names)) != len(names):
         raise ValueError(f'{data}: nc is {cfg["nc"]} but {len(names)} names are given')
     names = names or ([f'class{i}' for i in range(cfg['nc'])] if cfg.get('nc') else None)
     root = base / str(cfg.get('path') or '')  # relative to the YAML's folder; an absolute path stays absolute
-    try:
-        return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
-    except FileNotFoundError:
-        if not cfg.get('download'):
-            raise
-        _download_dataset(data, cfg['download'], root, base)
-        return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
+    for attempt in range(2):  # the second after the download
+        try:
+            return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
+        except FileNotFoundError:
+            if attempt or not cfg.get('download'):
+                raise
+            _download_dataset(data, cfg['download'], root, base)
 
 
 def _resolve(cfg, split, root, base):
     """The sources of a split: each relative to `path`, else the YAML's folder; `../x` also as `x` (the form of
     export services, whose data.yaml sits in the dataset root beside train/ and valid/)."""
-    entries = cfg.get(split)
-    if not entries:
-        raise ValueError(f'no {split}: in the data YAML')
     found = []
-    for entry in entries if isinstance(entries, list) else [entries]:
-        tried = [root / entry, root / entry[3:], base / entry] if entry.startswith('../') else [root / entry, base / entry]
-        path = next((t for t in tried if t.exists()), None)
-        if path is None:
+    for entry in cfg.get(split) if isinstance(cfg.get(split), list) else [cfg.get(split)] * bool(cfg.get(split)):
+        tried = [root / entry] + [root / entry[3:]] * entry.startswith('../') + [base / entry]
+        found += [str(next((t for t in tried if t.exists()), ''))]
+        if not found[-1]:
             raise FileNotFoundError(f'{split}: {entry} not found; tried ' + ', '.join(str(t.resolve()) for t in tried))
-        found.append(str(path))
+    if not found:
+        raise ValueError(f'no {split}: in the data YAML')
     return found
 
 
@@ -415,14 +397,13 @@ def _download_dataset(data, download, root, base):
     """A missing dataset, fetched: the zips of a known dataset or of a YAML `download: URL`. A download: that is a
     Python script is never run (the original exec()s it): the error names what to fetch and where to put it."""
     if isinstance(download, str) and not re.fullmatch(r'https?://\S+\.zip', download.strip()):
-        urls = re.findall(r'https?://[^\s\'"]+', download)
+        urls = ', '.join(re.findall(r'https?://[^\s\'"]+', download)) or 'the dataset'
         raise FileNotFoundError(f'{data}: dataset not found, and its download: is a script, which is never run '
-                                f'here. Fetch {", ".join(urls) or "the dataset"} by hand and unpack it to {root.resolve()}')
-    pairs = [(download.strip(), root.parent)] if isinstance(download, str) else [(u, base / d) for u, d in download]
+                                f'here. Fetch {urls} by hand and unpack it to {root.resolve()}')
     errors = []
-    for url, dest in pairs:
+    for url, dest in [(download.strip(), root.parent.resolve())] if isinstance(download, str) else download:
         try:
-            download_zip(url, Path(dest))
+            download_zip(url, base / dest)
         except FileNotFoundError as e:
             errors.append(str(e))
     if errors:
@@ -438,10 +419,7 @@ def download(url, path):
     print(f'Downloading {src} to {path} ...', file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if mirror and not re.match(r'https?://', mirror):
-            shutil.copyfile(src, part)
-        else:
-            _fetch(src, part)
+        shutil.copyfile(src, part) if mirror and not re.match(r'https?://', mirror) else _fetch(src, part)
         os.replace(part, path)
     except (OSError, ValueError, http.client.HTTPException) as e:
         hint = '' if mirror else f', or set YOLO_MIRROR to a folder or an http(s) URL that serves {name}'
@@ -452,33 +430,29 @@ def download(url, path):
 def _fetch(url, part):
     have = part.stat().st_size if part.exists() else 0
     try:
-        r = urllib.request.urlopen(urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {}),
-                                   timeout=60)
+        r = urllib.request.urlopen(urllib.request.Request(url, headers={'Range': f'bytes={have}-'}), timeout=60)
     except urllib.error.HTTPError:
         part.unlink(missing_ok=True)  # e.g. 416 for a .part the server cannot continue: the next try starts over
         raise
-    with r, open(part, 'ab' if r.status == 206 else 'wb') as f:
-        have = have if r.status == 206 else 0  # a server that ignores Range sends everything again
-        total = have + int(r.headers['Content-Length']) if r.headers.get('Content-Length') else -1
-        done, t0, shown = have, time.time(), 0
+    have *= r.status == 206  # a server that ignores Range sends everything again
+    length = r.headers.get('Content-Length')
+    total, done, t0 = have + int(length) if length else -1, have, time.time()
+    with r, open(part, 'ab' if have else 'wb') as f:
         while chunk := r.read(1 << 20):
             f.write(chunk)
             done += len(chunk)
-            if time.time() - shown > 0.5 or done == total:
-                rate = (done - have) / max(time.time() - t0, 1e-9)
-                eta = f'ETA {(total - done) / max(rate, 1):.0f}s' if total > 0 else ''
-                print(f'\r  {done / 1e6:.1f}/{max(total, done) / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  {eta}   ', end='',
-                      file=sys.stderr)
-                shown = time.time()
+            rate = (done - have) / max(time.time() - t0, 1e-9)
+            eta = f'ETA {(total - done) / max(rate, 1):.0f}s' if total > 0 else ''
+            print(f'\r  {done / 1e6:.1f}/{max(total, done) / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  {eta}   ', end='',
+                  file=sys.stderr)
     print(file=sys.stderr)
-    if total >= 0 and part.stat().st_size != total:
-        raise OSError(f'got {part.stat().st_size} of {total} bytes, the rest resumes on the next try')
+    if total >= 0 and done != total:
+        raise OSError(f'got {done} of {total} bytes, the rest resumes on the next try')
 
 
 def download_zip(url, dest):
-    """A zip fetched into dest (unless put there by hand), checked, extracted into a temporary folder and moved
-    into place, then deleted: a crash never leaves a half dataset that looks whole. Done once: the marker
-    .NAME.done remembers it."""
+    """A zip fetched into dest (or put there by hand), checked, extracted into a temporary folder and moved into
+    place, then deleted: a crash never leaves a half dataset that looks whole. The marker .NAME.done says it is."""
     name = url.rsplit('/', 1)[-1]
     zip_path, tmp, done = dest / name, dest / f'.{name}.tmp', dest / f'.{name}.done'
     if done.exists():
@@ -496,20 +470,14 @@ def download_zip(url, dest):
         zip_path.unlink()
         shutil.rmtree(tmp, ignore_errors=True)
         raise FileNotFoundError(f'{url}: not a valid zip ({e}); deleted, nothing extracted') from None
-    for item in tmp.iterdir():
-        _move_into(item, dest / item.name)
-    tmp.rmdir()
+    for item in tmp.iterdir():  # into a folder that exists (the coco/ of the labels' zip) by copying, else renamed
+        if (dest / item.name).is_dir():
+            shutil.copytree(item, dest / item.name, dirs_exist_ok=True)
+        else:
+            os.replace(item, dest / item.name)
+    shutil.rmtree(tmp)
     done.touch()
     zip_path.unlink()
-
-
-def _move_into(src, dst):
-    if dst.is_dir() and src.is_dir():  # merge, e.g. images/train2017 into a coco/ the labels zip made
-        for child in src.iterdir():
-            _move_into(child, dst / child.name)
-        src.rmdir()
-    else:
-        os.replace(src, dst)
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
@@ -643,13 +611,13 @@ class YOLODataset(torch.utils.data.Dataset):
                 a = ar[self.batch_index == b]
                 shapes.append([a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1])
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
-        self.ram = [None] * len(self.files)
-        if cache == 'ram':  # refuse what the machine cannot hold, with the figures, before filling memory for minutes
-            r = img_size / self.sizes.max(1)
-            need, free = 3 * (np.ceil(self.sizes[:, 0] * r) * np.ceil(self.sizes[:, 1] * r)).sum(), available_memory()
-            if need > free:
-                raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img {img_size},'
-                                 f' but {free / 1e9:.1f} GB are available: leave out --cache, or lower --img')
+        r = img_size / self.sizes.max(1)
+        need, free = 3 * (np.ceil(self.sizes[:, 0] * r) * np.ceil(self.sizes[:, 1] * r)).sum(), available_memory()
+        if cache == 'ram' and need > (free or math.inf):  # refuse, with the figures, before filling memory for minutes
+            raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
+                             f'{img_size}, but {free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
+        self.need, self.cache, self.keep, self.ram = need, cache, cache == 'ram', [None] * len(self.files)
+        if cache == 'ram':
             with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
                 self.ram = pool.map(self.load_image, range(len(self.files)))
             mb = sum(x[0].nbytes for x in self.ram if x[0] is not None) / 2 ** 20
@@ -659,17 +627,25 @@ class YOLODataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def load_image(self, i):
-        """Image i resized so that its long side is img_size, with its original (h, w); None if unreadable."""
+        """Image i resized so that its long side is img_size, with its original (h, w); None if unreadable. When
+        training shrinks an image 2, 4 or 8 times or more, its JPEG is decoded at that scale directly (~2x faster
+        at half size): a full decode only brings pixels that the resize averages away. (The original decodes in
+        full; the pixels differ by about one grey level.)"""
         if self.ram[i] is not None:
             return self.ram[i]
-        img = cv2.imread(self.files[i])
+        f = max(k for k in (1, 2, 4, 8) if k * self.img_size <= self.sizes[i].max() or k == 1) if self.augment else 1
+        img = cv2.imread(self.files[i], {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+                                         4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[f])
         if img is None:
             return None, None
-        h0, w0 = img.shape[:2]
-        r = self.img_size / max(h0, w0)
-        if r != 1:  # INTER_AREA for shrinking without augmentation, as YOLOv5 (it changes mAP slightly)
+        w0, h0 = self.sizes[i] if f > 1 else img.shape[1::-1]
+        r = self.img_size / max(w0, h0)
+        size = math.ceil(w0 * r), math.ceil(h0 * r)
+        if img.shape[1::-1] != size:  # INTER_AREA to shrink without augmentation, as YOLOv5 (it changes mAP a little)
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            img = cv2.resize(img, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+            img = cv2.resize(img, size, interpolation=interp)
+        if self.keep:
+            self.ram[i] = img, (h0, w0)
         return img, (h0, w0)
 
     def pixel_labels(self, i, w, h, padw=0.0, padh=0.0):
@@ -689,19 +665,11 @@ class YOLODataset(torch.utils.data.Dataset):
         for k, i in enumerate(indices):
             img, _, i = self.load_checked(i, rng)
             h, w = img.shape[:2]
-            # where the tile goes on the canvas (a) and which part of the image fills it (b)
-            if k == 0:    # top left
-                x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
-                x1b, y1b = w - (x2a - x1a), h - (y2a - y1a)
-            elif k == 1:  # top right
-                x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
-                x1b, y1b = 0, h - (y2a - y1a)
-            elif k == 2:  # bottom left
-                x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
-                x1b, y1b = w - (x2a - x1a), 0
-            else:         # bottom right
-                x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
-                x1b, y1b = 0, 0
+            # tile k on the canvas (a): left of the centre for k = 0, 2, above it for k = 0, 1, cut at the edges;
+            # and the part of the image that fills it (b): what touches the centre
+            x1a, x2a = (max(xc - w, 0), xc) if k % 2 == 0 else (xc, min(xc + w, 2 * s))
+            y1a, y2a = (max(yc - h, 0), yc) if k < 2 else (yc, min(yc + h, 2 * s))
+            x1b, y1b = (w - (x2a - x1a)) * (k % 2 == 0), (h - (y2a - y1a)) * (k < 2)
             canvas[y1a:y2a, x1a:x2a] = img[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
             labels.append(self.pixel_labels(i, w, h, x1a - x1b, y1a - y1b))
         labels = np.concatenate(labels, 0)
@@ -781,6 +749,10 @@ def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, 
         workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed, drop_last=False)
     workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
+    # images that need under a tenth of the free memory, in every copy (each worker keeps its own), are kept once
+    # decoded: a fine-tune on a small dataset would otherwise decode each image again and again (4x an epoch)
+    copies = max(workers, 1) * world_size
+    dataset.keep |= dataset.cache is None and dataset.need * copies < 0.1 * (available_memory() or 0)
     return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
@@ -842,7 +814,7 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
 def number(kind, low, high=math.inf):
     """An argparse type: an int or float from low to high. argparse turns a bad value into a message naming the
     flag and what it accepts, with exit code 2, before anything slow starts."""
-    what = ('an integer' if kind is int else 'a number') + (f' >= {low}' if high == math.inf else f' from {low} to {high}')
+    what = ('an integer' if kind is int else 'a number') + (f' >= {low}' if high == math.inf else f' in [{low},{high}]')
 
     def parse(text):
         try:

@@ -48,14 +48,11 @@ class Conv(nn.Module):
 class Bottleneck(nn.Module):
     def __init__(self, c_in, c_out, shortcut=True, e=0.5):
         super().__init__()
-        c_mid = int(c_out * e)
-        self.cv1 = Conv(c_in, c_mid, 1)
-        self.cv2 = Conv(c_mid, c_out, 3)
+        self.cv1, self.cv2 = Conv(c_in, int(c_out * e), 1), Conv(int(c_out * e), c_out, 3)
         self.add = shortcut and c_in == c_out
 
     def forward(self, x):
-        y = self.cv2(self.cv1(x))
-        return x + y if self.add else y
+        return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
 
 
 class C3(nn.Module):
@@ -63,9 +60,7 @@ class C3(nn.Module):
     def __init__(self, c_in, c_out, n=1, shortcut=True):
         super().__init__()
         c_mid = c_out // 2
-        self.cv1 = Conv(c_in, c_mid, 1)
-        self.cv2 = Conv(c_in, c_mid, 1)
-        self.cv3 = Conv(2 * c_mid, c_out, 1)
+        self.cv1, self.cv2, self.cv3 = Conv(c_in, c_mid, 1), Conv(c_in, c_mid, 1), Conv(2 * c_mid, c_out, 1)
         self.m = nn.Sequential(*(Bottleneck(c_mid, c_mid, shortcut, e=1.0) for _ in range(n)))
 
     def forward(self, x):
@@ -76,16 +71,14 @@ class SPPF(nn.Module):
     """Spatial pyramid pooling, fast: three chained 5x5 max-pools equal pools of 5, 9 and 13."""
     def __init__(self, c_in, c_out, k=5):
         super().__init__()
-        c_mid = c_in // 2
-        self.cv1 = Conv(c_in, c_mid, 1)
-        self.cv2 = Conv(c_mid * 4, c_out, 1)
+        self.cv1, self.cv2 = Conv(c_in, c_in // 2, 1), Conv(c_in // 2 * 4, c_out, 1)
         self.m = nn.MaxPool2d(k, 1, k // 2)
 
     def forward(self, x):
-        x = self.cv1(x)
-        y1 = self.m(x)
-        y2 = self.m(y1)
-        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+        y = [self.cv1(x)]
+        for _ in range(3):
+            y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
 
 
 class Detect(nn.Module):
@@ -94,15 +87,18 @@ class Detect(nn.Module):
         super().__init__()
         self.nc, self.no, self.nl, self.na = nc, nc + 5, len(anchors), len(anchors[0]) // 2
         self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in channels)
-        stride = torch.tensor(STRIDES, dtype=torch.float32)
+        self.register_buffer('stride', torch.tensor(STRIDES, dtype=torch.float32), persistent=False)
         # anchors are kept in grid units of their level, as in the original checkpoints
-        self.register_buffer('anchors', torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2) / stride.view(-1, 1, 1))
-        self.register_buffer('stride', stride, persistent=False)
-        self.grids = {}  # (level, ny, nx, device, dtype) -> (grid, anchor_grid), rebuilt lazily
+        self.register_buffer('anchors', torch.tensor(anchors).float().view(self.nl, -1, 2) / self.s3)
+        self.grids = {}  # (ny, nx, device) -> the cells' (x, y), made when first needed
+
+    @property
+    def s3(self):  # the strides, shaped to scale (levels, anchors, 2) tensors
+        return self.stride.view(-1, 1, 1)
 
     def pixel_anchors(self):
         """The anchors in pixels, (levels, anchors, 2); the buffer keeps them in grid units of their level."""
-        return self.anchors * self.stride.view(-1, 1, 1)
+        return self.anchors * self.s3
 
     def init_biases(self):
         # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6/nc
@@ -111,28 +107,23 @@ class Detect(nn.Module):
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
 
-    def make_grid(self, i, ny, nx, x):
-        key = (i, ny, nx, x.device, x.dtype)
-        if key not in self.grids:
-            y, xx = torch.meshgrid(torch.arange(ny, device=x.device, dtype=x.dtype),
-                                   torch.arange(nx, device=x.device, dtype=x.dtype), indexing='ij')
-            grid = torch.stack((xx, y), 2).view(1, 1, ny, nx, 2) - 0.5  # -0.5 folds in the 2*sig-0.5 offset
-            anchor_grid = self.pixel_anchors()[i].view(1, self.na, 1, 1, 2).to(x.dtype)
-            self.grids[key] = grid, anchor_grid
-        return self.grids[key]
+    def make_grid(self, ny, nx, device):
+        if (ny, nx, device) not in self.grids:
+            y, x = torch.meshgrid(torch.arange(ny, device=device), torch.arange(nx, device=device), indexing='ij')
+            self.grids[ny, nx, device] = torch.stack((x, y), 2).view(1, 1, ny, nx, 2).float() - 0.5  # in 2*sig - 0.5
+        return self.grids[ny, nx, device]
 
     def forward(self, features):
         raw, decoded = [], []
         for i, (conv, f) in enumerate(zip(self.m, features)):
             b, _, ny, nx = f.shape
-            p = conv(f).float()  # fp32 from here (under autocast too): boxes in pixels and the loss need its precision
-            p = p.view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            # fp32 from here, under autocast too: the boxes in pixels and the loss need its precision
+            p = conv(f).float().view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             raw.append(p)
             if not self.training:
-                grid, anchor_grid = self.make_grid(i, ny, nx, p)
                 xy, wh, conf = p.sigmoid().split((2, 2, self.no - 4), 4)
-                xy = (xy * 2 + grid) * self.stride[i]  # (2*sig - 0.5 + cell) * stride
-                wh = (wh * 2) ** 2 * anchor_grid
+                xy = (xy * 2 + self.make_grid(ny, nx, p.device)) * self.stride[i]  # (2*sig - 0.5 + cell) * stride
+                wh = (wh * 2) ** 2 * self.pixel_anchors()[i].view(1, self.na, 1, 1, 2)  # anchors may change: not cached
                 decoded.append(torch.cat((xy, wh, conf), 4).view(b, -1, self.no))
         return raw if self.training else (torch.cat(decoded, 1), raw)
 
@@ -187,16 +178,11 @@ class YOLOv5(nn.Module):
     @torch.no_grad()
     def fuse(self):
         """Fold each BatchNorm into the conv before it: same outputs, fewer ops at inference."""
-        for m in self.modules():
-            if isinstance(m, Conv) and hasattr(m, 'bn'):
-                conv, bn = m.conv, m.bn
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                  conv.padding, groups=conv.groups, bias=True).to(conv.weight.device)
-                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                fused.bias.copy_(bn.bias - bn.running_mean * scale)
-                m.conv = fused
-                del m.bn
+        for m in [m for m in self.modules() if isinstance(m, Conv) and hasattr(m, 'bn')]:
+            scale = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)
+            m.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            m.conv.bias = nn.Parameter(m.bn.bias - m.bn.running_mean * scale)
+            del m.bn
         return self
 
 
@@ -385,17 +371,16 @@ def check_img_size(img, floor=0, stride=max(STRIDES)):
     """img rounded up to a multiple of the stride (the 3 levels' feature maps must align), and at least floor."""
     new = max(-(-img // stride) * stride, floor)
     if new != img:
-        print(f'WARNING: --img {img} must be a multiple of {stride}' + f' and at least {floor}' * bool(floor) + f', using {new}')
+        print(f'WARNING: --img {img} must be a multiple of {stride}{f" and >= {floor}" * bool(floor)}, using {new}')
     return new
 
 
 def half_dtype(device):
     """The 16-bit type this device computes fast: fp16 on CUDA, bf16 on a CPU that has it natively (AVX512-BF16 or
     AMX, as PyTorch reports them); None elsewhere, where 16 bits would only be slower."""
-    if device.type == 'cuda':
-        return torch.float16
-    native = any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
-    return torch.bfloat16 if device.type == 'cpu' and native else None
+    flags = '_is_avx512_bf16_supported', '_is_amx_tile_supported'
+    native = device.type == 'cpu' and any(getattr(torch.cpu, f, lambda: False)() for f in flags)
+    return torch.float16 if device.type == 'cuda' else torch.bfloat16 if native else None
 
 
 def select_device(device=''):
@@ -424,7 +409,8 @@ def device_name(text):
 
 def checkpoint_file(text):
     if not zipfile.is_zipfile(text):  # every PyTorch checkpoint is a zip archive
-        raise argparse.ArgumentTypeError(f'{text}: ' + ('not a checkpoint (.pt)' if os.path.isfile(text) else 'no such file'))
+        why = 'not a checkpoint (.pt)' if os.path.exists(text) else 'no such file'
+        raise argparse.ArgumentTypeError(f'{text}: {why}')
     return text
 
 

@@ -766,11 +766,12 @@ def test_fine_tune_coco128_matches_the_original(tmp_path):
         ckpt = torch.load(tmp_path / 'runs/train/exp/weights' / name, weights_only=True)
         assert {'model', 'epoch', 'best_fitness', 'hyp', 'names', 'scale', 'anchors', 'opt'} <= set(ckpt)
         assert not {'optimizer', 'ema'} & set(ckpt) and ckpt['model']['model.0.conv.weight'].dtype == torch.float16
-    # the run ends with best.pt validated again, fused, per class; the mAP is that of the epoch, unstripped
+    # the run ends with best.pt validated again, fused, per class, in fp32 (the epochs validate in bf16 where the
+    # CPU has it): the mAP is that of its epoch
     final = r.stdout[r.stdout.index('Validating '):]
     assert '  person  ' in final and 'Results saved to' in final
     best_row = next(line for line in final.splitlines() if line.split()[:1] == ['all']).split()
-    assert abs(float(best_row[6]) - rows[-1]['metrics/mAP_0.5:0.95']) <= 0.001, (best_row, rows[-1])
+    assert abs(float(best_row[6]) - rows[-1]['metrics/mAP_0.5:0.95']) <= 0.005, (best_row, rows[-1])
     r = run_train('--val-only', '--weights', tmp_path / 'runs/train/exp/weights/best.pt', '--data', COCO128, '--img', 320,
                   '--batch', 32, cwd=tmp_path)
     assert next(line for line in r.stdout.splitlines() if line.split()[:1] == ['all']).split() == best_row
@@ -1164,8 +1165,8 @@ def test_data_yaml_forms(tmp_path):
     assert spec['names'] == ['cat', 'dog', '#3'] and len(data.find_images(spec['train'])) == 5
     assert data.read_yaml(root / 'b.yaml')['description'] == 'folded text'
     for text, error in [('nc: 2\nnames: [a, b, c]\n', 'nc is 2 but 3 names'),
-                        ('names: {0: a}\n', 'c.yaml:3: .* not in the subset'),
-                        ('names:\n  a:\n    b: 1\n', 'c.yaml:5: only one level of nesting'),
+                        ('names: {0: a}\n', 'c.yaml:3: .* not in the YAML read here'),
+                        ('names:\n  a:\n    b: 1\n', 'c.yaml:5: one nested level only'),
                         ('train: x\njust words\n', 'c.yaml:2: not a `key: value` line')]:
         (root / 'c.yaml').write_text('train: ../train/images\nval: ../valid/images\n' * ('train' not in text) + text)
         with pytest.raises(ValueError, match=error):
@@ -1194,7 +1195,7 @@ def test_single_class_and_frozen_backbone(tmp_path):
 def test_cache_ram_refuses_what_memory_cannot_hold(tmp_path, monkeypatch):
     root, _ = rectangles_dataset(tmp_path)
     monkeypatch.setattr(data, 'available_memory', lambda: 100_000)
-    with pytest.raises(ValueError, match=r'--cache ram needs 0.0 GB for 6 images at --img 640, but 0.0 GB'):
+    with pytest.raises(ValueError, match=r'--cache ram needs 0.0 GB for 6 images at --img 640, but 0.0 GB are free'):
         data.YOLODataset(root, 640, cache='ram', nc=18)
 
 
@@ -1337,3 +1338,21 @@ def test_mixed_precision_training_checks_itself_first(tmp_path, monkeypatch, cap
     T.train(T.parse_args(args))  # outputs that disagree: one warning, and fp32
     out = capsys.readouterr().out
     assert 'AMP: WARNING: torch.bfloat16 outputs disagree with fp32 on ' in out and 'training in fp32' in out
+
+
+def test_a_stripped_checkpoint_validates_as_before(tmp_path):
+    net = M.load_model(shared(WEIGHTS))
+    copy = lambda: {k: v.clone() for k, v in net.state_dict().items()}  # as a training run's: 3 copies of the weights
+    state = dict(epoch=2, model=copy(), ema=copy(), optimizer={'state': copy()}, updates=9, opt={}, hyp={}, **net.meta())
+    rows = []
+    for name in ('full.pt', 'stripped.pt'):
+        torch.save(state, tmp_path / name)
+    T.strip_checkpoint(tmp_path / 'stripped.pt')
+    stripped = torch.load(tmp_path / 'stripped.pt', weights_only=True)
+    assert not {'optimizer', 'ema', 'updates'} & set(stripped) and stripped['model']['model.0.conv.weight'].dtype == torch.float16
+    assert (tmp_path / 'stripped.pt').stat().st_size < (tmp_path / 'full.pt').stat().st_size / 5
+    for name in ('full.pt', 'stripped.pt'):
+        r = run_train('--val-only', '--weights', tmp_path / name, '--data', shared(COCO128), '--img', 320, '--batch', 16,
+                      cwd=tmp_path)
+        rows.append([float(v) for v in next(x for x in r.stdout.splitlines() if x.split()[:1] == ['all']).split()[3:]])
+    assert np.abs(np.array(rows[0]) - rows[1]).max() <= 0.001, rows

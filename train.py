@@ -59,26 +59,20 @@ def box_iou(a, b, eps=1e-7):
 
 def match_predictions(pred, label_cls, label_boxes, iouv):
     """(n_pred, n_iou) bool: true positive at each IoU threshold; one label matches one prediction, best IoU first."""
-    correct = np.zeros((len(pred), len(iouv)), bool)
-    iou = box_iou(label_boxes, pred[:, :4])
-    same_class = label_cls[:, None] == pred[:, 5]
+    correct, iou = np.zeros((len(pred), len(iouv)), bool), box_iou(label_boxes, pred[:, :4])
     for i, t in enumerate(iouv):
-        li, pi = torch.where((iou >= t) & same_class)
-        if len(li):
-            m = torch.stack((li, pi, iou[li, pi]), 1).cpu().numpy()  # [label, prediction, iou]
-            if len(li) > 1:
-                m = m[m[:, 2].argsort()[::-1]]
-                m = m[np.unique(m[:, 1], return_index=True)[1]]
-                m = m[np.unique(m[:, 0], return_index=True)[1]]
-            correct[m[:, 1].astype(int), i] = True
+        li, pi = torch.where((iou >= t) & (label_cls[:, None] == pred[:, 5]))
+        m = torch.stack((li, pi, iou[li, pi]), 1).cpu().numpy()  # [label, prediction, iou]
+        m = m[m[:, 2].argsort()[::-1]]
+        m = m[np.unique(m[:, 1], return_index=True)[1]]  # (as the original: not sorted again before the next)
+        correct[m[np.unique(m[:, 0], return_index=True)[1], 1].astype(int), i] = True
     return correct
 
 
 def compute_ap(recall, precision):
     """COCO's 101-point interpolated area under the precision envelope; and the envelope (recall, precision)."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mrec, x = np.concatenate(([0.0], recall, [1.0])), np.linspace(0, 1, 101)
     mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision, [0.0])))))
-    x = np.linspace(0, 1, 101)
     return np.trapezoid(np.interp(x, mrec, mpre), x), mrec, mpre
 
 
@@ -101,8 +95,7 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
         if not i.any():
             continue
         tpc, fpc = tp[i].cumsum(0), (1 - tp[i]).cumsum(0)
-        recall = tpc / (n_labels[ci] + eps)
-        precision = tpc / (tpc + fpc)
+        recall, precision = tpc / (n_labels[ci] + eps), tpc / (tpc + fpc)
         r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # as functions of the confidence threshold
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
         for j in range(tp.shape[1]):
@@ -118,8 +111,9 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
     above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best first. As in the original, a
     detection is counted as background only in an image where something was paired."""
     bg, det = len(matrix) - 1, det[det[:, 4] > conf]
-    li, di = torch.where(box_iou(labels[:, 1:], det[:, :4]) > iou_thres)
-    m = torch.stack((li, di, box_iou(labels[:, 1:], det[:, :4])[li, di]), 1).cpu().numpy()
+    iou = box_iou(labels[:, 1:], det[:, :4])
+    li, di = torch.where(iou > iou_thres)
+    m = torch.stack((li, di, iou[li, di]), 1).cpu().numpy()
     for k in (1, 0):  # one detection per label, then one label per detection, best IoU first
         m = m[m[:, 2].argsort()[::-1]]
         m = m[np.unique(m[:, k], return_index=True)[1]]
@@ -403,7 +397,6 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
         f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
     if new_bpr > bpr:
         det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / stride
-        det.grids.clear()
         log('AutoAnchor: Done, new anchors saved to the model')
     else:
         log('AutoAnchor: Done, original anchors are better and are kept')
@@ -788,9 +781,7 @@ class Trainer:
         ship), then validate best.pt once more, fused, with the per-class table; that is the run's result."""
         last, best = self.weights_dir / 'last.pt', self.weights_dir / 'best.pt'
         for path in (last, best) if best.exists() else (last,):  # with --nosave best.pt may never have been saved
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-            ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.pop('ema').items()}
-            save_atomic({k: v for k, v in ckpt.items() if k not in ('optimizer', 'scaler', 'updates')}, path)
+            strip_checkpoint(path)
         if not best.exists():
             return self.results
         log(f'\nValidating {best}...')
@@ -843,6 +834,13 @@ class Trainer:
             self.finish()
             log(f'Results saved to {self.save_dir}')
         return self.save_dir
+
+
+def strip_checkpoint(path):
+    """As the original at the end of a run: only the EMA's weights, in fp16, and no optimizer: the file people ship."""
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.pop('ema').items()}
+    save_atomic({k: v for k, v in ckpt.items() if k not in ('optimizer', 'scaler', 'updates')}, path)
 
 
 def pick_run(opt):
