@@ -1,13 +1,11 @@
 """
-From files to tensors, the bottom layer: it imports no other file of the project.
-Owns YOLO-format datasets (class names, label checks and their cache), box formats, letterbox, the
-augmentation stack and its hyperparameters (numpy + OpenCV only, no albumentations), the loader, and the
-pictures and folders a run writes (boxes drawn on images, runs/<task>/exp, exp2, ...).
+From files to tensors, the bottom layer: it imports no other file of the project. Owns YOLO-format datasets (class
+names, label checks and their cache), box formats, letterbox, the augmentations and their hyperparameters (numpy +
+OpenCV only, no albumentations), the loader, and what a run writes (images with boxes, runs/<task>/exp, exp2, ...).
 
-Labels are YOLO rows `class xc yc w h`, normalized to the image. Inside this file, while an image is
-being augmented, its labels are `class x1 y1 x2 y2` in pixels; they are normalized again at the end.
-Every random draw of a sample comes from a generator seeded by (seed, epoch, index), so a batch is the
-same whatever the number of workers, and a resumed run sees the same data as an uninterrupted one.
+Labels are YOLO rows `class xc yc w h`, normalized; while an image is augmented here they are `class x1 y1 x2 y2` in
+pixels, normalized again at the end. Every random draw of a sample comes from a generator seeded by (seed, epoch,
+index): a batch is the same whatever the number of workers, and a resumed run sees the data of an uninterrupted one.
 """
 import argparse
 import glob
@@ -37,27 +35,22 @@ IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', 
 VIDEO_EXTS = {'.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts', '.wmv'}
 CACHE_VERSION = 1
 COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
-COCO_NAMES = ['person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
-    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse',
-    'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie',
-    'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove',
-    'skateboard', 'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon',
-    'bowl', 'banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut',
-    'cake', 'chair', 'couch', 'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse',
-    'remote', 'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book',
-    'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush']
+COCO_NAMES = ('person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, '
+    'stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, backpack, '
+    'umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, sports ball, kite, baseball bat, baseball glove, '
+    'skateboard, surfboard, tennis racket, bottle, wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich, '
+    'orange, broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv, '
+    'laptop, mouse, remote, keyboard, cell phone, microwave, oven, toaster, sink, refrigerator, book, clock, vase, '
+    'scissors, teddy bear, hair drier, toothbrush').split(', ')
 PALETTE = [tuple(int(h[i:i + 2], 16) for i in (4, 2, 0)) for h in (  # BGR, the original's 20 colours
     'FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',
     '2C99A8', '00C2FF', '344593', '6473FF', '0018EC', '8438FF', '520085', 'CB38FF', 'FF95C8', 'FF37C7')]
-# YOLOv5's augmentation hyperparameters (hyp.scratch-low), plus the probabilities of the albumentations
-# stack it hardcodes. train.py merges them into its HYP, where --hyp KEY=VALUE overrides them.
-AUG = dict(
-    hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  # colour gains (fractions)
-    degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,  # geometry
-    flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0,                      # probabilities
-    blur=0.01, median_blur=0.01, to_gray=0.01, clahe=0.01,              # probabilities (albumentations in YOLOv5)
-    crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0,
-)
+# YOLOv5's augmentations: hyp.scratch-low and its hardcoded albumentations. In train.py's HYP, --hyp overrides them.
+AUG = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  # colour gains (fractions)
+           degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,  # geometry
+           flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0,                      # probabilities
+           blur=0.01, median_blur=0.01, to_gray=0.01, clahe=0.01,              # probabilities (YOLOv5's albumentations)
+           crop=0.0, brightness_contrast=0.0, gamma=0.0, jpeg=0.0)
 
 
 # ---------------------------------------------------------------------------------------------- boxes
@@ -77,14 +70,10 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     multiple of stride). Returns the image, the scale ratio and the (left, top) padding as floats."""
     h, w = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
-    r = min(new_h / h, new_w / w)
-    if not scaleup:  # only shrink (for validation: upscaling does not help mAP)
-        r = min(r, 1.0)
+    r = min(new_h / h, new_w / w, math.inf if scaleup else 1.0)  # val only shrinks: upscaling does not help mAP
     unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
     dw, dh = new_w - unpad_w, new_h - unpad_h
-    if auto:  # minimal rectangle: pad only up to the stride
-        dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
+    dw, dh = (dw % stride / 2, dh % stride / 2) if auto else (dw / 2, dh / 2)  # auto: pad only up to the stride
     if (w, h) != (unpad_w, unpad_h):
         img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
@@ -114,9 +103,8 @@ def find_images(source, split='train'):
         p = p / 'images' / wanted[0]
     if p.is_dir():
         files = glob.glob(str(p / '**' / '*.*'), recursive=True)
-    elif p.suffix == '.txt' and p.is_file():
-        lines = [x.strip() for x in p.read_text().splitlines() if x.strip()]
-        files = [x if os.path.isabs(x) else str(p.parent / x) for x in lines]  # relative to the list file
+    elif p.suffix == '.txt' and p.is_file():  # one path a line, relative to the list file
+        files = [x if os.path.isabs(x) else str(p.parent / x) for x in map(str.strip, p.read_text().splitlines()) if x]
     else:
         raise FileNotFoundError(f'{source}: not a data YAML, a dataset root, a folder of images or a .txt list')
     files = sorted(f for f in files if Path(f).suffix.lower() in IMAGE_EXTS)
@@ -132,13 +120,11 @@ def label_path(img_path):
 
 
 def read_labels(path):
-    """Checked label rows (k, 5) float32 and warnings naming file and line. A row is a box `class xc yc w h` or a
-    polygon `class x1 y1 x2 y2 x3 y3 ...` (COCO segments), read as the box around its points. A malformed row
-    raises ValueError: as in the original, its image is then left out, lest its objects train as background."""
-    if not os.path.isfile(path):
-        return np.zeros((0, 5), np.float32), []
+    """Checked label rows (k, 5) float32 (none without a label file) and warnings naming file and line. A row is a box
+    `class xc yc w h` or a polygon `class x1 y1 x2 y2 ...` (COCO segments), read as the box around its points. A
+    malformed row raises ValueError: its image is left out (as in the original) lest its objects train as background."""
     rows, msgs = [], []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(Path(path).read_text().splitlines() if os.path.isfile(path) else [], 1):
         if not line.split():
             continue
         try:
@@ -170,42 +156,31 @@ def read_labels(path):
     return labels, msgs
 
 
-def check_image(path):
-    """(w, h) as the image will be decoded (EXIF rotation applied), and a warning or None. Raises if corrupt."""
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        w, h = im.size
-        if im.getexif().get(274) in (5, 6, 7, 8):  # EXIF orientation with a 90 degree turn
-            w, h = h, w
-    if w < 10 or h < 10:
-        raise ValueError(f'image size {w}x{h} is smaller than 10 pixels')
-    with open(path, 'rb') as f:
-        f.seek(-2, 2)
-        truncated = Path(path).suffix.lower() in ('.jpg', '.jpeg') and f.read() != b'\xff\xd9'
-    if truncated:  # a JPEG without its end marker: keep it if it still decodes
-        if cv2.imread(path) is None:
-            raise ValueError('truncated JPEG that does not decode')
-        return (w, h), f'{path}: truncated JPEG, it decodes and is kept'
-    return (w, h), None
-
-
 def _scan_one(args):
+    """(path, (w, h) as decoded (EXIF rotation applied), labels, warnings) of an image; None, None if corrupt."""
     img, lab = args
     try:
-        size, warning = check_image(img)
+        with Image.open(img) as im:
+            im.verify()
+        with Image.open(img) as im:  # verify() leaves the image unusable: open it again
+            w, h = im.size[::-1] if im.getexif().get(274) in (5, 6, 7, 8) else im.size  # EXIF: turned 90 degrees
+        if w < 10 or h < 10:
+            raise ValueError(f'image size {w}x{h} is smaller than 10 pixels')
+        with open(img, 'rb') as f:
+            f.seek(-2, 2)
+            truncated = Path(img).suffix.lower() in ('.jpg', '.jpeg') and f.read() != b'\xff\xd9'
+        if truncated and cv2.imread(img) is None:  # a JPEG without its end marker is kept if it still decodes
+            raise ValueError('truncated JPEG that does not decode')
         labels, msgs = read_labels(lab)
     except Exception as e:  # PIL raises many kinds for a corrupt file
         return img, None, None, [f'{img}: ignoring corrupt image/label: {e}']
-    return img, size, labels, ([warning] if warning else []) + msgs
+    return img, (w, h), labels, [f'{img}: truncated JPEG, it decodes and is kept'] * truncated + msgs
 
 
 def files_hash(paths):
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p) if os.path.exists(p) else None
-        h.update(f'{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n'.encode())
-    return h.hexdigest()
+    stats = [os.stat(p) if os.path.exists(p) else None for p in paths]
+    text = ''.join(f'{p}|{s.st_size if s else -1}|{s.st_mtime_ns if s else -1}\n' for p, s in zip(paths, stats))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def available_memory():
@@ -223,15 +198,14 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
     try:
         c = np.load(cache_path, allow_pickle=False)
         assert int(c['version']) == CACHE_VERSION and str(c['hash']) == key
-        files, sizes, msgs = list(c['files']), c['sizes'], list(c['msgs'])
-        labels = np.split(c['labels'], np.cumsum(c['counts'])[:-1])
-        n_corrupt, source = int(c['corrupt']), 'cache'
+        files, sizes, msgs, n_corrupt = list(c['files']), c['sizes'], list(c['msgs']), int(c['corrupt'])
+        labels, how = np.split(c['labels'], np.cumsum(c['counts'])[:-1]), 'Cached'
     except Exception:  # no cache, stale or unreadable: scan again
         with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
             results = pool.map(_scan_one, zip(img_files, label_files))
         kept = [r for r in results if r[1] is not None]
         files, sizes, labels = [r[0] for r in kept], np.array([r[1] for r in kept]).reshape(-1, 2), [r[2] for r in kept]
-        msgs, n_corrupt, source = [m for r in results for m in r[3]], len(results) - len(kept), 'scan'
+        msgs, n_corrupt, how = [m for r in results for m in r[3]], len(results) - len(kept), 'Scanned'
         try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
             if not os.stat(cache_path.parent).st_mode & 0o222:
                 raise PermissionError(13, 'folder is read-only')
@@ -244,9 +218,8 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
             print(f'{prefix}WARNING: cache {cache_path} not written ({e.strerror})', file=sys.stderr)
     for m in msgs:
         print(f'{prefix}WARNING: {m}', file=sys.stderr)
-    n_bg = sum(len(x) == 0 for x in labels)
-    print(f'{prefix}{"Scanned" if source == "scan" else "Cached"} {Path(label_files[0]).parent}: {len(files)} images, '
-          f'{n_bg} backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
+    print(f'{prefix}{how} {Path(label_files[0]).parent}: {len(files)} images, {sum(len(x) == 0 for x in labels)} '
+          f'backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
     for f, lb in zip(files, labels):
         lb[:, 0] *= not single_cls  # --single-cls: every object is class 0
         if len(lb) and lb[:, 0].max() >= nc:
@@ -258,9 +231,7 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
 
 
 def read_names(path=None):
-    if path is None:
-        return list(COCO_NAMES)
-    names = [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
+    names = list(COCO_NAMES) if path is None else [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
     if not names:
         raise ValueError(f'{path}: no class names (one per line)')
     return names
@@ -290,10 +261,9 @@ def _scalar(text, where):
         return s[1:-1].replace("''", "'") if s[0] == "'" else json.loads(s)
     if s[:1] and s[0] in '[]{}&*!%@`\'"|>':
         raise ValueError(f'{where}: {s[:40]!r} is not in the YAML read here (no flow mappings, anchors, tags)')
-    if re.fullmatch(r'[-+]?\d+', s):
-        return int(s)
-    number = re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s)
-    return float(s) if number else None if s in ('', '~', 'null', 'Null', 'NULL') else s
+    if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s):
+        return int(s) if re.fullmatch(r'[-+]?\d+', s) else float(s)
+    return None if s in ('', '~', 'null', 'Null', 'NULL') else s
 
 
 def _key_value(line, where):
@@ -307,16 +277,15 @@ def read_yaml(path):
     """The YAML that dataset files use: `key: value` lines with plain or quoted scalars and flow lists, block
     lists (- a) and one nested mapping level (names: 0: person; or a block to skip, such as an export service's
     roboflow:), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
-    lines, out, i = Path(path).read_text().splitlines(), {}, 0
-    while i < len(lines):
-        line, where, block = _uncomment(lines[i]), f'{path}:{i + 1}', []
-        i += 1
-        while i < len(lines) and (not lines[i].strip() or lines[i][0] in ' \t' or lines[i].startswith('- ')):
-            block, i = block + [(f'{path}:{i + 1}', lines[i])], i + 1  # the lines under this one: a nested block
-        if line.strip() in ('', '---', '...') or line[0] in ' \t':
-            if line.strip() not in ('', '---', '...'):
-                raise ValueError(f'{where}: unexpected indentation')
+    lines, out = Path(path).read_text().splitlines(), {}
+    tops = [i for i, x in enumerate(lines) if i == 0 or x.strip() and x[0] not in ' \t' and not x.startswith('- ')]
+    for i, end in zip(tops, tops[1:] + [len(lines)]):
+        line, where = _uncomment(lines[i]), f'{path}:{i + 1}'
+        block = [(f'{path}:{j + 1}', lines[j]) for j in range(i + 1, end)]  # the lines under this one: a nested block
+        if line.strip() in ('', '---', '...'):
             continue
+        if line[0] in ' \t':  # only the first line can be: any other is in the block of the line above
+            raise ValueError(f'{where}: unexpected indentation')
         key, value = _key_value(line, where)
         if value.rstrip('-+') in ('|', '>'):  # a block scalar: the text of the lines under it
             text = textwrap.dedent('\n'.join(text for _, text in block)).strip('\n')
@@ -350,10 +319,9 @@ KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds withou
 
 
 def data_spec(data):
-    """--data as {'train': sources, 'val': sources, 'names': list or None}. data is a data YAML (its paths resolved
-    as _resolve says, its dataset downloaded when missing), a dataset the project knows (coco128, coco: fetched
-    into ../datasets/NAME), or else a dataset root, a folder of images or a .txt list (which validates on its val
-    split if it has one, else on its own images)."""
+    """--data as {'train': sources, 'val': sources, 'names': list or None}, from a data YAML (paths resolved by
+    _resolve, its dataset downloaded when missing), a dataset known by name (coco128, coco: fetched into ../datasets),
+    or a dataset root, an image folder or a .txt list (validated on its val split if any, else on its own images)."""
     p = Path(data)
     if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
         cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), DATASETS_DIR
@@ -370,6 +338,9 @@ def data_spec(data):
         raise ValueError(f'{data}: nc is {cfg["nc"]} but {len(names)} names are given')
     names = names or ([f'class{i}' for i in range(cfg['nc'])] if cfg.get('nc') else None)
     root = base / str(cfg.get('path') or '')  # relative to the YAML's folder; an absolute path stays absolute
+    markers = [dest / f'.{url.rsplit("/", 1)[-1]}.done' for url, dest in _zips(cfg.get('download'), root, base)]
+    if 0 < sum(m.exists() for m in markers) < len(markers):  # a download that stopped halfway goes on first
+        _download_dataset(data, cfg['download'], root, base)
     for attempt in range(2):  # the second after the download
         try:
             return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
@@ -401,13 +372,21 @@ def _download_dataset(data, download, root, base):
         raise FileNotFoundError(f'{data}: dataset not found, and its download: is a script, which is never run '
                                 f'here. Fetch {urls} by hand and unpack it to {root.resolve()}')
     errors = []
-    for url, dest in [(download.strip(), root.parent.resolve())] if isinstance(download, str) else download:
+    for url, dest in _zips(download, root, base):
         try:
-            download_zip(url, base / dest)
+            download_zip(url, dest)
         except FileNotFoundError as e:
             errors.append(str(e))
     if errors:
         raise FileNotFoundError(f'{data}: dataset not found and not downloaded:\n  ' + '\n  '.join(errors))
+
+
+def _zips(download, root, base):
+    """The (url, folder) pairs of a download: a known dataset's zips, or a YAML's URL of one, into path's parent."""
+    if isinstance(download, str):
+        url = download.strip()
+        return [(url, root.parent.resolve())] if re.fullmatch(r'https?://\S+\.zip', url) else []
+    return [(url, base / dest) for url, dest in download or []]
 
 
 def download(url, path):
@@ -470,11 +449,7 @@ def download_zip(url, dest):
         zip_path.unlink()
         shutil.rmtree(tmp, ignore_errors=True)
         raise FileNotFoundError(f'{url}: not a valid zip ({e}); deleted, nothing extracted') from None
-    for item in tmp.iterdir():  # into a folder that exists (the coco/ of the labels' zip) by copying, else renamed
-        if (dest / item.name).is_dir():
-            shutil.copytree(item, dest / item.name, dirs_exist_ok=True)
-        else:
-            os.replace(item, dest / item.name)
+    shutil.copytree(tmp, dest, dirs_exist_ok=True, copy_function=os.replace)  # moved in, merged with folders that exist
     shutil.rmtree(tmp)
     done.touch()
     zip_path.unlink()
@@ -485,36 +460,25 @@ def download_zip(url, dest):
 def random_perspective(img, labels, rng, degrees=0, translate=0.1, scale=0.5, shear=0, perspective=0.0, border=(0, 0)):
     """One random affine (or perspective) warp; labels are pixel xyxy, mapped through their 4 corners."""
     height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
-    C = np.eye(3)  # move the centre to the origin
-    C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2
-    P = np.eye(3)
+    C, P, R, S, T = (np.eye(3) for _ in range(5))  # centre, perspective, rotation and scale, shear, translation
+    C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2  # move the centre to the origin
     P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
-    R = np.eye(3)
     s = rng.uniform(1 - scale, 1 + scale)
     R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-degrees, degrees), scale=s)
-    S = np.eye(3)
     S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-shear, shear, 2)))
-    T = np.eye(3)  # and back from the origin to a random point near the centre of the output
-    T[0, 2], T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate, 2) * (width, height)
+    T[0, 2], T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate, 2) * (width, height)  # back, near the centre
     M = T @ S @ R @ P @ C
-    if border[0] or border[1] or (M != np.eye(3)).any():
-        if perspective:
-            img = cv2.warpPerspective(img, M, (width, height), borderValue=(114, 114, 114))
-        else:
-            img = cv2.warpAffine(img, M[:2], (width, height), borderValue=(114, 114, 114))
-    if len(labels):
-        n = len(labels)
-        xy = np.ones((n * 4, 3))
-        xy[:, :2] = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # the 4 corners of each box
-        xy = xy @ M.T
-        xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
-        x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
-        new = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
-        new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
-        new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
-        keep = box_candidates(labels[:, 1:5] * s, new)
-        labels = labels[keep]
-        labels[:, 1:5] = new[keep]
+    if perspective:
+        img = cv2.warpPerspective(img, M, (width, height), borderValue=(114, 114, 114))
+    elif border[0] or border[1] or (M != np.eye(3)).any():
+        img = cv2.warpAffine(img, M[:2], (width, height), borderValue=(114, 114, 114))
+    corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # the 4 corners of each box
+    xy = np.hstack((corners, np.ones((len(corners), 1)))) @ M.T
+    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(-1, 4, 2)  # (box, corner, x y)
+    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, (width, height, width, height))
+    keep = box_candidates(labels[:, 1:5] * s, new)
+    labels = labels[keep]
+    labels[:, 1:5] = new[keep]
     return img, labels
 
 
@@ -548,15 +512,13 @@ def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
             break
     else:  # fall back to a centre crop
-        cw, ch = min(w, h), min(w, h)
+        cw = ch = min(w, h)
         x0, y0 = (w - cw) // 2, (h - ch) // 2
     img = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (size, size), interpolation=cv2.INTER_LINEAR)
-    if len(labels):
-        labels = labels.copy()
-        labels[:, [1, 3]] = ((labels[:, [1, 3]] - x0) * size / cw).clip(0, size)
-        labels[:, [2, 4]] = ((labels[:, [2, 4]] - y0) * size / ch).clip(0, size)
-        labels = labels[(labels[:, 3] - labels[:, 1] >= 1) & (labels[:, 4] - labels[:, 2] >= 1)]
-    return img, labels
+    labels = labels.copy()
+    labels[:, [1, 3]] = ((labels[:, [1, 3]] - x0) * size / cw).clip(0, size)
+    labels[:, [2, 4]] = ((labels[:, [2, 4]] - y0) * size / ch).clip(0, size)
+    return img, labels[(labels[:, 3] - labels[:, 1] >= 1) & (labels[:, 4] - labels[:, 2] >= 1)]
 
 
 def photometric(img, rng, hyp):
@@ -576,8 +538,7 @@ def photometric(img, rng, hyp):
         alpha, beta = 1 + rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2) * 255
         img = cv2.LUT(img, np.clip(np.arange(256) * alpha + beta, 0, 255).astype(np.uint8))  # no abs(): 0 stays 0
     if rng.random() < hyp['gamma']:
-        gamma = rng.uniform(0.8, 1.2)
-        img = cv2.LUT(img, (255 * (np.arange(256) / 255) ** gamma).clip(0, 255).astype(np.uint8))
+        img = cv2.LUT(img, (255 * (np.arange(256) / 255) ** rng.uniform(0.8, 1.2)).clip(0, 255).astype(np.uint8))
     if rng.random() < hyp['jpeg']:
         ok, buf = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 101))])
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
@@ -597,19 +558,14 @@ class YOLODataset(torch.utils.data.Dataset):
         self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
         self.epoch = 0  # set by the trainer each epoch: part of every sample's random seed
         self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
-        self.mosaic = augment and not rect
-        self.warned = set()
+        self.mosaic, self.warned = augment and not rect, set()  # warned: the files that failed to decode
         if rect:  # sort by aspect ratio, one letterbox shape per batch: less padding, same results as YOLOv5's val
             order = np.argsort(self.sizes[:, 1] / self.sizes[:, 0])
-            self.files = [self.files[i] for i in order]
-            self.labels = [self.labels[i] for i in order]
-            self.sizes = self.sizes[order]
+            self.files, self.labels = [self.files[i] for i in order], [self.labels[i] for i in order]
+            self.sizes, self.batch_index = self.sizes[order], np.arange(len(order)) // batch_size
             ar = self.sizes[:, 1] / self.sizes[:, 0]  # h / w
-            self.batch_index = np.arange(len(ar)) // batch_size
-            shapes = []
-            for b in range(self.batch_index[-1] + 1):
-                a = ar[self.batch_index == b]
-                shapes.append([a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1])
+            shapes = [[a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
+                      for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
         r = img_size / self.sizes.max(1)
         need, free = 3 * (np.ceil(self.sizes[:, 0] * r) * np.ceil(self.sizes[:, 1] * r)).sum(), available_memory()
@@ -627,23 +583,20 @@ class YOLODataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def load_image(self, i):
-        """Image i resized so that its long side is img_size, with its original (h, w); None if unreadable. When
-        training shrinks an image 2, 4 or 8 times or more, its JPEG is decoded at that scale directly (~2x faster
-        at half size): a full decode only brings pixels that the resize averages away. (The original decodes in
-        full; the pixels differ by about one grey level.)"""
+        """Image i resized so that its long side is img_size, and its original (h, w); None if unreadable. Training
+        decodes a JPEG that it shrinks 2, 4 or 8 times or more at that scale (~2x faster at half size): a full decode
+        brings pixels the resize averages away (the original decodes in full; pixels differ by about one grey level)."""
         if self.ram[i] is not None:
             return self.ram[i]
         f = max(k for k in (1, 2, 4, 8) if k * self.img_size <= self.sizes[i].max() or k == 1) if self.augment else 1
-        img = cv2.imread(self.files[i], {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-                                         4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[f])
+        img = cv2.imread(self.files[i], getattr(cv2, f'IMREAD_REDUCED_COLOR_{f}') if f > 1 else cv2.IMREAD_COLOR)
         if img is None:
             return None, None
         w0, h0 = self.sizes[i] if f > 1 else img.shape[1::-1]
         r = self.img_size / max(w0, h0)
         size = math.ceil(w0 * r), math.ceil(h0 * r)
         if img.shape[1::-1] != size:  # INTER_AREA to shrink without augmentation, as YOLOv5 (it changes mAP a little)
-            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            img = cv2.resize(img, size, interpolation=interp)
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR if self.augment or r > 1 else cv2.INTER_AREA)
         if self.keep:
             self.ram[i] = img, (h0, w0)
         return img, (h0, w0)
@@ -674,9 +627,8 @@ class YOLODataset(torch.utils.data.Dataset):
             labels.append(self.pixel_labels(i, w, h, x1a - x1b, y1a - y1b))
         labels = np.concatenate(labels, 0)
         labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
-        hyp = self.hyp
-        return random_perspective(canvas, labels, rng, hyp['degrees'], hyp['translate'], hyp['scale'],
-                                  hyp['shear'], hyp['perspective'], border=(-s // 2, -s // 2))
+        return random_perspective(canvas, labels, rng, self.hyp['degrees'], self.hyp['translate'], self.hyp['scale'],
+                                  self.hyp['shear'], self.hyp['perspective'], border=(-s // 2, -s // 2))
 
     def load_checked(self, i, rng):
         """load_image, but a file that fails to decode is reported once and replaced by another image:
@@ -707,8 +659,8 @@ class YOLODataset(torch.utils.data.Dataset):
             to_orig = (h0, w0), (h / h0 * ratio, pad)  # what scale_boxes needs to map boxes back to the original
             labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
             if self.augment:
-                img, labels = random_perspective(img, labels, rng, hyp['degrees'], hyp['translate'],
-                                                 hyp['scale'], hyp['shear'], hyp['perspective'])
+                img, labels = random_perspective(img, labels, rng, hyp['degrees'], hyp['translate'], hyp['scale'],
+                                                 hyp['shear'], hyp['perspective'])
         if self.augment:
             if rng.random() < hyp['crop']:
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
@@ -716,15 +668,14 @@ class YOLODataset(torch.utils.data.Dataset):
         h, w = img.shape[:2]
         labels = labels.astype(np.float32)
         labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
-        labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)] if len(labels) else labels
+        labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)]
         if self.augment:
             if rng.random() < hyp['flipud']:
                 img, labels[:, 2] = cv2.flip(img, 0), 1 - labels[:, 2]
             if rng.random() < hyp['fliplr']:
                 img, labels[:, 1] = cv2.flip(img, 1), 1 - labels[:, 1]
-        out = np.zeros((len(labels), 6), np.float32)
-        out[:, 1:] = labels
-        return to_tensor(img, rgb=self.augment), torch.from_numpy(out), self.files[index], to_orig
+        labels = np.pad(labels, ((0, 0), (1, 0)))  # column 0: the image's index in its batch, set by collate
+        return to_tensor(img, rgb=self.augment), torch.from_numpy(labels), self.files[index], to_orig
 
 
 def collate(batch):
@@ -780,11 +731,9 @@ def draw_box(img, xyxy, label, color, thickness):
         font_thickness = max(thickness - 1, 1)
         w, h = cv2.getTextSize(label, 0, thickness / 3, font_thickness)[0]
         above = p1[1] - h >= 3  # the label sits above the box unless that leaves the image
-        q = (p1[0] + w, p1[1] - h - 3 if above else p1[1] + h + 3)
-        cv2.rectangle(img, p1, q, color, -1, cv2.LINE_AA)
-        text_color = (0, 0, 0) if sum(color) > 450 else (255, 255, 255)
+        cv2.rectangle(img, p1, (p1[0] + w, p1[1] - h - 3 if above else p1[1] + h + 3), color, -1, cv2.LINE_AA)
         cv2.putText(img, label, (p1[0], p1[1] - 2 if above else p1[1] + h + 2), 0, thickness / 3,
-                    text_color, font_thickness, cv2.LINE_AA)
+                    (0, 0, 0) if sum(color) > 450 else (255, 255, 255), font_thickness, cv2.LINE_AA)
 
 
 def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
@@ -798,12 +747,11 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
     for i in range(b):
         y0, x0 = (i // cols) * th, (i % cols) * tw
         tile = np.ascontiguousarray(cv2.resize(imgs[i].transpose(1, 2, 0)[:, :, ::-1], (tw, th)))
-        boxes = [(lb[1], *xywh2xyxy(lb[2:6]) * (tw, th, tw, th), None) for lb in labels[labels[:, 0] == i]]
+        boxes = [(lb[1], xywh2xyxy(lb[2:6]) * (tw, th, tw, th), names[int(lb[1])]) for lb in labels[labels[:, 0] == i]]
         if preds is not None:
-            boxes += [(p[5], *(np.array(p[:4]) * scale), p[4]) for p in preds[i].tolist()]
-        for c, x1, y1, x2, y2, conf in boxes:
-            text = names[int(c)] if conf is None else f'{names[int(c)]} {conf:.1f}'
-            draw_box(tile, (x1, y1, x2, y2), text, PALETTE[int(c) % len(PALETTE)], 1)
+            boxes += [(p[5], np.array(p[:4]) * scale, f'{names[int(p[5])]} {p[4]:.1f}') for p in preds[i].tolist()]
+        for c, xyxy, text in boxes:
+            draw_box(tile, xyxy, text, PALETTE[int(c) % len(PALETTE)], 1)
         grid[y0:y0 + th, x0:x0 + tw] = tile
         cv2.rectangle(grid, (x0, y0), (x0 + tw - 1, y0 + th - 1), (255, 255, 255), 2)
     cv2.imwrite(str(path), grid)

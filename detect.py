@@ -20,12 +20,12 @@ from model import (check_img_size, device_name, half_dtype, load_model, non_max_
 
 def expand_sources(sources):
     """Yields (path, error or None) for each image or video named by files, folders or globs."""
+    media = IMAGE_EXTS | VIDEO_EXTS
     for s in sources:
         if any(c in s for c in '*?['):
             files = sorted(glob.glob(s, recursive=True))
         elif os.path.isdir(s):
-            files = sorted(os.path.join(s, f) for f in os.listdir(s))
-            files = [f for f in files if Path(f).suffix.lower() in IMAGE_EXTS | VIDEO_EXTS]
+            files = sorted(os.path.join(s, f) for f in os.listdir(s) if Path(f).suffix.lower() in media)
         else:
             files = [s]
         if not files:
@@ -33,20 +33,17 @@ def expand_sources(sources):
         for f in files:
             if not os.path.isfile(f):
                 yield f, 'no such file'
-            elif Path(f).suffix.lower() not in IMAGE_EXTS | VIDEO_EXTS:
-                yield f, f'not an image or video (supported: {" ".join(sorted(IMAGE_EXTS | VIDEO_EXTS))})'
+            elif Path(f).suffix.lower() not in media:
+                yield f, f'not an image or video (supported: {" ".join(sorted(media))})'
             else:
                 yield f, None
 
 
 def read_frames(path):
-    """Yields (frame BGR, frame index, frame count, fps); one frame for an image. A file that does not decode
-    yields nothing and is reported: a bad input is skipped and the run goes on."""
+    """Yields (frame BGR, index, frame count, fps): one frame for an image, none for a file that does not decode."""
     if Path(path).suffix.lower() in IMAGE_EXTS:
         img = cv2.imread(path)
-        if img is None:
-            print(f'ERROR: {path}: cannot decode image (corrupt or not an image), skipped', file=sys.stderr)
-        else:
+        if img is not None:
             yield img, 0, 1, 0
         return
     cap, i = cv2.VideoCapture(path), 0
@@ -55,8 +52,6 @@ def read_frames(path):
         yield frame, i, count, fps
         i += 1
     cap.release()
-    if not i:
-        print(f'ERROR: {path}: cannot decode video, skipped', file=sys.stderr)
 
 
 def parse_args(argv=None):
@@ -100,7 +95,7 @@ def run(opt):
     model = or_exit(load_model, opt.weights, device, fuse=True)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
-    dtype, names = half_dtype(device) if opt.half else None, model.names  # 16 bits only if asked: fp32 is the original's
+    dtype, names = half_dtype(device) if opt.half else None, model.names  # fp32 unless --half, as in the original
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
         print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '
               f'(0 to {len(names) - 1})', file=sys.stderr)
@@ -108,25 +103,19 @@ def run(opt):
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     sources = list(expand_sources(opt.source))
-    n_done, n_labels, dt, shape = 0, 0, [0.0, 0.0, 0.0], None
+    n_done, n_labels, dt = 0, 0, [0.0, 0.0, 0.0]
     for idx, (path, error) in enumerate(sources, 1):
-        if error:
-            print(f'ERROR: {path}: {error}, skipped', file=sys.stderr)
-            continue
-        writer, video = None, Path(path).suffix.lower() in VIDEO_EXTS
-        for frame, fi, count, fps in read_frames(path):
+        writer, video, n_before = None, Path(path).suffix.lower() in VIDEO_EXTS, n_done
+        for frame, fi, count, fps in () if error else read_frames(path):
             t0 = time.perf_counter()
-            x = to_tensor(letterbox(frame, opt.img, stride=32, auto=True)[0]).to(device)
-            x = x.float()[None] / 255
+            x = to_tensor(letterbox(frame, opt.img, stride=32, auto=True)[0]).to(device).float()[None] / 255
             t1 = time.perf_counter()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 pred = model(x)[0]
             t2 = time.perf_counter()
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms,
                                       max_det=opt.max_det)[0].float()
-            t3 = time.perf_counter()
-            dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, t3 - t2))]
-            shape = tuple(x.shape)
+            dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, time.perf_counter() - t2))]
             det[:, :4] = scale_boxes(det[:, :4], x.shape[2:], frame.shape[:2]).round()
             counts = [(names[int(c)], int((det[:, 5] == c).sum())) for c in det[:, 5].unique()]
             summary = ''.join(f'{n} {name}{"s" * (n > 1)}, ' for name, n in counts) or '(no detections), '
@@ -149,13 +138,16 @@ def run(opt):
             n_done += 1
         if writer is not None:
             writer.release()
+        if n_done == n_before:  # a bad input is reported and skipped: the run goes on
+            why = error or f'cannot decode {"video" if video else "image (corrupt or not an image)"}'
+            print(f'ERROR: {path}: {why}, skipped', file=sys.stderr)
     if not n_done:
         print('ERROR: nothing could be processed', file=sys.stderr)
         return 1
     pre, inf, nms = (t * 1e3 / n_done for t in dt)
-    print(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}')
+    print(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {tuple(x.shape)}')
     if not opt.nosave or opt.save_txt:
-        print(f'Results saved to {save_dir}' + (f'\n{n_labels} labels saved to {save_dir / "labels"}' if opt.save_txt else ''))
+        print(f'Results saved to {save_dir}' + f'\n{n_labels} labels saved to {save_dir / "labels"}' * opt.save_txt)
     return 0
 
 

@@ -14,10 +14,9 @@ def bbox_ciou(box1, box2, eps=1e-7):
     (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
     b1x1, b1x2, b1y1, b1y2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
     b2x1, b2x2, b2y1, b2y2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
-    inter = (torch.min(b1x2, b2x2) - torch.max(b1x1, b2x1)).clamp(0) * (torch.min(b1y2, b2y2) - torch.max(b1y1, b2y1)).clamp(0)
+    inter = (b1x2.minimum(b2x2) - b1x1.maximum(b2x1)).clamp(0) * (b1y2.minimum(b2y2) - b1y1.maximum(b2y1)).clamp(0)
     iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
-    cw = torch.max(b1x2, b2x2) - torch.min(b1x1, b2x1)  # enclosing box
-    ch = torch.max(b1y2, b2y2) - torch.min(b1y1, b2y1)
+    cw, ch = b1x2.maximum(b2x2) - b1x1.minimum(b2x1), b1y2.maximum(b2y2) - b1y1.minimum(b2y1)  # enclosing box
     c2 = cw ** 2 + ch ** 2 + eps
     rho2 = ((b2x1 + b2x2 - b1x1 - b1x2) ** 2 + (b2y1 + b2y2 - b1y1 - b1y2) ** 2) / 4
     v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
@@ -34,11 +33,10 @@ class FocalBCE(nn.Module):
         self.gamma, self.alpha = gamma, alpha
 
     def forward(self, pred, true):
-        loss = self.bce(pred, true)
         p = torch.sigmoid(pred)
         p_t = true * p + (1 - true) * (1 - p)
         alpha_t = true * self.alpha + (1 - true) * (1 - self.alpha)
-        return (loss * alpha_t * (1.0 - p_t) ** self.gamma).mean()
+        return (self.bce(pred, true) * alpha_t * (1.0 - p_t) ** self.gamma).mean()
 
 
 class YOLOLoss:
@@ -55,23 +53,19 @@ class YOLOLoss:
         self.bce_cls, self.bce_obj = bce(hyp['cls_pw']), bce(hyp['obj_pw'])
         eps = hyp.get('label_smoothing', 0.0)
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
-        detect = model.detect
-        self.nc, self.na, self.nl, self.anchors = detect.nc, detect.na, detect.nl, detect.anchors  # grid units
+        self.nc, self.na, self.anchors = model.detect.nc, model.detect.na, model.detect.anchors  # grid units
 
     def __call__(self, preds, targets):
         """preds: the 3 raw maps (b, na, ny, nx, 5+nc); targets (n, 6): image index, class, xywh normalized.
         Returns (loss * batch size, detached [box, obj, cls])."""
-        device = targets.device
-        lbox, lobj, lcls = (torch.zeros(1, device=device) for _ in range(3))
+        lbox, lobj, lcls = (torch.zeros(1, device=targets.device) for _ in range(3))
         tcls, tbox, indices, anchors = self.build_targets(preds, targets)
-        for i, p in enumerate(preds):
-            b, a, gj, gi = indices[i]
-            tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=device)
+        for i, (p, (b, a, gj, gi)) in enumerate(zip(preds, indices)):
+            tobj = torch.zeros_like(p[..., 4])
             if len(b):
                 pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
-                pxy = pxy.sigmoid() * 2 - 0.5  # same decoding as Detect, relative to the cell
-                pwh = (pwh.sigmoid() * 2) ** 2 * anchors[i]
-                iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox[i])
+                pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)  # as in Detect
+                iou = bbox_ciou(pbox, tbox[i])
                 lbox += (1.0 - iou).mean()
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * iou.detach().clamp(0).type(tobj.dtype)
                 if self.nc > 1:  # a single class has nothing to classify
@@ -79,37 +73,31 @@ class YOLOLoss:
                     t[range(len(b)), tcls[i]] = self.cls_pos
                     lcls += self.bce_cls(pcls, t)
             lobj += self.bce_obj(p[..., 4], tobj) * self.balance[i]
-        lbox *= self.hyp['box']
-        lobj *= self.hyp['obj']
-        lcls *= self.hyp['cls']
+        lbox, lobj, lcls = lbox * self.hyp['box'], lobj * self.hyp['obj'], lcls * self.hyp['cls']
         return (lbox + lobj + lcls) * preds[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, preds, targets):
         """For each level: the (image, anchor, cell y, cell x) of every positive sample, its class, its box
         as (offset from the cell corner, wh) in grid units, and its anchor."""
-        na, nt, device = self.na, targets.shape[0], targets.device
+        na, device = self.na, targets.device
         tcls, tbox, indices, anch = [], [], [], []
-        anchor_index = torch.arange(na, device=device).float().view(na, 1).repeat(1, nt)
+        anchor_index = torch.arange(na, device=device).float().view(na, 1).repeat(1, targets.shape[0])
         targets = torch.cat((targets.repeat(na, 1, 1), anchor_index[..., None]), 2)  # (na, nt, 7), one copy per anchor
         g = 0.5  # a centre this close to a cell border also makes the neighbour cell a positive
         offsets_all = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device).float() * g
         gain = torch.ones(7, device=device)
-        for i in range(self.nl):
-            anchors, shape = self.anchors[i], preds[i].shape
+        for anchors, shape in zip(self.anchors, [p.shape for p in preds]):
             gain[2:6] = torch.tensor(shape, device=device)[[3, 2, 3, 2]].float()  # normalized -> grid units
             t = targets * gain
-            if nt:
-                r = t[..., 4:6] / anchors[:, None]  # wh ratio to each anchor
-                t = t[torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']]
-                gxy = t[:, 2:4]
-                gxi = gain[[2, 3]] - gxy  # distance from the far borders
-                j, k = ((gxy % 1 < g) & (gxy > 1)).T  # near the left / top border (and not in the first cell)
-                l, m = ((gxi % 1 < g) & (gxi > 1)).T  # near the right / bottom border
-                j = torch.stack((torch.ones_like(j), j, k, l, m))
-                t = t.repeat((5, 1, 1))[j]
-                offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[j]
-            else:
-                t, offsets = targets[0], 0
+            r = t[..., 4:6] / anchors[:, None]  # wh ratio to each anchor
+            t = t[torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']]
+            gxy = t[:, 2:4]
+            gxi = gain[[2, 3]] - gxy  # distance from the far borders
+            j, k = ((gxy % 1 < g) & (gxy > 1)).T  # near the left / top border (and not in the first cell)
+            l, m = ((gxi % 1 < g) & (gxi > 1)).T  # near the right / bottom border
+            j = torch.stack((torch.ones_like(j), j, k, l, m))
+            t = t.repeat((5, 1, 1))[j]
+            offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[j]
             bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
             a, (b, c) = a.long().view(-1), bc.long().T
             gij = (gxy - offsets).long()

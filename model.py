@@ -1,11 +1,10 @@
 """
-From pixels to boxes: YOLOv5 (v6+ architecture) as plain PyTorch modules, its checkpoints (official and
-ours), decoding, non-maximum suppression, mapping boxes back to the image, and the choice of device.
+From pixels to boxes: YOLOv5 (v6+ architecture) as plain PyTorch modules, its checkpoints (official and ours),
+decoding, non-maximum suppression, mapping boxes back to the image, and the choice of device.
 Imports data.py (class names, box formats, downloads) and nothing above it.
 
-The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24), so the
-official checkpoints load by name with no key mapping. Concat and Upsample have no weights: their
-indices hold an nn.Identity that forward() never calls.
+The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24), so the official checkpoints
+load by name with no key mapping. Concat and Upsample have no weights: their places hold an unused nn.Identity.
 """
 import argparse
 import codecs
@@ -46,10 +45,9 @@ class Conv(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c_in, c_out, shortcut=True, e=0.5):
+    def __init__(self, c, shortcut=True):  # C3's bottlenecks keep c channels throughout
         super().__init__()
-        self.cv1, self.cv2 = Conv(c_in, int(c_out * e), 1), Conv(int(c_out * e), c_out, 3)
-        self.add = shortcut and c_in == c_out
+        self.cv1, self.cv2, self.add = Conv(c, c, 1), Conv(c, c, 3), shortcut
 
     def forward(self, x):
         return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
@@ -61,7 +59,7 @@ class C3(nn.Module):
         super().__init__()
         c_mid = c_out // 2
         self.cv1, self.cv2, self.cv3 = Conv(c_in, c_mid, 1), Conv(c_in, c_mid, 1), Conv(2 * c_mid, c_out, 1)
-        self.m = nn.Sequential(*(Bottleneck(c_mid, c_mid, shortcut, e=1.0) for _ in range(n)))
+        self.m = nn.Sequential(*(Bottleneck(c_mid, shortcut) for _ in range(n)))
 
     def forward(self, x):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
@@ -88,30 +86,26 @@ class Detect(nn.Module):
         self.nc, self.no, self.nl, self.na = nc, nc + 5, len(anchors), len(anchors[0]) // 2
         self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in channels)
         self.register_buffer('stride', torch.tensor(STRIDES, dtype=torch.float32), persistent=False)
-        # anchors are kept in grid units of their level, as in the original checkpoints
         self.register_buffer('anchors', torch.tensor(anchors).float().view(self.nl, -1, 2) / self.s3)
-        self.grids = {}  # (ny, nx, device) -> the cells' (x, y), made when first needed
-
-    @property
-    def s3(self):  # the strides, shaped to scale (levels, anchors, 2) tensors
-        return self.stride.view(-1, 1, 1)
-
-    def pixel_anchors(self):
-        """The anchors in pixels, (levels, anchors, 2); the buffer keeps them in grid units of their level."""
-        return self.anchors * self.s3
-
-    def init_biases(self):
         # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6/nc
         for conv, s in zip(self.m, STRIDES):
             b = conv.bias.detach().view(self.na, -1)
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
 
-    def make_grid(self, ny, nx, device):
-        if (ny, nx, device) not in self.grids:
-            y, x = torch.meshgrid(torch.arange(ny, device=device), torch.arange(nx, device=device), indexing='ij')
-            self.grids[ny, nx, device] = torch.stack((x, y), 2).view(1, 1, ny, nx, 2).float() - 0.5  # in 2*sig - 0.5
-        return self.grids[ny, nx, device]
+    @property
+    def s3(self):  # the strides, shaped to scale (levels, anchors, 2) tensors
+        return self.stride.view(-1, 1, 1)
+
+    def pixel_anchors(self):
+        """The anchors in pixels, (levels, anchors, 2); the buffer holds them in grid units, as the original's does."""
+        return self.anchors * self.s3
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def make_grid(ny, nx, device):  # the cells' (x, y), less the 0.5 of 2*sig - 0.5; made once per shape and device
+        y, x = torch.meshgrid(torch.arange(ny, device=device), torch.arange(nx, device=device), indexing='ij')
+        return torch.stack((x, y), 2).view(1, 1, ny, nx, 2).float() - 0.5
 
     def forward(self, features):
         raw, decoded = [], []
@@ -136,22 +130,19 @@ class YOLOv5(nn.Module):
         self.names = list(names) if names else (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)])
         ch = lambda c: math.ceil(c * width / 8) * 8  # channels, rounded up to a multiple of 8
         n = lambda k: max(round(k * depth), 1)       # repeats of a C3 block
-        layers = {
-            0: Conv(3, ch(64), 6, 2, 2), 1: Conv(ch(64), ch(128), 3, 2), 2: C3(ch(128), ch(128), n(3)),
-            3: Conv(ch(128), ch(256), 3, 2), 4: C3(ch(256), ch(256), n(6)),                      # -> P3/8
-            5: Conv(ch(256), ch(512), 3, 2), 6: C3(ch(512), ch(512), n(9)),                      # -> P4/16
-            7: Conv(ch(512), ch(1024), 3, 2), 8: C3(ch(1024), ch(1024), n(3)),                   # -> P5/32
-            9: SPPF(ch(1024), ch(1024)),
-            # top-down path (11, 12, 15, 16 are upsample/concat: no weights)
-            10: Conv(ch(1024), ch(512), 1), 13: C3(ch(1024), ch(512), n(3), False),
-            14: Conv(ch(512), ch(256), 1), 17: C3(ch(512), ch(256), n(3), False),                # P3 out
-            # bottom-up path (19, 22 are concat)
-            18: Conv(ch(256), ch(256), 3, 2), 20: C3(ch(512), ch(512), n(3), False),             # P4 out
-            21: Conv(ch(512), ch(512), 3, 2), 23: C3(ch(1024), ch(1024), n(3), False),           # P5 out
-            24: Detect(nc, anchors, (ch(256), ch(512), ch(1024))),
-        }
+        layers = {0: Conv(3, ch(64), 6, 2, 2), 1: Conv(ch(64), ch(128), 3, 2), 2: C3(ch(128), ch(128), n(3)),
+                  3: Conv(ch(128), ch(256), 3, 2), 4: C3(ch(256), ch(256), n(6)),                      # -> P3/8
+                  5: Conv(ch(256), ch(512), 3, 2), 6: C3(ch(512), ch(512), n(9)),                      # -> P4/16
+                  7: Conv(ch(512), ch(1024), 3, 2), 8: C3(ch(1024), ch(1024), n(3)),                   # -> P5/32
+                  9: SPPF(ch(1024), ch(1024)),
+                  # top-down path (11, 12, 15, 16 are upsample/concat: no weights)
+                  10: Conv(ch(1024), ch(512), 1), 13: C3(ch(1024), ch(512), n(3), False),
+                  14: Conv(ch(512), ch(256), 1), 17: C3(ch(512), ch(256), n(3), False),                # P3 out
+                  # bottom-up path (19, 22 are concat)
+                  18: Conv(ch(256), ch(256), 3, 2), 20: C3(ch(512), ch(512), n(3), False),             # P4 out
+                  21: Conv(ch(512), ch(512), 3, 2), 23: C3(ch(1024), ch(1024), n(3), False),           # P5 out
+                  24: Detect(nc, anchors, (ch(256), ch(512), ch(1024)))}
         self.model = nn.ModuleList(layers.get(i, nn.Identity()) for i in range(25))
-        self.detect.init_biases()
 
     @property
     def detect(self):
@@ -167,8 +158,7 @@ class YOLOv5(nn.Module):
         up = lambda t: nn.functional.interpolate(t, scale_factor=2.0, mode='nearest')
         p3 = m[4](m[3](m[2](m[1](m[0](x)))))
         p4 = m[6](m[5](p3))
-        x = m[9](m[8](m[7](p4)))
-        h10 = m[10](x)
+        h10 = m[10](m[9](m[8](m[7](p4))))
         h14 = m[14](m[13](torch.cat((up(h10), p4), 1)))
         out3 = m[17](torch.cat((up(h14), p3), 1))
         out4 = m[20](torch.cat((m[18](out3), h14), 1))
@@ -187,9 +177,8 @@ class YOLOv5(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints. Ours are plain dicts that torch.load(weights_only=True) reads. The official ones
-# pickle the original code's classes; they are read by a restricted unpickler that never imports
-# or calls anything but the few tensor-rebuilding steps, so a malicious pickle cannot run code.
+# Checkpoints. Ours are plain dicts that torch.load(weights_only=True) reads. The official ones pickle the original
+# code's classes; a restricted unpickler that only rebuilds tensors reads them, so a malicious pickle cannot run code.
 
 OFFICIAL = {f'yolov5{s}.pt' for s in SCALES}
 RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/'
@@ -243,11 +232,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _state_dict_of(stub, prefix=''):
     """The state dict of a stub module tree, with the same keys that nn.Module.state_dict() gives."""
-    sd = {}
-    for k, v in {**stub.__dict__.get('_parameters', {}), **stub.__dict__.get('_buffers', {})}.items():
-        if v is not None:
-            sd[prefix + k] = v
-    for k, child in stub.__dict__.get('_modules', {}).items():
+    tensors = {**vars(stub).get('_parameters', {}), **vars(stub).get('_buffers', {})}
+    sd = {prefix + k: v for k, v in tensors.items() if v is not None}
+    for k, child in vars(stub).get('_modules', {}).items():
         if child is not None:
             sd.update(_state_dict_of(child, f'{prefix}{k}.'))
     return sd
@@ -283,10 +270,8 @@ def read_checkpoint(path):
         download(RELEASE_URL + os.path.basename(path), path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
-    try:  # ours first: a plain dict of tensors and metadata
+    try:  # ours first: a plain dict of tensors and metadata (anything else fails a lookup)
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        if not (isinstance(ckpt, dict) and 'scale' in ckpt and ('model' in ckpt or 'ema' in ckpt)):
-            raise ValueError('not one of our checkpoints')
         meta, sd = {k: ckpt[k] for k in ('scale', 'nc', 'anchors', 'names')}, ckpt.get('ema') or ckpt['model']
     except Exception:
         try:
@@ -299,12 +284,11 @@ def read_checkpoint(path):
 def load_model(path, device='cpu', fuse=False):
     """The model a checkpoint describes with its weights, in eval mode. Raises ValueError or FileNotFoundError."""
     meta, sd, _ = read_checkpoint(path)
-    model = YOLOv5(**meta)
+    model = YOLOv5(**meta).to(device).eval()
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
         raise ValueError(f'{path}: weights do not fit the model they describe: {str(e)[:300]}') from None
-    model = model.to(device).eval()
     return model.fuse() if fuse else model
 
 
@@ -331,10 +315,7 @@ def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agn
     out = [torch.zeros((0, 6), device=pred.device)] * pred.shape[0]
     for i, x in enumerate(pred):
         x = x[x[:, 4] > conf_thres]
-        if not len(x):
-            continue
-        scores = x[:, 5:] * x[:, 4:5]
-        box = xywh2xyxy(x[:, :4])
+        scores, box = x[:, 5:] * x[:, 4:5], xywh2xyxy(x[:, :4])
         if multi_label and scores.shape[1] > 1:
             j, k = (scores > conf_thres).nonzero(as_tuple=False).T
             x = torch.cat((box[j], scores[j, k, None], k[:, None].float()), 1)
@@ -398,7 +379,6 @@ def select_device(device=''):
 
 
 # argparse types of the scripts' flags: a bad value ends the program with a message naming the flag, exit code 2
-
 def device_name(text):
     try:
         select_device(text)

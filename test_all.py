@@ -1074,9 +1074,13 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     coco = tmp_path / 'datasets' / 'coco'
     assert len(list((coco / 'images' / 'train2017').glob('*.jpg'))) == 16 and not list(coco.rglob('*.zip'))
     assert 'train: Scanned' in r.stdout and '16 images' in r.stdout and 'val: Scanned' in r.stdout
+    __import__('shutil').rmtree(coco / 'images' / 'val2017')  # as if the download had stopped before the last zip
+    (coco / 'images' / '.val2017.zip.done').unlink()
     r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and len(srv.requests) == 3 and 'Downloading' not in r.stderr  # nothing fetched again
-    assert (repo / 'runs/train/exp2/weights/best.pt').exists()
+    assert r.returncode == 0 and [name for name, _ in srv.requests[3:]] == ['val2017.zip'], r.stderr[-2000:]
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and len(srv.requests) == 4 and 'Downloading' not in r.stderr  # nothing fetched again
+    assert (repo / 'runs/train/exp3/weights/best.pt').exists()
 
 
 def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ def log(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- metrics (as YOLOv5's val)
+# ---------------------------------------------------------------------------------------- metrics (as YOLOv5's val)
 
 def box_iou(a, b, eps=1e-7):
     """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
@@ -88,8 +88,8 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
     order = np.argsort(-conf)
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)
-    px, pr = np.linspace(0, 1, 1000), np.zeros((len(classes), 1000))
-    ap, p, r = np.zeros((len(classes), tp.shape[1])), np.zeros((len(classes), 1000)), np.zeros((len(classes), 1000))
+    px, ap = np.linspace(0, 1, 1000), np.zeros((len(classes), tp.shape[1]))
+    p, r, pr = np.zeros((3, len(classes), 1000))
     for ci, c in enumerate(classes):
         i = pred_cls == c
         if not i.any():
@@ -182,8 +182,7 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
     for bi, (imgs, targets, paths, to_orig) in enumerate(loader):
         t0 = time.perf_counter()
-        imgs = imgs.to(device, non_blocking=True).float() / 255
-        targets = targets.to(device)
+        imgs, targets = imgs.to(device, non_blocking=True).float() / 255, targets.to(device)
         t1 = time.perf_counter()
         preds, raws, t_nms = [], [], 0.0
         for pred, raw in predict(model, imgs, dtype):  # NMS chunk by chunk: only a chunk's outputs are ever held
@@ -220,7 +219,7 @@ def fitness(results):
     return 0.1 * results['metrics/mAP_0.5'] + 0.9 * results['metrics/mAP_0.5:0.95']  # mostly mAP50-95
 
 
-# ---------------------------------------------------------------------------------------------- pictures of a run (OpenCV only)
+# ---------------------------------------------------------------------------------------- pictures of a run (OpenCV)
 
 FONT, AA, BLACK, BLUE, ORANGE = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (0, 0, 0), (180, 100, 20), (20, 130, 255)
 HUES = cv2.cvtColor(np.uint8([[(i * 47 % 180, 230, 210) for i in range(180)]]), cv2.COLOR_HSV2BGR)[0].tolist()
@@ -342,7 +341,8 @@ def label_wh(dataset, img_size, jitter=None):
 
 
 def anchor_metric(anchors, wh, thr):
-    """Per label: best ratio match over anchors; and the mean number of anchors within thr."""
+    """Per label and anchor, the ratio match; per label the best one; the best possible recall (labels some anchor
+    matches within thr) and the mean number of anchors within thr."""
     r = wh[:, None] / anchors[None]
     x = torch.min(r, 1 / r).min(2)[0]
     best = x.max(1)[0]
@@ -351,9 +351,9 @@ def anchor_metric(anchors, wh, thr):
 
 def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
     """k-means on label wh (whitened), then a genetic search that maximises the anchor fitness."""
-    rng = np.random.default_rng(seed)
-    if (wh0 < 3.0).any(1).sum():
-        log(f'AutoAnchor: WARNING: {(wh0 < 3.0).any(1).sum()} of {len(wh0)} labels are smaller than 3 pixels')
+    rng, small = np.random.default_rng(seed), (wh0 < 3.0).any(1).sum()
+    if small:
+        log(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
     wh = wh0[(wh0 >= 2.0).any(1)]
     s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
     x = wh / s
@@ -361,12 +361,12 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
     for _ in range(30):  # Lloyd's iterations
         nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
         k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
-    k = k * s
     wht = torch.tensor(wh)
 
     def fit(k):  # mean ratio match of the labels that some anchor matches within thr
         best = anchor_metric(torch.tensor(k, dtype=torch.float32), wht, thr)[1]
         return (best * (best > 1 / thr).float()).mean()
+    k = k * s
     f = fit(k)
     for _ in range(gen):
         v = np.ones(k.shape)
@@ -381,22 +381,19 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
 
 def check_anchors(dataset, model, thr, img_size, seed=0):
     """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
-    det = model.detect
-    stride = det.stride.view(-1, 1, 1)
-    rng = np.random.default_rng(seed)
+    det, rng = model.detect, np.random.default_rng(seed)
     wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
-    anchors = det.pixel_anchors().view(-1, 2).cpu()
-    _, _, bpr, aat = anchor_metric(anchors, wh, thr)
+    _, _, bpr, aat = anchor_metric(det.pixel_anchors().view(-1, 2).cpu(), wh, thr)
     msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
     if bpr > 0.98:
         return log(msg + 'Current anchors are a good fit to dataset')
     log(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
     new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, thr, seed=seed)
-    x, best, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
     log(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
         f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
     if new_bpr > bpr:
-        det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / stride
+        det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / det.s3
         log('AutoAnchor: Done, new anchors saved to the model')
     else:
         log('AutoAnchor: Done, original anchors are better and are kept')
@@ -406,15 +403,10 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
 
 def make_optimizer(model, name, lr, momentum, decay):
     """Three groups: biases (no decay), conv/linear weights (decay), normalization weights (no decay)."""
-    biases, weights, norm_weights = [], [], []
+    biases, weights, norm_weights = groups = [], [], []
     for m in model.modules():
         for pname, p in m.named_parameters(recurse=False):
-            if pname == 'bias':
-                biases.append(p)
-            elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-                norm_weights.append(p)
-            else:
-                weights.append(p)
+            groups[0 if pname == 'bias' else 2 if isinstance(m, nn.modules.batchnorm._BatchNorm) else 1].append(p)
     if name == 'SGD':
         opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
     else:  # Adam or AdamW, with momentum as beta1
@@ -474,16 +466,16 @@ def scale_name(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' to train from scratch")
+    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
     p.add_argument('--cfg', type=scale_name, default='', help='model scale: n, s, m, l, x (or yolov5s.yaml)')
-    p.add_argument('--data', default='coco128.yaml', help='data YAML, coco128 / coco, dataset root, image folder or .txt')
+    p.add_argument('--data', default='coco128.yaml', help='data YAML, coco128 / coco, dataset root, images or .txt')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
-    p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze the first N layers (10: backbone)')
-    p.add_argument('--val', default='', help='validation images (default: the val split of --data, else its train split)')
+    p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
+    p.add_argument('--val', default='', help='validation images (default: those --data names)')
     p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
     p.add_argument('--hyp', nargs='*', type=hyp_entry, default=[], metavar='KEY=VALUE', help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
-    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total batch size over all processes')
+    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
     p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
     p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, default=False,
@@ -491,7 +483,7 @@ def parse_args(argv=None):
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true')
-    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='--cache ram: keep resized images in memory')
+    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='keep all resized images in memory')
     p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ... (default: cuda if available)')
     p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
@@ -503,7 +495,7 @@ def parse_args(argv=None):
     p.add_argument('--exist-ok', action='store_true')
     p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
     p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
-    p.add_argument('--patience', type=number(int, 0), default=100, help='stop after this many epochs without improvement')
+    p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement before stopping')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--no-amp', action='store_true', help='train in fp32 (default: fp16 on CUDA, bf16 on CPUs with it)')
     p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
@@ -522,11 +514,11 @@ def parse_args(argv=None):
 
 def build_datasets(opt, data, names, hyp, train=True):
     """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
-    val = or_exit(YOLODataset, opt.val or data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1), rect=True,
-                  pad=0.5, cache=opt.cache, nc=len(names), split='val', single_cls=opt.single_cls,
-                  prefix='val: ') if MAIN else None
+    common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
+    val = or_exit(YOLODataset, opt.val or data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1),
+                  rect=True, pad=0.5, split='val', prefix='val: ', **common) if MAIN else None
     tr = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
-                 cache=opt.cache, nc=len(names), seed=opt.seed, single_cls=opt.single_cls, prefix='train: ') if train else None
+                 seed=opt.seed, prefix='train: ', **common) if train else None
     if train and not sum(len(x) for x in tr.labels):
         raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s labels '
                          f'are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
@@ -571,7 +563,8 @@ def build_model(opt, resumed=None, data_names=None):
     model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
     if meta:  # with --cfg the model keeps its own anchors, as in the original
         own = model.state_dict()
-        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape and not (opt.cfg and 'anchors' in k)}
+        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape
+                and not (opt.cfg and 'anchors' in k)}
         model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
         log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
     frozen = [f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0]))]
@@ -598,7 +591,8 @@ class Trainer:
         if self.ddp:  # every process follows rank 0, checkpoint included: the nodes need not share a disk
             dist.broadcast_object_list(choice, 0)
         opt, resumed, self.save_dir = choice[0]
-        self.opt, self.weights_dir, self.start_epoch = opt, self.save_dir / 'weights', resumed['epoch'] + 1 if resumed else 0
+        self.opt, self.weights_dir = opt, self.save_dir / 'weights'
+        self.start_epoch = resumed['epoch'] + 1 if resumed else 0
         csv = self.save_dir / 'results.csv'
         if MAIN and csv.exists():  # rows of epochs that run again: a crash came between a row and its checkpoint
             head, *rows = csv.read_text().splitlines(True)
@@ -615,8 +609,7 @@ class Trainer:
         model = build_model(opt, resumed, data['names']).to(self.device, memory_format=torch.channels_last)
         self.names = model.names
         self.train_set, val_set = build_datasets(opt, data, self.names, hyp)
-        batch = opt.batch // WORLD_SIZE
-        cpu = self.device.type == 'cpu'
+        batch, cpu = opt.batch // WORLD_SIZE, self.device.type == 'cpu'
         self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect, cpu=cpu,
                                               rank=max(RANK, 0), world_size=WORLD_SIZE)
         self.val_loader = create_dataloader(val_set, batch * 2, opt.workers, cpu=cpu) if MAIN else None
@@ -630,12 +623,10 @@ class Trainer:
         hyp_loss = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * nc / 80 * 3 / nl,
                         obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl)
         self.nb = len(self.train_loader)
-        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)
+        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)  # as the original: at least 100
         decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
-        self.ema = deepcopy(model).eval()
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
+        self.ema = deepcopy(model).eval().requires_grad_(False)
         self.amp = None if opt.no_amp else half_dtype(self.device)  # fp16 on CUDA, bf16 on CPUs that have it
         if self.amp and not amp_agrees(model, self.train_set.files[0], opt.img, self.amp):
             log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
@@ -713,8 +704,9 @@ class Trainer:
             if MAIN:
                 mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
                 speed = (i + 1) / (time.time() - t_epoch)
-                line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1])
-                line += f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
+                stats = f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1]
+                eta = f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
+                line = ('%11s' * 2 + '%11.4g' * 5) % stats + eta
                 if sys.stdout.isatty():
                     print('\r' + line, end='\n' if i == self.nb - 1 else '', flush=True)
                 elif i == self.nb - 1:
@@ -766,7 +758,7 @@ class Trainer:
         write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **self.results, **lrs})
         plot_results(self.save_dir / 'results.csv')
         if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
-            raise FloatingPointError('the weights are no longer finite')  # never saved: last.pt keeps the last good ones
+            raise FloatingPointError('the weights are no longer finite')  # not saved: last.pt keeps the good ones
         self.last_state = self.checkpoint(epoch)
         if not opt.nosave or final:
             save_atomic(self.last_state, self.weights_dir / 'last.pt')
@@ -787,9 +779,10 @@ class Trainer:
         log(f'\nValidating {best}...')
         model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
         model.load_state_dict(read_checkpoint(best)[1])
-        coco = str(self.val_loader.dataset.files[0]).replace(os.sep, '/').count('/coco/images/val2017/')
-        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6, loss_fn=self.loss_fn,
-                        dtype=torch.float16 if self.amp == torch.float16 else None, verbose=True, plots_dir=self.save_dir)
+        coco = '/coco/images/val2017/' in str(self.val_loader.dataset.files[0]).replace(os.sep, '/')
+        half = torch.float16 if self.amp == torch.float16 else None  # fp16 on CUDA, as the original; fp32 on CPU
+        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6,
+                        loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
 
     def checkpoint(self, epoch):
         """Everything --resume needs to continue exactly, and what load_model needs: a plain dict."""
@@ -802,7 +795,7 @@ class Trainer:
     def fit(self):
         opt = self.opt
         log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
-            f'{WORLD_SIZE} process(es); logging results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
+            f'{WORLD_SIZE} process(es); results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
         epoch, t0 = self.start_epoch, time.time()
         try:
             for epoch in range(self.start_epoch, opt.epochs):
@@ -851,10 +844,20 @@ def pick_run(opt):
     mine = [m.parent for m in Path(opt.project).glob('*/.torchrun_id') if restarted and m.read_text() == run_id]
     if mine and (mine[0] / 'weights/last.pt').exists():
         opt.resume = str(mine[0] / 'weights/last.pt')
-    if opt.resume:  # everything, options included, comes from the checkpoint
-        opt, ckpt = resume_options(opt)
-        log(f'Resuming {opt.resume} from epoch {ckpt["epoch"] + 1}')
-        return opt, ckpt, Path(opt.resume).parent.parent
+    if opt.resume:  # everything, options included, comes from the checkpoint: --resume PATH, or the latest last.pt
+        runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'),
+                                                                           key=os.path.getmtime)
+        if not runs:
+            raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
+        last = Path(runs[-1])
+        ckpt = torch.load(last, map_location='cpu', weights_only=True)
+        keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
+        opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep})
+        if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
+            done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
+            raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
+        log(f'Resuming {last} from epoch {ckpt["epoch"] + 1}')
+        return opt, ckpt, last.parent.parent
     save_dir = mine[0] if mine else run_dir(opt.project, opt.name, opt.exist_ok)
     try:
         (save_dir / 'weights').mkdir(parents=True, exist_ok=True)
@@ -862,22 +865,6 @@ def pick_run(opt):
     except OSError as e:
         raise SystemExit(f'ERROR: cannot write the run folder {save_dir} ({e.strerror})') from None
     return opt, None, save_dir
-
-
-def resume_options(opt):
-    """--resume (the latest last.pt under --project) or --resume PATH: the run's options and its checkpoint."""
-    runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'),
-                                                                       key=os.path.getmtime)
-    if not runs:
-        raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
-    last = Path(runs[-1])
-    ckpt = torch.load(last, map_location='cpu', weights_only=True)
-    keep = {k: getattr(opt, k) for k in ('device', 'workers')}
-    opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep, 'resume': str(last)})
-    if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
-        done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
-        raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
-    return opt, ckpt
 
 
 def train(opt):
