@@ -7,17 +7,14 @@ The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... mod
 load by name with no key mapping. Concat and Upsample have no weights: their places hold an unused nn.Identity.
 """
 import argparse
-import codecs
 import functools
 import glob
 import importlib.util
 import math
 import os
-import pickle
 import sys
 import time
 import zipfile
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -178,56 +175,35 @@ class YOLOv5(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints. Ours are plain dicts that torch.load(weights_only=True) reads. The official ones pickle the original
-# code's classes; a restricted unpickler that only rebuilds tensors reads them, so a malicious pickle cannot run code.
-
+# code's classes: torch's weights-only unpickler reads them too, the classes as attribute holders (_unpickle_official).
 OFFICIAL = {f'yolov5{s}.pt' for s in SCALES}
 RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/'
 
 
 class _Stub:
-    """Stands in for every module class of the original code: it only keeps the attribute dict."""
+    """Stands in for every class of the original code and every torch module it pickles: an attribute dict only."""
     def __setstate__(self, state):
         self.__dict__.update(state if isinstance(state, dict) else state[0] or {})
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-    return storage.as_strided(size, stride, offset)
+_NP = (getattr(np, '_core', None) or np.core).multiarray
+# harmless globals beside the classes: the numpy arrays and numbers that the original's training runs leave behind
+_NUMPY = {f'numpy.{m}multiarray.{k}': getattr(_NP, k) for m in ('core.', '_core.') for k in ('_reconstruct', 'scalar')}
+_NUMPY.update({'numpy.ndarray': np.ndarray, 'numpy.dtype': np.dtype},
+              **{f'numpy.dtypes.{k}': v for k, v in vars(np.dtypes).items() if isinstance(v, type)})
 
 
-_NP_MULTIARRAY = (getattr(np, '_core', None) or np.core).multiarray
-_STORAGE_DTYPES = {'HalfStorage': torch.float16, 'FloatStorage': torch.float32, 'DoubleStorage': torch.float64,
-                   'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
-                   'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8,
-                   'BoolStorage': torch.bool}
-# everything else a checkpoint may name: containers, tensor rebuilding (our own functions), storage
-# classes (they stand for their dtype), and numpy numbers that the original's training runs leave behind
-_SAFE_GLOBALS = {('collections', 'OrderedDict'): OrderedDict, ('builtins', 'set'): set, ('__builtin__', 'set'): set,
-                 ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-                 ('torch._utils', '_rebuild_parameter'): lambda data, *unused: data,
-                 **{('torch', k): v for k, v in _STORAGE_DTYPES.items()},
-                 **{(mod, k): v for mod in ('numpy.core.multiarray', 'numpy._core.multiarray')
-                    for k, v in (('_reconstruct', _NP_MULTIARRAY._reconstruct), ('scalar', _NP_MULTIARRAY.scalar))},
-                 ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): codecs.encode}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, zf, prefix):
-        super().__init__(file)
-        self.zf, self.prefix = zf, prefix
-
-    def find_class(self, module, name):
-        if module.startswith(('models.', 'torch.nn.modules.')):  # classes, built as attribute holders only
-            return _Stub
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[module, name]
-        raise pickle.UnpicklingError(f'refused to load global {module}.{name}')
-
-    def persistent_load(self, pid):
-        kind, dtype, key, _location, _numel = pid
-        if kind != 'storage' or not isinstance(dtype, torch.dtype):
-            raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
-        data = bytearray(self.zf.read(f'{self.prefix}/data/{key}'))
-        return torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+def _unpickle_official(path):
+    """The checkpoint through torch's weights-only unpickler, the original's classes read as attribute holders:
+    every other global it names is refused before anything is read, so a malicious pickle cannot run code."""
+    allowed = dict(_NUMPY)  # all numpy's dtype classes: the unpickler also checks the types of the dtypes it builds
+    for g in torch.serialization.get_unsafe_globals_in_checkpoint(path):  # read from the pickle, nothing run
+        if g.startswith(('models.', 'torch.nn.modules.')):
+            allowed[g] = _Stub
+        elif g not in _NUMPY:
+            raise ValueError(f'refused to load global {g}')
+    with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def _state_dict_of(stub, prefix=''):
@@ -241,12 +217,7 @@ def _state_dict_of(stub, prefix=''):
 
 
 def _read_official(path):
-    with zipfile.ZipFile(path) as zf:
-        pkl = [n for n in zf.namelist() if n.endswith('data.pkl')]
-        if len(pkl) != 1:
-            raise ValueError('no data.pkl in the archive')
-        with zf.open(pkl[0]) as f:
-            ckpt = _RestrictedUnpickler(f, zf, pkl[0][:-len('/data.pkl')]).load()
+    ckpt = _unpickle_official(path)
     stub = ckpt.get('ema') or ckpt.get('model') if isinstance(ckpt, dict) else None
     if not isinstance(stub, _Stub) or not isinstance(getattr(stub, 'yaml', None), dict):
         raise ValueError('no YOLOv5 model inside')
@@ -294,7 +265,6 @@ def load_model(path, device='cpu', fuse=False):
 
 # ----------------------------------------------------------------------------------------------
 # From the model's output to boxes on the image, and where the model runs.
-
 @functools.lru_cache(maxsize=None)
 def torchvision_nms():
     # `import torchvision` costs ~1.5 s (it imports every model and dataset); its compiled ops alone are free

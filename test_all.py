@@ -134,6 +134,7 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     payload = pickle.dumps({'model': evil}, protocol=2)
     with zipfile.ZipFile(path, 'w') as z:
         z.writestr('archive/data.pkl', payload)
+        z.writestr('archive/version', '3\n')
     with pytest.raises(ValueError, match='refused to load global (posix|os|nt).system'):
         M.load_model(path)
     assert not marker.exists()
