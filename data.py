@@ -54,7 +54,6 @@ AUG = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  #
 
 
 # ---------------------------------------------------------------------------------------------- boxes
-
 def xywh2xyxy(x):
     cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
     return cat((x[..., :2] - x[..., 2:4] / 2, x[..., :2] + x[..., 2:4] / 2), -1)
@@ -89,7 +88,6 @@ def to_tensor(img, rgb=False):
 
 
 # ---------------------------------------------------------------------------------------------- files and labels
-
 def find_images(source, split='train'):
     """Image paths from a folder, a .txt list of paths, a dataset root holding images/<split>/, or a list of these."""
     if isinstance(source, (list, tuple)):
@@ -238,7 +236,6 @@ def read_names(path=None):
 
 
 # ---------------------------------------------------------------------------------------------- data YAMLs, downloads
-
 def _uncomment(line):
     """The line without its comment: a # at the start or after a blank, outside quotes."""
     quote = None
@@ -456,7 +453,6 @@ def download_zip(url, dest):
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
-
 def random_perspective(img, labels, rng, degrees=0, translate=0.1, scale=0.5, shear=0, perspective=0.0, border=(0, 0)):
     """One random affine (or perspective) warp; labels are pixel xyxy, mapped through their 4 corners."""
     height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
@@ -551,7 +547,6 @@ def mixup(img, labels, img2, labels2, rng):
 
 
 # ---------------------------------------------------------------------------------------------- dataset
-
 class YOLODataset(torch.utils.data.Dataset):
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
                  pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False, prefix=''):
@@ -714,7 +709,6 @@ def set_epoch(loader, epoch):
 
 
 # ---------------------------------------------------------------------------------------------- what a run writes
-
 def run_dir(project, name, exist_ok=False):
     """The folder of a new run: project/name, or if that exists (and not exist_ok) name2, name3, ..."""
     path = candidate = Path(project) / name
@@ -758,7 +752,6 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
 
 
 # ---------------------------------------------------------------------------------------------- command line
-
 def number(kind, low, high=math.inf):
     """An argparse type: an int or float from low to high. argparse turns a bad value into a message naming the
     flag and what it accepts, with exit code 2, before anything slow starts."""

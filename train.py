@@ -29,14 +29,11 @@ from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, dev
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
-HYP = dict(
-    lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,            # SGD; final lr = lr0 * lrf
-    warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
-    nbs=64,                                                             # nominal batch: gradients accumulate to it
-    box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,                 # loss gains and BCE positive weights
-    anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0,                    # anchor-label wh ratio limit, focal loss gamma
-    **AUG,
-)
+HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,   # SGD; final lr = lr0 * lrf
+           warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
+           nbs=64,                                                    # nominal batch: gradients accumulate to it
+           box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,        # loss gains and BCE positive weights
+           anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0, **AUG)    # anchor-label wh ratio limit, focal loss gamma
 RANK, LOCAL_RANK, WORLD_SIZE = (int(os.getenv(k, d)) for k, d in (('RANK', -1), ('LOCAL_RANK', -1), ('WORLD_SIZE', 1)))
 MAIN = RANK in (-1, 0)  # only this process validates, prints and saves
 METRICS = ['metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
@@ -49,7 +46,6 @@ def log(*args, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------- metrics (as YOLOv5's val)
-
 def box_iou(a, b, eps=1e-7):
     """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
     (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
@@ -67,13 +63,6 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
         m = m[np.unique(m[:, 1], return_index=True)[1]]  # (as the original: not sorted again before the next)
         correct[m[np.unique(m[:, 0], return_index=True)[1], 1].astype(int), i] = True
     return correct
-
-
-def compute_ap(recall, precision):
-    """COCO's 101-point interpolated area under the precision envelope; and the envelope (recall, precision)."""
-    mrec, x = np.concatenate(([0.0], recall, [1.0])), np.linspace(0, 1, 101)
-    mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision, [0.0])))))
-    return np.trapezoid(np.interp(x, mrec, mpre), x), mrec, mpre
 
 
 def smooth(y, f):
@@ -98,9 +87,11 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
         recall, precision = tpc / (n_labels[ci] + eps), tpc / (tpc + fpc)
         r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # as functions of the confidence threshold
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
-        for j in range(tp.shape[1]):
-            ap[ci, j], mrec, mpre = compute_ap(recall[:, j], precision[:, j])
-            pr[ci] = np.interp(px, mrec, mpre) if j == 0 else pr[ci]
+        for j in range(tp.shape[1]):  # COCO's 101-point interpolated area under the precision envelope
+            mrec = np.concatenate(([0.0], recall[:, j], [1.0]))
+            mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision[:, j], [0.0])))))
+            ap[ci, j] = np.trapezoid(np.interp(np.linspace(0, 1, 101), mrec, mpre), np.linspace(0, 1, 101))
+            pr[ci] = np.interp(px, mrec, mpre) if j == 0 else pr[ci]  # the curve of IoU 0.5, for the plot
     f1 = 2 * p * r / (p + r + eps)
     best = smooth(f1.mean(0), 0.1).argmax()
     return p[:, best], r[:, best], ap, classes.astype(int), n_labels, dict(px=px, pr=pr, f1=f1)
@@ -126,9 +117,8 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
 
 @torch.inference_mode()
 def predict(model, imgs, dtype=None):
-    """Yields (decoded predictions, raw maps) of a batch chunk by chunk. On CPU chunks of 4 images run ~1.8x faster
-    than a batch of 32 (memory traffic) and need less memory; in eval mode an image's output does not depend on its
-    batch. A 16-bit dtype runs them in mixed precision, without touching the weights."""
+    """Yields (decoded predictions, raw maps) of a batch chunk by chunk, in mixed precision with a 16-bit dtype. On
+    CPU chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic), with the same outputs in eval mode."""
     for chunk in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs)):
         with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
             yield model(chunk)
@@ -137,20 +127,18 @@ def predict(model, imgs, dtype=None):
 def match_image(pred, labels, img_shape, to_orig, iouv, confusion=None):
     """(correct at each IoU, conf, predicted class, label classes) of one image, its boxes compared in the original
     image's pixels as YOLOv5 does; and the image added to the confusion matrix, if one is given."""
-    correct = np.zeros((len(pred), len(iouv)), bool)
-    if len(labels):
-        labels = torch.cat((labels[:, :1], scale_boxes(xywh2xyxy(labels[:, 1:5]), img_shape, *to_orig)), 1)
-        pred = torch.cat((scale_boxes(pred[:, :4].clone(), img_shape, *to_orig), pred[:, 4:]), 1)
-        correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv) if len(pred) else correct
-        if confusion is not None:
-            confusion_add(confusion, pred, labels)
+    labels = torch.cat((labels[:, :1], scale_boxes(xywh2xyxy(labels[:, 1:5]), img_shape, *to_orig)), 1)
+    pred = torch.cat((scale_boxes(pred[:, :4].clone(), img_shape, *to_orig), pred[:, 4:]), 1)
+    if confusion is not None:
+        confusion_add(confusion, pred, labels)
+    correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv)
     return correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()
 
 
-def summarize(stats, names, seen, verbose, plots_dir=None):
-    """YOLOv5's table (all classes, and each class with verbose), the PR and F1 curves into plots_dir if given;
-    returns mean P, R, mAP50, mAP50-95."""
-    pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
+def summarize(stats, names, verbose, plots_dir=None):
+    """YOLOv5's table (all classes, and each class with verbose) of the images' stats, the PR and F1 curves into
+    plots_dir if given; returns mean P, R, mAP50, mAP50-95."""
+    pf, seen = '%22s' + '%11i' * 2 + '%11.3g' * 4, len(stats)
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')
@@ -177,7 +165,7 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-    stats, seen, dt, loss = [], 0, [0.0, 0.0, 0.0], torch.zeros(3, device=device)
+    stats, dt, loss = [], [0.0, 0.0, 0.0], torch.zeros(3, device=device)
     confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
     for bi, (imgs, targets, paths, to_orig) in enumerate(loader):
@@ -192,148 +180,107 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         dt = [a + b for a, b in zip(dt, (t1 - t0, time.perf_counter() - t1 - t_nms, t_nms))]
         if loss_fn:
             loss += loss_fn([torch.cat(r) for r in zip(*raws)], targets)[1]
-        h, w = imgs.shape[2:]
-        targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)
-        for si, pred in enumerate(preds):
-            labels = targets[targets[:, 0] == si, 1:]
-            seen += 1
-            if len(pred) or len(labels):
-                stats.append(match_image(pred, labels, imgs.shape[2:], to_orig[si], iouv, confusion))
         if plots_dir and bi == 0:
-            lb = targets.clone()
-            lb[:, 2:] /= torch.tensor((w, h, w, h), device=device)
-            plot_batch((imgs * 255).byte().cpu(), lb.cpu(), names, plots_dir / 'val_batch0_pred.jpg',
+            plot_batch((imgs * 255).byte().cpu(), targets.cpu(), names, plots_dir / 'val_batch0_pred.jpg',
                        [p[p[:, 4] > 0.25].cpu() for p in preds])
-    results = summarize(stats, names, seen, verbose, plots_dir)
+        h, w = imgs.shape[2:]
+        targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)  # labels in pixels
+        for si, pred in enumerate(preds):
+            stats.append(match_image(pred, targets[targets[:, 0] == si, 1:], (h, w), to_orig[si], iouv, confusion))
+    results = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
         plot_confusion_matrix(confusion, names, plots_dir / 'confusion_matrix.png')
         np.savetxt(plots_dir / 'confusion_matrix.csv', confusion, '%d', ',', header='rows: predicted, columns: '
                    'true class, in the order: ' + ', '.join(names) + ', background (conf 0.25, IoU 0.45)')
-    pre, inf, nms = (t * 1e3 / max(seen, 1) for t in dt)
+    pre, inf, nms = (t * 1e3 / max(len(stats), 1) for t in dt)
     log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
         f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
     return dict(zip(METRICS, [*map(float, results), *(loss.cpu() / max(len(loader), 1)).tolist()]))
 
 
-def fitness(results):
-    return 0.1 * results['metrics/mAP_0.5'] + 0.9 * results['metrics/mAP_0.5:0.95']  # mostly mAP50-95
-
-
 # ---------------------------------------------------------------------------------------- pictures of a run (OpenCV)
-
 FONT, AA, BLACK, BLUE, ORANGE = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (0, 0, 0), (180, 100, 20), (20, 130, 255)
 HUES = cv2.cvtColor(np.uint8([[(i * 47 % 180, 230, 210) for i in range(180)]]), cv2.COLOR_HSV2BGR)[0].tolist()
 
 
 def put(img, s, x, y, ax=0.0, ay=0.0, scale=0.5, color=BLACK, vertical=False):
-    """Text whose box has its (ax, ay) fraction at (x, y); vertical reads bottom-up. Returns the text width."""
+    """Text whose box has its (ax, ay) fraction at (x, y); vertical reads bottom-up (OpenCV can't: a mask turns)."""
     (w, h), b = cv2.getTextSize(s, FONT, scale, 1)
-    m = cv2.putText(np.zeros((h + b + 2, w + 2), np.uint8), s, (1, h + 1), FONT, scale, 255, 1, AA)  # a mask:
-    m = (cv2.rotate(m, cv2.ROTATE_90_COUNTERCLOCKWISE) if vertical else m)[..., None] / 255  # OpenCV can't rotate text
+    m = np.rot90(cv2.putText(np.zeros((h + b, w), np.uint8), s, (0, h), FONT, scale, 255, 1, AA), vertical)[..., None]
     y0, x0 = (min(max(int(p - f * n), 0), N - n) for p, f, n, N in zip((y, x), (ay, ax), m.shape, img.shape))  # inside
     roi = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
-    roi[:] = roi * (1 - m) + np.array(color) * m  # blending keeps the antialiasing on any background
-    return w
+    roi[:] = roi * (1 - m / 255) + np.array(color) * (m / 255)  # blending keeps the antialiasing on any background
 
 
-def chart(img, box, xlim, ylim, title='', xlabel='', ylabel='', ticks='xy', pad=0, z=None):
-    """Frame box=(x0, y0, x1, y1) with ticks, labels, a title, maybe a heatmap z (0..1); return a data->pixel map."""
-    (x0, y0, x1, y1), (a, b), (c, d) = box, xlim, ylim
-    e, f = (a == b) * (abs(a) / 10 or 1), (c == d) * (abs(c) / 10 or 1)  # widen flat ranges (one epoch, a constant)
-    a, b, c, d = a - e, b + e, c - f, d + f
-
-    def to(x, y):
+def chart(img, box, xlim, ylim, title='', xlabel='', ylabel='', xticks=None, yticks=None, z=None):
+    """Frame box=(x0, y0, x1, y1): title, axis labels, ticks [(value, name)] or round numbers, heatmap z (0..1)."""
+    def to(x, y):  # data to pixels; chart returns it
         return np.int_(np.stack([x0 + (x - a) / (b - a) * (x1 - x0), y1 - (y - c) / (d - c) * (y1 - y0)], -1) + 0.5)
-
-    def nice(lo, hi):  # about 5 ticks at a step of 1, 2 or 5 times a power of ten: 10 ** (k / 3) to one digit
-        s = float(f'{10 ** (round(3 * math.log10((hi - lo) / 5)) / 3):.0e}')
-        return [k * s + 0.0 for k in range(math.ceil(lo / s - 1e-9), math.floor(hi / s + 1e-9) + 1)]  # +0.0: no -0
-
-    if z is not None:  # white to dark blue, like matplotlib's 'Blues'
-        z = np.stack([np.interp(z, [0, 0.5, 1], r) for r in ([255, 214, 107], [255, 174, 48], [255, 107, 8])], -1)
-        img[y0:y1, x0:x1] = cv2.resize(z.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
-    for t in nice(a, b) if 'x' in ticks else []:
-        cv2.line(img, tuple(to(t, c)), tuple(to(t, c) + (0, 5)), BLACK)
-        put(img, f'{t:.4g}', to(t, c)[0], y1 + 8, 0.5)
-    for t in nice(c, d) if 'y' in ticks else []:
-        cv2.line(img, tuple(to(a, t)), tuple(to(a, t) - (5, 0)), BLACK)
-        pad = max(pad, put(img, f'{t:.4g}', x0 - 8, to(a, t)[1], 1, 0.5))  # the y label goes left of the widest
-    cv2.rectangle(img, (x0, y0), (x1, y1), BLACK, 1)
+    (x0, y0, x1, y1), (a, b), (c, d) = box, xlim, ylim
+    sx, sy = (float(f'{10 ** (round(3 * math.log10(abs(hi - lo) / 5)) / 3):.0e}') for lo, hi in (xlim, ylim))  # 1-2-5
+    if z is not None:  # white to dark blue; interpolation 0 (nearest) keeps the cells sharp
+        img[y0:y1, x0:x1] = cv2.resize(255 - z[..., None] * [75, 185, 245], (x1 - x0, y1 - y0), interpolation=0)
+    for t, s in xticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(a / sx - 1e-9), b / sx + 1e-9) * sx + 0.0]:
+        put(img, s[:14], to(t, c)[0], y1 + 6, 0.5, 0, vertical=bool(xticks))  # names run down the x axis
+    for t, s in yticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(c / sy - 1e-9), d / sy + 1e-9) * sy + 0.0]:
+        put(img, s[:14], x0 - 6, to(a, t)[1], 1, 0.5)
+    cv2.rectangle(img, (x0, y0), (x1, y1), BLACK)
     put(img, title, (x0 + x1) / 2, y0 - 8, 0.5, 1, 0.65)
-    put(img, xlabel, (x0 + x1) / 2, y1 + max(pad if 'x' not in ticks else 0, 20) + 14, 0.5, 0, 0.6)
-    put(img, ylabel, x0 - pad - 18, (y0 + y1) / 2, 1, 0.5, 0.6, vertical=True)
+    put(img, xlabel, (x0 + x1) / 2, y1 + (170 if xticks else 28), 0.5, 0, 0.6)  # under the numbers or the names
+    put(img, ylabel, x0 - 6, y0 - 8, 1, 1, 0.6)  # over the y axis' numbers or names, left of the title
     return to
 
 
 def plot_results(csv_path):
-    """results.png beside csv_path: each loss and metric against epoch, raw (blue dots) and smoothed (orange dashes)."""
-    head = [s.strip() for s in Path(csv_path).read_text().splitlines()[0].split(',')]
-    data, img = np.loadtxt(csv_path, delimiter=',', skiprows=1, ndmin=2), np.full((1000, 2000, 3), 255, np.uint8)
-    x, w = data[:, 0], np.exp(-0.5 * (np.subtract.outer(data[:, 0], data[:, 0]) / 3) ** 2)  # Gaussian, sigma 3 epochs
+    """results.png beside csv_path: each loss and metric against epoch, as blue dots and smoothed (orange line)."""
+    data = np.genfromtxt(csv_path, delimiter=',', names=True, deletechars='', autostrip=True, ndmin=1)
+    x, head, img = data['epoch'], data.dtype.names, np.full((1000, 2000, 3), 255, np.uint8)
     for k, j in enumerate((1, 2, 3, 4, 5, 8, 9, 10, 6, 7)):  # top: train losses, P, R; bottom: val losses, mAPs
-        y, m, r, c = data[:, j], np.ptp(data[:, j]) / 20, k // 5 * 500, k % 5 * 400  # m keeps dots off the frame
-        to = chart(img, (c + 85, r + 45, c + 385, r + 440), (x.min(), x.max()), (y.min() - m, y.max() + m), head[j])
-        cv2.polylines(img, [to(x, y)], False, BLUE, 2, AA)
+        y, m, x0, y0 = data[head[j]], np.ptp(data[head[j]]) / 20 or 0.01, k % 5 * 400 + 85, k // 5 * 500 + 45
+        to = chart(img, (x0, y0, x0 + 300, y0 + 395), (x[0] - 0.3, x[-1] + 0.3), (y.min() - m, y.max() + m), head[j])
         cv2.polylines(img, list(to(x, y)[:, None]), True, BLUE, 6 if len(x) < 100 else 4, AA)  # 1-point lines: dots
-        xs = np.linspace(x.min(), x.max(), 150)  # the smoothed curve as dashes: point pairs, with gaps between them
-        cv2.polylines(img, list(to(xs, np.interp(xs, x, w @ y / w.sum(1))).reshape(-1, 2, 2)), False, ORANGE, 2, AA)
-    put(img, 'blue: results   orange: smoothed', 1990, 990, 1, 1)
+        cv2.polylines(img, [to(x, cv2.GaussianBlur(y[:, None], (1, 0), 3)[:, 0])], False, ORANGE, 2, AA)  # sigma 3
     cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
 
 
 def plot_confusion_matrix(matrix, names, path):
     """Column-normalized heatmap: where each true class (column) ended up; the last row and column are background."""
-    m, labels, n = matrix / np.maximum(matrix.sum(0), 1e-9), [*names, 'background'], len(matrix)
-    m, cell = m * (m >= 0.005), min(160, max(4, 1600 // n))  # cells under 0.005 stay blank
-    fs, step = min(0.55, max(cell, 14) / 36), math.ceil(14 / cell)  # tiny cells: every step-th label only
-    S, L, T = cell * n, max(cv2.getTextSize(s, FONT, fs, 1)[0][0] for s in labels[::step]) + 62, 60
-    img = np.full((T + S + L + 10, L + S + 110, 3), 255, np.uint8)
-    chart(img, (L, T, L + S, T + S), (0, n), (n, 0), 'Confusion matrix', 'True', 'Predicted', '', L - 50, m)
-    chart(img, (L + S + 50, T, L + S + 70, T + S), (0, 1), (0, 1), ticks='y', z=np.linspace(1, 0, 256)[:, None])
-    for i in range(0, n, step):
-        put(img, labels[i], L - 6, T + (i + 0.5) * cell, 1, 0.5, fs)
-        put(img, labels[i], L + (i + 0.5) * cell, T + S + 6, 0.5, 0, fs, vertical=True)
-    for i, j in np.argwhere(m > 0) if n <= 30 else []:  # values fit only while cells are big
-        put(img, f'{m[i, j]:.2f}', L + (j + 0.5) * cell, T + (i + 0.5) * cell, 0.5, 0.5, min(0.9, cell / 110),
-            (255, 255, 255) if m[i, j] > 0.5 else BLACK)
+    n, m = len(matrix), matrix / np.maximum(matrix.sum(0), 1e-9)
+    m, S = m * (m >= 0.005), min(120, 1600 // n) * n  # cells under 0.005 stay blank; values fit while n < 30
+    tick = [(i + 0.5, s) for i, s in enumerate([*names, 'background'])][::math.ceil(16 * n / S)]  # 16 pixels apart
+    img = np.full((S + 300, S + 290, 3), 255, np.uint8)
+    to = chart(img, (240, 50, 240 + S, 50 + S), (0, n), (n, 0), 'Confusion matrix', 'True', 'Predicted', tick, tick, m)
+    for i, j in np.argwhere(m > 0) if n < 30 else []:  # white on the dark cells
+        put(img, f'{m[i, j]:.2f}', *to(j + 0.5, i + 0.5), 0.5, 0.5, S / n / 110, (255 * (m[i, j] > 0.5),) * 3)
     cv2.imwrite(str(path), img)
 
 
 def plot_curve(px, curves, mean, names, path, xlabel, ylabel, mean_label):
-    """One thin line per class and their mean as a thick blue line, e.g. precision against recall."""
-    img, nc = np.full((900, 1200, 3), 255, np.uint8), len(curves)
-    to = chart(img, (90, 50, 830, 810), (0, 1), (0, 1), f'{ylabel}-{xlabel} curve', xlabel, ylabel)
-    legend = [(HUES[i % 180], 1, s) for i, s in enumerate(names[:nc])] if nc < 21 else []  # more would not fit
+    """One thin line per class (named up to 20 classes, else grey) and their mean as a thick blue line."""
+    img, named = np.full((900, 1200, 3), 255, np.uint8), len(curves) < 21
+    to = chart(img, (110, 50, 850, 810), (0, 1), (0, 1), f'{ylabel}-{xlabel} curve', xlabel, ylabel)
     for i, y in enumerate(curves):
-        cv2.polylines(img, [to(px, y)], False, legend[i][0] if legend else (170, 170, 170), 1, AA)
+        cv2.polylines(img, [to(px, y)], False, HUES[i % 180] if named else (170, 170, 170), 1, AA)
     cv2.polylines(img, [to(px, mean)], False, BLUE, 4, AA)
-    for k, (c, t, s) in enumerate(legend + [(BLUE, 4, mean_label)]):
-        cv2.line(img, (850, 60 + 26 * k), (880, 60 + 26 * k), c, t, AA)
-        put(img, s, 888, 60 + 26 * k, 0, 0.5)
+    for k, s in enumerate([mean_label] + (names[:len(curves)] if named else [])):  # the legend: its lines' colours
+        put(img, s, 870, 60 + 26 * k, 0, 0.5, 0.55, HUES[(k - 1) % 180] if k else BLUE)
     cv2.imwrite(str(path), img)
 
 
 def plot_labels(labels, names, path):
-    """labels.jpg: instances per class, box shapes, and histograms of centres and of sizes (darker = more)."""
-    c, xywh, img = labels[:, 0].astype(int), labels[:, 1:5], np.full((1460, 1600, 3), 255, np.uint8)
-    nc = max(len(names), c.max(initial=0) + 1)
-    n, bw = np.bincount(c, minlength=nc), 1460 / nc
-    to = chart(img, (100, 50, 1560, 700), (-.5, nc - .5), (0, n.max() * 1.05 + 1), 'instances', 'classes', '', 'y', 135)
-    for i in range(nc):  # bars with names (or indices) under them; only every few names where they would overlap
-        cv2.rectangle(img, tuple(to(i - 0.4, 0)), tuple(to(i + 0.4, n[i])), HUES[i % 180], -1)
-        s = (names[i] if i < len(names) else str(i)) if i % math.ceil(16 / bw) == 0 else ''
-        put(img, s if len(s) < 16 else s[:14] + '..', to(i, 0)[0], 708, 0.5, 0, 0.45, vertical=True)
-    chart(img, (100, 950, 550, 1400), (0, 1), (0, 1), f'box shapes ({min(len(c), 1000)} of {len(c)})', ticks='')
-    for k, (w, h) in enumerate(xywh[:1000, 2:] * 225):  # half sizes in pixels: each box centred on the square's centre
-        cv2.rectangle(img, (int(325 - w), int(1175 - h)), (int(325 + w), int(1175 + h)), HUES[c[k] % 180], 1, AA)
-    for x0, (i, j, a, b) in ((620, (0, 1, 'x', 'y')), (1110, (2, 3, 'width', 'height'))):
-        h = np.log1p(np.histogram2d(xywh[:, i], xywh[:, j], 50, [[0, 1], [0, 1]])[0]).T[::-1]  # rows: y downwards
-        chart(img, (x0, 950, x0 + 450, 1400), (0, 1), (0, 1), f'{b} vs {a}', a, b, z=h / max(h.max(), 1e-9))
+    """labels.jpg: instances per class, and 2-D histograms of box centres and of box sizes (darker = more)."""
+    n, img = np.bincount(labels[:, 0].astype(int), minlength=len(names)), np.full((1330, 1600, 3), 255, np.uint8)
+    ticks = [*enumerate(names)][::math.ceil(16 * len(n) / 1460)]  # names at least 16 pixels apart
+    to = chart(img, (100, 50, 1560, 600), (-0.5, len(n) - 0.5), (0, n.max() * 1.05 + 1), 'instances', xticks=ticks)
+    for i, count in enumerate(n):
+        cv2.rectangle(img, tuple(to(i - 0.4, 0)), tuple(to(i + 0.4, count)), HUES[i % 180], -1)
+    for x0, (i, j, a, b) in ((150, (1, 2, 'x', 'y')), (900, (3, 4, 'width', 'height'))):
+        h = np.log1p(np.histogram2d(labels[:, i], labels[:, j], 50, [[0, 1], [0, 1]])[0]).T[::-1]  # rows: y, 1 on top
+        chart(img, (x0, 820, x0 + 450, 1270), (0, 1), (0, 1), f'{b} vs {a}', a, b, z=h / max(h.max(), 1e-9))
     cv2.imwrite(str(path), img)
 
 
 # ---------------------------------------------------------------------------------------------- autoanchor
-
 def label_wh(dataset, img_size, jitter=None):
     """Label widths and heights in pixels, for images resized so that the long side is img_size."""
     shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True) * (1 if jitter is None else jitter)
@@ -356,15 +303,14 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
         log(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
     wh = wh0[(wh0 >= 2.0).any(1)]
     s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
-    x = wh / s
+    x, wh = wh / s, torch.tensor(wh)
     k = x[rng.choice(len(x), n, replace=len(x) < n)]
     for _ in range(30):  # Lloyd's iterations
         nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
         k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
-    wht = torch.tensor(wh)
 
     def fit(k):  # mean ratio match of the labels that some anchor matches within thr
-        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wht, thr)[1]
+        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
         return (best * (best > 1 / thr).float()).mean()
     k = k * s
     f = fit(k)
@@ -400,26 +346,21 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------- training helpers
-
 def make_optimizer(model, name, lr, momentum, decay):
     """Three groups: biases (no decay), conv/linear weights (decay), normalization weights (no decay)."""
-    biases, weights, norm_weights = groups = [], [], []
+    groups = [dict(params=[], weight_decay=d) for d in (0.0, decay, 0.0)]
     for m in model.modules():
+        is_norm = isinstance(m, nn.modules.batchnorm._BatchNorm)
         for pname, p in m.named_parameters(recurse=False):
-            groups[0 if pname == 'bias' else 2 if isinstance(m, nn.modules.batchnorm._BatchNorm) else 1].append(p)
+            groups[0 if pname == 'bias' else 2 if is_norm else 1]['params'].append(p)
     if name == 'SGD':
-        opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
-    else:  # Adam or AdamW, with momentum as beta1
-        opt = getattr(torch.optim, name)(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
-    opt.add_param_group({'params': weights, 'weight_decay': decay})
-    opt.add_param_group({'params': norm_weights, 'weight_decay': 0.0})
-    return opt
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    return getattr(torch.optim, name)(groups, lr=lr, betas=(momentum, 0.999))  # Adam or AdamW: momentum is beta1
 
 
 def ema_update(ema, model, updates, decay=0.9999, tau=2000):
     """Exponential moving average of the weights; the decay ramps up from 0 so early epochs count less."""
-    d = decay * (1 - math.exp(-updates / tau))
-    msd = model.state_dict()
+    d, msd = decay * (1 - math.exp(-updates / tau)), model.state_dict()
     with torch.no_grad():
         for k, v in ema.state_dict().items():
             if v.dtype.is_floating_point:
@@ -445,7 +386,6 @@ def write_results(path, row):
 
 
 # ---------------------------------------------------------------------------------------------- the training run
-
 def hyp_entry(text):
     """An argparse type for --hyp: KEY=NUMBER, KEY one of HYP's."""
     key, _, value = text.partition('=')
@@ -478,8 +418,7 @@ def parse_args(argv=None):
     p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
     p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
-    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, default=False,
-                   help='resume the latest run or the given last.pt')
+    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, help='resume the latest run or a last.pt')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true')
@@ -488,8 +427,7 @@ def parse_args(argv=None):
     p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
-    p.add_argument('--workers', type=number(int, 0), help='dataloader workers per process (default: 8 on GPUs, on '
-                   'CPU the cores the compute threads leave)')
+    p.add_argument('--workers', type=number(int, 0), help='loader workers per process (default: 8 on GPU, spare CPUs)')
     p.add_argument('--project', help='where runs go: runs/train, with --val-only runs/val')
     p.add_argument('--name', default='exp')
     p.add_argument('--exist-ok', action='store_true')
@@ -534,16 +472,14 @@ def run_val_only(opt):
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     loader = create_dataloader(val, opt.batch, opt.workers, cpu=device.type == 'cpu')
-    validate(model, loader, names, opt.conf_thres, opt.iou_thres,
-             opt.max_det, dtype=half_dtype(device) if opt.half else None, verbose=opt.verbose or len(names) < 50,
-             plots_dir=save_dir)
+    validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, verbose=opt.verbose or len(names) < 50,
+             dtype=half_dtype(device) if opt.half else None, plots_dir=save_dir)
     log(f'Results saved to {save_dir}')
 
 
 def amp_agrees(model, image, size, dtype):
     """As the original checks before training on CUDA: do the model's outputs in mixed precision agree with fp32 on
-    a real image (the first training image), to 10% (boxes as fractions of the image)? If not, it trains in fp32.
-    All outputs are compared, not just the detections: a detection near the threshold may come and go."""
+    a real image to 10% (boxes as fractions of the image)? All outputs, not just detections, which may come and go."""
     x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
     a, b = (next(predict(deepcopy(model).eval(), x, d))[0] for d in (None, dtype))
     scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
@@ -587,10 +523,7 @@ class Trainer:
             store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)  # stale ones hang
             dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo', store=store, rank=rank,
                                     world_size=world)
-        choice = [pick_run(opt) if MAIN else None]
-        if self.ddp:  # every process follows rank 0, checkpoint included: the nodes need not share a disk
-            dist.broadcast_object_list(choice, 0)
-        opt, resumed, self.save_dir = choice[0]
+        opt, resumed, self.save_dir = self.from_rank0(pick_run(opt) if MAIN else None)  # checkpoint included
         self.opt, self.weights_dir = opt, self.save_dir / 'weights'
         self.start_epoch = resumed['epoch'] + 1 if resumed else 0
         csv = self.save_dir / 'results.csv'
@@ -617,11 +550,6 @@ class Trainer:
             plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
             if not opt.noautoanchor:
                 check_anchors(self.train_set, model, hyp['anchor_t'], opt.img, opt.seed)
-
-        # the loss gains in HYP are for 3 levels, 80 classes and 640 px
-        nl, nc = model.detect.nl, model.nc
-        hyp_loss = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * nc / 80 * 3 / nl,
-                        obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl)
         self.nb = len(self.train_loader)
         self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)  # as the original: at least 100
         decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
@@ -647,43 +575,50 @@ class Trainer:
         self.raw = model  # DDP below copies rank 0's weights and buffers (anchors included) to every process
         self.model = nn.parallel.DistributedDataParallel(
             model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None) if self.ddp else model
-        self.loss_fn = YOLOLoss(model, hyp_loss)
+        nl = model.detect.nl  # the loss gains in HYP are for 3 levels, 80 classes and 640 px
+        self.loss_fn = YOLOLoss(model, dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * model.nc / 80 * 3 / nl,
+                                            obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl))
         self.last_state, self.bad_steps = None, 0  # the checkpoint of the latest complete epoch; non-finite steps
         self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
 
-    def lr_at(self, ni):
-        """(learning rate of each parameter group, momentum, gradient accumulation) at iteration ni: a linear
-        warmup (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum up, and
-        accumulation from 1 up to nbs / batch) towards lf(epoch), then the linear or cosine decay lf. As in the
-        original, whose scheduler steps at the end of each epoch, a warmed-up epoch e trains at lf(e - 1)."""
+    def from_rank0(self, obj):
+        """Rank 0's obj on every process: under DDP they all take the same path (and need no shared disk)."""
+        box = [obj]
+        if self.ddp:
+            dist.broadcast_object_list(box, 0)
+        return box[0]
+
+    def schedule(self, ni):
+        """Sets the learning rates and momentum of iteration ni; returns the gradient accumulation. A linear warmup
+        (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum up, accumulation from 1
+        up to nbs / batch) towards lf(epoch), then the linear or cosine decay lf. As in the original, whose scheduler
+        steps at the end of each epoch, a warmed-up epoch e trains at lf(e - 1)."""
         hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
         epoch = ni // self.nb
         e = epoch if ni <= nw or nw >= epoch * self.nb else epoch - 1  # the epoch where warmup ends keeps lf(epoch)
         lf = ((1 - math.cos(e / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1 if opt.cos_lr
               else (1 - e / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf'])
         ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
-        lrs = [ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf) for j in range(3)]
-        return lrs, ramp(hyp['warmup_momentum'], hyp['momentum']), max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
+        for j, g in enumerate(self.optimizer.param_groups):
+            g['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf)
+            if 'momentum' in g:  # SGD (Adam keeps its betas)
+                g['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
+        return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
 
     def train_epoch(self, epoch):
         """One pass over the training set; returns the mean (box, obj, cls) losses."""
         opt, device = self.opt, self.device
         self.model.train()
         set_epoch(self.train_loader, epoch)
-        mloss = torch.zeros(3, device=device)
         self.optimizer.zero_grad()
         log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
-        t_epoch = time.time()
+        mloss, t_epoch = torch.zeros(3, device=device), time.time()
         for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
             ni = i + self.nb * epoch  # iterations since the start of training
-            lrs, momentum, accumulate = self.lr_at(ni)
-            for g, lr in zip(self.optimizer.param_groups, lrs):
-                g['lr'] = lr
-                if 'momentum' in g:  # SGD (Adam keeps its betas)
-                    g['momentum'] = momentum
+            accumulate = self.schedule(ni)
             imgs = imgs.to(device, non_blocking=True).float() / 255
             if opt.multi_scale:
-                rng = np.random.default_rng([opt.seed, ni])
+                rng = np.random.default_rng([opt.seed, ni])  # seeded by iteration: a resumed run draws the same
                 size = int(rng.integers(opt.img * 0.5, opt.img * 1.5 + 32)) // 32 * 32
                 f = size / max(imgs.shape[2:])
                 if f != 1:
@@ -701,18 +636,15 @@ class Trainer:
                 self.optimizer_step()
                 self.last_opt_step = ni
             mloss = (mloss * i + items) / (i + 1)
-            if MAIN:
+            if MAIN and (sys.stdout.isatty() or i == self.nb - 1):  # a live line on a terminal, else one an epoch
                 mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
                 speed = (i + 1) / (time.time() - t_epoch)
                 stats = f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1]
                 eta = f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
                 line = ('%11s' * 2 + '%11.4g' * 5) % stats + eta
-                if sys.stdout.isatty():
-                    print('\r' + line, end='\n' if i == self.nb - 1 else '', flush=True)
-                elif i == self.nb - 1:
-                    print(line, flush=True)
-                if epoch == 0 and i == 0:
-                    plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
+                print('\r' * sys.stdout.isatty() + line, end='\n' * (i == self.nb - 1), flush=True)
+            if MAIN and epoch == 0 and i == 0:
+                plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
         return mloss
 
     def finite(self, loss, paths):
@@ -730,11 +662,8 @@ class Trainer:
 
     def optimizer_step(self):
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        if not norm.isfinite() and not self.scaler.is_enabled():  # (the scaler skips such steps itself)
-            print('WARNING: non-finite gradients, step skipped', file=sys.stderr)
-            return self.optimizer.zero_grad()
-        self.scaler.step(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)  # with fp16, the scaler skips a step whose gradients are not finite
         self.scaler.update()
         self.optimizer.zero_grad()
         self.updates += 1
@@ -744,12 +673,11 @@ class Trainer:
         """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early.
         As the original's: an epoch that may stop the run is validated and saved even with --noval or --nosave;
         fitness equal to the best counts as an improvement; --patience 0 never stops."""
-        opt = self.opt
-        patience = opt.patience or float('inf')
+        opt, patience = self.opt, self.opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
         if not opt.noval or final:  # else the last results are carried forward, as the original does
             self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, dtype=self.amp)
-        fi = fitness(self.results)
+        fi = 0.1 * self.results['metrics/mAP_0.5'] + 0.9 * self.results['metrics/mAP_0.5:0.95']  # YOLOv5's fitness
         if fi >= self.best_fitness:
             self.best_fitness, self.best_epoch = fi, epoch
         stop = epoch - self.best_epoch >= patience
@@ -769,13 +697,13 @@ class Trainer:
         return stop
 
     def finish(self):
-        """As the original: strip last.pt and best.pt to the EMA's weights in fp16 (no optimizer: the file people
-        ship), then validate best.pt once more, fused, with the per-class table; that is the run's result."""
-        last, best = self.weights_dir / 'last.pt', self.weights_dir / 'best.pt'
-        for path in (last, best) if best.exists() else (last,):  # with --nosave best.pt may never have been saved
-            strip_checkpoint(path)
-        if not best.exists():
+        """As the original: strip last.pt and best.pt, then validate best.pt once more, fused, with the per-class
+        table; that is the run's result."""
+        best = self.weights_dir / 'best.pt'
+        strip_checkpoint(self.weights_dir / 'last.pt')
+        if not best.exists():  # with --nosave it may never have been saved
             return self.results
+        strip_checkpoint(best)
         log(f'\nValidating {best}...')
         model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
         model.load_state_dict(read_checkpoint(best)[1])
@@ -801,11 +729,7 @@ class Trainer:
             for epoch in range(self.start_epoch, opt.epochs):
                 mloss = self.train_epoch(epoch)
                 stop = self.end_epoch(epoch, mloss) if MAIN else False
-                if self.ddp:  # every process must leave the loop together
-                    flag = [stop]
-                    dist.broadcast_object_list(flag, 0)
-                    stop = flag[0]
-                if stop:
+                if self.from_rank0(stop):  # every process must leave the loop together
                     break
         except (KeyboardInterrupt, FloatingPointError) as e:
             last = self.weights_dir / 'last.pt'
