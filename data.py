@@ -695,7 +695,7 @@ def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, 
         workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed, drop_last=False)
     workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
-    # images that need under a tenth of the free memory, in every copy (each worker keeps its own), are kept once
+    # images that need under a tenth of the free memory in all copies (each worker keeps its own) are kept once
     # decoded: a fine-tune on a small dataset would otherwise decode each image again and again (4x an epoch)
     copies = max(workers, 1) * world_size
     dataset.keep |= dataset.cache is None and dataset.need * copies < 0.1 * (available_memory() or 0)
@@ -711,11 +711,10 @@ def set_epoch(loader, epoch):
 # ---------------------------------------------------------------------------------------------- what a run writes
 def run_dir(project, name, exist_ok=False):
     """The folder of a new run: project/name, or if that exists (and not exist_ok) name2, name3, ..."""
-    path = candidate = Path(project) / name
-    n = 2
-    while candidate.exists() and not exist_ok:
-        candidate, n = Path(f'{path}{n}'), n + 1
-    return candidate
+    path, n = Path(project) / name, 2
+    while path.exists() and not exist_ok:
+        path, n = Path(project) / f'{name}{n}', n + 1
+    return path
 
 
 def draw_box(img, xyxy, label, color, thickness):
@@ -753,8 +752,7 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
 
 # ---------------------------------------------------------------------------------------------- command line
 def number(kind, low, high=math.inf):
-    """An argparse type: an int or float from low to high. argparse turns a bad value into a message naming the
-    flag and what it accepts, with exit code 2, before anything slow starts."""
+    """An argparse type: an int or float in [low, high]; a bad value exits (code 2) naming the flag, before any work."""
     what = ('an integer' if kind is int else 'a number') + (f' >= {low}' if high == math.inf else f' in [{low},{high}]')
 
     def parse(text):
@@ -767,8 +765,7 @@ def number(kind, low, high=math.inf):
     return parse
 
 
-def existing_file(text):
-    """An argparse type: a file that exists."""
+def existing_file(text):  # an argparse type
     if not os.path.isfile(text):
         raise argparse.ArgumentTypeError(f'{text}: no such file')
     return text

@@ -14,7 +14,7 @@ import cv2
 import torch
 
 from data import IMAGE_EXTS, PALETTE, VIDEO_EXTS, draw_box, letterbox, number, or_exit, run_dir, to_tensor, xyxy2xywh
-from model import (check_img_size, device_name, half_dtype, load_model, non_max_suppression, scale_boxes,
+from model import (check_img_size, device_name, half_dtype, load_model, non_max_suppression, predict, scale_boxes,
                    select_device, weights_file)
 
 
@@ -80,21 +80,10 @@ def parse_args(argv=None):
     return opt
 
 
-def write_labels(path, det, shape, with_conf):
-    """YOLO rows `cls xc yc w h [conf]`, normalized to the image (h, w)."""
-    gain = torch.tensor(shape)[[1, 0, 1, 0]]
-    with open(path, 'w') as f:
-        for *xyxy, conf, cls in reversed(det.tolist()):
-            row = (int(cls), *(xyxy2xywh(torch.tensor(xyxy)) / gain).tolist(), *([conf] if with_conf else []))
-            f.write(' '.join(f'{v:g}' for v in row) + '\n')
-
-
 @torch.inference_mode()
 def run(opt):
     device = select_device(opt.device)
-    model = or_exit(load_model, opt.weights, device, fuse=True)
-    if device.type == 'cpu':
-        model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
+    model = or_exit(load_model, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)  # faster convs
     dtype, names = half_dtype(device) if opt.half else None, model.names  # fp32 unless --half, as in the original
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
         print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '
@@ -110,8 +99,7 @@ def run(opt):
             t0 = time.perf_counter()
             x = to_tensor(letterbox(frame, opt.img, stride=32, auto=True)[0]).to(device).float()[None] / 255
             t1 = time.perf_counter()
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                pred = model(x)[0]
+            pred = next(predict(model, x, dtype))[0]
             t2 = time.perf_counter()
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms,
                                       max_det=opt.max_det)[0].float()
@@ -121,9 +109,12 @@ def run(opt):
             summary = ''.join(f'{n} {name}{"s" * (n > 1)}, ' for name, n in counts) or '(no detections), '
             where = f'video {idx}/{len(sources)} (frame {fi + 1}/{count})' if video else f'image {idx}/{len(sources)}'
             print(f'{where} {path}: {x.shape[2]}x{x.shape[3]} {summary}{(t2 - t1) * 1e3:.1f}ms')
-            if opt.save_txt and len(det):
-                write_labels(save_dir / 'labels' / f'{Path(path).stem}{f"_{fi + 1}" * video}.txt', det, frame.shape,
-                             opt.save_conf)
+            if opt.save_txt and len(det):  # YOLO rows `cls xc yc w h [conf]`, normalized to the image
+                gain = torch.tensor(frame.shape, device=det.device)[[1, 0, 1, 0]]
+                rows = torch.cat((det[:, 5:], xyxy2xywh(det[:, :4]) / gain, det[:, 4:5]), 1).tolist()[::-1]
+                label_file = save_dir / 'labels' / f'{Path(path).stem}{f"_{fi + 1}" * video}.txt'
+                label_file.write_text(''.join(f'{r[0]:g} ' + ' '.join(f'{v:g}' for v in r[1:5 + opt.save_conf]) + '\n'
+                                              for r in rows))
                 n_labels += 1
             if not opt.nosave:
                 for *xyxy, conf, cls in reversed(det.tolist()):

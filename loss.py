@@ -51,8 +51,7 @@ class YOLOLoss:
         bce = lambda pw: (FocalBCE(torch.tensor([pw], device=device), hyp['fl_gamma']) if hyp['fl_gamma'] > 0
                           else nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw], device=device)))
         self.bce_cls, self.bce_obj = bce(hyp['cls_pw']), bce(hyp['obj_pw'])
-        eps = hyp.get('label_smoothing', 0.0)
-        self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
+        self.cls_pos, self.cls_neg = 1.0 - 0.5 * hyp['label_smoothing'], 0.5 * hyp['label_smoothing']  # smoothed
         self.nc, self.na, self.anchors = model.detect.nc, model.detect.na, model.detect.anchors  # grid units
 
     def __call__(self, preds, targets):

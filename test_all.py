@@ -797,7 +797,7 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
         __import__('shutil').copy(self.weights_dir / 'last.pt', self.weights_dir / 'unstripped.pt')
         return real_finish(self)
     monkeypatch.setattr(T.Trainer, 'finish', keep_unstripped)
-    full = T.train(tiny_args(root, tmp_path / 'full'))
+    full = T.Trainer(tiny_args(root, tmp_path / 'full')).fit()
     real = T.set_epoch
 
     def interrupt_at_epoch_1(loader, epoch):
@@ -806,11 +806,11 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
         real(loader, epoch)
     monkeypatch.setattr(T, 'set_epoch', interrupt_at_epoch_1)
     with pytest.raises(SystemExit):
-        T.train(tiny_args(root, tmp_path / 'cut'))
+        T.Trainer(tiny_args(root, tmp_path / 'cut')).fit()
     cut_dir = tmp_path / 'cut' / 'exp'
     assert torch.load(cut_dir / 'weights/last.pt', weights_only=True)['epoch'] == 0
     monkeypatch.setattr(T, 'set_epoch', real)
-    T.train(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt'), '--workers', '0']))
+    T.Trainer(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt'), '--workers', '0'])).fit()
     assert [r['epoch'] for r in last_results(cut_dir)] == [0, 1, 2]
     a = torch.load(full / 'weights/unstripped.pt', weights_only=True)
     b = torch.load(cut_dir / 'weights/unstripped.pt', weights_only=True)
@@ -819,7 +819,7 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
             assert torch.equal(a[key][k], b[key][k]), (key, k)
     assert a['updates'] == b['updates'] and a['epoch'] == b['epoch'] == 2
     with pytest.raises(SystemExit, match='finished all 3 epochs: nothing to resume'):
-        T.train(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt')]))
+        T.Trainer(T.parse_args(['--resume', str(cut_dir / 'weights/last.pt')])).fit()
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
@@ -914,7 +914,7 @@ def test_an_edited_block_still_fine_tunes_from_the_official_weights(tmp_path, mo
     monkeypatch.setattr(T, 'YOLOv5', Edited)
     args = T.parse_args(['--weights', str(shared(WEIGHTS)), '--data', str(root), '--img', '96', '--batch', '4',
                          '--epochs', '1', '--workers', '0', '--project', str(tmp_path / 'runs'), '--noautoanchor'])
-    run = T.train(args)
+    run = T.Trainer(args).fit()
     out = capsys.readouterr().out
     assert 'Transferred 349/355 items' in out  # all but the 6 tensors of the new conv (weight, BN)
     assert last_results(run)[0]['epoch'] == 0 and (run / 'weights/last.pt').exists()
@@ -933,9 +933,9 @@ def test_learning_rate_follows_the_originals_schedule(tmp_path, monkeypatch):
     # 101 images at batch 1: the 100 warmup iterations (the original's minimum) end within epoch 0
     root = make_shapes_dataset(tmp_path / 'shapes', n_train=101, n_val=2, size=64)
     monkeypatch.setattr(T, 'validate', scripted_validate([0.1] * 5))
-    run = T.train(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
+    run = T.Trainer(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
                                 '--batch', '1', '--epochs', '4', '--workers', '0', '--project', str(tmp_path / 'runs'),
-                                '--noautoanchor', '--hyp', 'warmup_epochs=0', 'mosaic=0']))
+                                '--noautoanchor', '--hyp', 'warmup_epochs=0', 'mosaic=0'])).fit()
     # the original's LambdaLR steps at the end of each epoch: epoch e trains at lr0 * lf(e - 1), never lf(3)
     assert [round(r['x/lr1'], 6) for r in last_results(run)] == [0.01, 0.01, 0.007525, 0.00505]
     assert [round(r['x/lr0'], 6) for r in last_results(run)] == [0.01, 0.01, 0.007525, 0.00505]
@@ -949,9 +949,9 @@ def test_learning_rate_follows_the_originals_schedule(tmp_path, monkeypatch):
 def test_early_stopping(tmp_path, monkeypatch, patience, fitnesses, epochs_run):
     root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
     monkeypatch.setattr(T, 'validate', scripted_validate(fitnesses))
-    run = T.train(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
+    run = T.Trainer(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
                                 '--batch', '4', '--epochs', '5', '--workers', '0', '--project', str(tmp_path / 'runs'),
-                                '--noautoanchor', '--patience', str(patience)]))
+                                '--noautoanchor', '--patience', str(patience)])).fit()
     assert [r['epoch'] for r in last_results(run)] == list(range(epochs_run))
     assert torch.load(run / 'weights/last.pt', weights_only=True)['epoch'] == epochs_run - 1
 
@@ -1184,9 +1184,9 @@ def test_data_yaml_forms(tmp_path):
 
 def test_single_class_and_frozen_backbone(tmp_path):
     root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=96)
-    run = T.train(T.parse_args(['--weights', str(shared(WEIGHTS)), '--data', str(root), '--img', '96', '--batch', '4',
+    run = T.Trainer(T.parse_args(['--weights', str(shared(WEIGHTS)), '--data', str(root), '--img', '96', '--batch', '4',
                                 '--epochs', '1', '--workers', '0', '--project', str(tmp_path / 'runs'),
-                                '--noautoanchor', '--single-cls', '--freeze', '10']))
+                                '--noautoanchor', '--single-cls', '--freeze', '10'])).fit()
     ckpt = torch.load(run / 'weights/last.pt', weights_only=True)
     official = M.load_model(WEIGHTS).state_dict()
     assert ckpt['names'] == ['item'] and ckpt['nc'] == 1
@@ -1233,7 +1233,7 @@ def ema_update(ema, model, updates):  # rank 1 kills itself once, in the middle 
 
 
 train.ema_update = ema_update
-train.train(train.parse_args())
+train.Trainer(train.parse_args()).fit()
 '''
 
 
@@ -1276,14 +1276,14 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, 
                                          '--img', '64', '--batch', '4', '--epochs', '3', '--workers', '0',
                                          '--noautoanchor', '--project', str(tmp_path / project)])
     NaNLoss.bad, NaNLoss.bad_from, NaNLoss.calls = {3}, 10 ** 9, 0  # one bad batch (epoch 1): skipped
-    run = T.train(args('one'))
+    run = T.Trainer(args('one')).fit()
     err = capsys.readouterr().err
     assert 'loss nan, step skipped; the batch: ' in err and str(root / 'images/train') in err
     assert [r['epoch'] for r in last_results(run)] == [0, 1, 2]
     assert all(v.isfinite().all() for v in torch.load(run / 'weights/last.pt', weights_only=True)['model'].values())
     NaNLoss.bad, NaNLoss.bad_from, NaNLoss.calls = set(), 3, 0  # from epoch 1 on (2 steps an epoch): stops in epoch 2
     with pytest.raises(SystemExit, match='3 steps in a row with a non-finite loss: training stopped, .*last.pt holds epoch 1'):
-        T.train(args('all'))
+        T.Trainer(args('all')).fit()
     ckpt = torch.load(tmp_path / 'all/exp/weights/last.pt', weights_only=True)
     assert ckpt['epoch'] == 1 and all(v.isfinite().all() for v in ckpt['model'].values())
 
@@ -1294,7 +1294,7 @@ def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monk
             '--epochs', '2', '--workers', '0', '--noautoanchor']
     (tmp_path / 'file').write_text('not a folder')
     with pytest.raises(SystemExit, match='cannot write the run folder .*file/exp'):
-        T.train(T.parse_args(args + ['--project', str(tmp_path / 'file')]))
+        T.Trainer(T.parse_args(args + ['--project', str(tmp_path / 'file')])).fit()
     real, saves = torch.save, []
 
     def full_disk(obj, path):  # the third save (epoch 1's last.pt) finds the disk full halfway
@@ -1305,7 +1305,7 @@ def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monk
         real(obj, path)
     monkeypatch.setattr(torch, 'save', full_disk)
     with pytest.raises(SystemExit, match=r'cannot write .*last.pt \(PytorchStreamWriter.*\); it still holds the last'):
-        T.train(T.parse_args(args + ['--project', str(tmp_path / 'runs')]))
+        T.Trainer(T.parse_args(args + ['--project', str(tmp_path / 'runs')])).fit()
     weights = tmp_path / 'runs/exp/weights'
     assert torch.load(weights / 'last.pt', weights_only=True)['epoch'] == 0 and not list(weights.glob('*.tmp'))
 
@@ -1331,16 +1331,16 @@ def test_mixed_precision_training_checks_itself_first(tmp_path, monkeypatch, cap
     root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
     args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64', '--batch', '8',
             '--epochs', '1', '--workers', '0', '--noautoanchor', '--project', str(tmp_path / 'runs')]
-    T.train(T.parse_args(args))
+    T.Trainer(T.parse_args(args)).fit()
     assert f'AMP: mixed precision training in {HALF}' in capsys.readouterr().out
-    T.train(T.parse_args(args + ['--no-amp']))
+    T.Trainer(T.parse_args(args + ['--no-amp'])).fit()
     assert 'AMP: off, training in fp32' in capsys.readouterr().out
     real = T.predict
 
     def skewed(model, x, dtype=None):  # the check's single image comes out wrong in 16 bits
         return ((pred * (2 if dtype and len(x) == 1 else 1), raw) for pred, raw in real(model, x, dtype))
     monkeypatch.setattr(T, 'predict', skewed)
-    T.train(T.parse_args(args))  # outputs that disagree: one warning, and fp32
+    T.Trainer(T.parse_args(args)).fit()  # outputs that disagree: one warning, and fp32
     out = capsys.readouterr().out
     assert 'AMP: WARNING: torch.bfloat16 outputs disagree with fp32 on ' in out and 'training in fp32' in out
 

@@ -25,7 +25,7 @@ from data import (AUG, YOLODataset, create_dataloader, data_spec, existing_file,
                   plot_batch, read_names, run_dir, set_epoch, to_tensor, xywh2xyxy)
 from loss import YOLOLoss
 from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, half_dtype, load_model,
-                   non_max_suppression, read_checkpoint, scale_boxes, select_device, weights_file)
+                   non_max_suppression, predict, read_checkpoint, scale_boxes, select_device, weights_file)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -115,26 +115,6 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
         matrix[c, bg] += k not in di
 
 
-@torch.inference_mode()
-def predict(model, imgs, dtype=None):
-    """Yields (decoded predictions, raw maps) of a batch chunk by chunk, in mixed precision with a 16-bit dtype. On
-    CPU chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic), with the same outputs in eval mode."""
-    for chunk in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs)):
-        with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
-            yield model(chunk)
-
-
-def match_image(pred, labels, img_shape, to_orig, iouv, confusion=None):
-    """(correct at each IoU, conf, predicted class, label classes) of one image, its boxes compared in the original
-    image's pixels as YOLOv5 does; and the image added to the confusion matrix, if one is given."""
-    labels = torch.cat((labels[:, :1], scale_boxes(xywh2xyxy(labels[:, 1:5]), img_shape, *to_orig)), 1)
-    pred = torch.cat((scale_boxes(pred[:, :4].clone(), img_shape, *to_orig), pred[:, 4:]), 1)
-    if confusion is not None:
-        confusion_add(confusion, pred, labels)
-    correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv)
-    return correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), labels[:, 0].cpu().numpy()
-
-
 def summarize(stats, names, verbose, plots_dir=None):
     """YOLOv5's table (all classes, and each class with verbose) of the images' stats, the PR and F1 curves into
     plots_dir if given; returns mean P, R, mAP50, mAP50-95."""
@@ -185,8 +165,14 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
                        [p[p[:, 4] > 0.25].cpu() for p in preds])
         h, w = imgs.shape[2:]
         targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)  # labels in pixels
-        for si, pred in enumerate(preds):
-            stats.append(match_image(pred, targets[targets[:, 0] == si, 1:], (h, w), to_orig[si], iouv, confusion))
+        for si, pred in enumerate(preds):  # boxes compared in the original image's pixels, as YOLOv5 does
+            lb = targets[targets[:, 0] == si, 1:]
+            lb = torch.cat((lb[:, :1], scale_boxes(xywh2xyxy(lb[:, 1:5]), (h, w), *to_orig[si])), 1)
+            pred = torch.cat((scale_boxes(pred[:, :4].clone(), (h, w), *to_orig[si]), pred[:, 4:]), 1)
+            if plots_dir:
+                confusion_add(confusion, pred, lb)
+            correct = match_predictions(pred, lb[:, 0], lb[:, 1:], iouv)
+            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), lb[:, 0].cpu().numpy()))
     results = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
         plot_confusion_matrix(confusion, names, plots_dir / 'confusion_matrix.png')
@@ -312,8 +298,7 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
     def fit(k):  # mean ratio match of the labels that some anchor matches within thr
         best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
         return (best * (best > 1 / thr).float()).mean()
-    k = k * s
-    f = fit(k)
+    k, f = k * s, fit(k * s)
     for _ in range(gen):
         v = np.ones(k.shape)
         while (v == 1).all():  # mutate until something changes
@@ -339,7 +324,7 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
     log(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
         f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
     if new_bpr > bpr:
-        det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / det.s3
+        det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / det.stride.view(-1, 1, 1)
         log('AutoAnchor: Done, new anchors saved to the model')
     else:
         log('AutoAnchor: Done, original anchors are better and are kept')
@@ -397,21 +382,14 @@ def hyp_entry(text):
         raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER') from None
 
 
-def scale_name(text):
-    """An argparse type for --cfg: n, s, m, l, x or yolov5n.yaml ... -> the scale's letter."""
-    if text and Path(text).stem.replace('yolov5', '') not in SCALES:
-        raise argparse.ArgumentTypeError(f'{text!r}: choose a scale n, s, m, l or x (or yolov5s.yaml ...)')
-    return Path(text).stem.replace('yolov5', '')
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
-    p.add_argument('--cfg', type=scale_name, default='', help='model scale: n, s, m, l, x (or yolov5s.yaml)')
+    p.add_argument('--cfg', type=lambda t: Path(t).stem.replace('yolov5', ''), choices=['', *SCALES], default='',
+                   help='model scale: n, s, m, l, x (or yolov5s.yaml)')
     p.add_argument('--data', default='coco128.yaml', help='data YAML, coco128 / coco, dataset root, images or .txt')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
     p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
-    p.add_argument('--val', default='', help='validation images (default: those --data names)')
     p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
     p.add_argument('--hyp', nargs='*', type=hyp_entry, default=[], metavar='KEY=VALUE', help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
@@ -453,7 +431,7 @@ def parse_args(argv=None):
 def build_datasets(opt, data, names, hyp, train=True):
     """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
     common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
-    val = or_exit(YOLODataset, opt.val or data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1),
+    val = or_exit(YOLODataset, data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1),
                   rect=True, pad=0.5, split='val', prefix='val: ', **common) if MAIN else None
     tr = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
                  seed=opt.seed, prefix='train: ', **common) if train else None
@@ -687,7 +665,11 @@ class Trainer:
         plot_results(self.save_dir / 'results.csv')
         if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
             raise FloatingPointError('the weights are no longer finite')  # not saved: last.pt keeps the good ones
-        self.last_state = self.checkpoint(epoch)
+        self.last_state = dict(  # everything --resume needs to continue exactly, and what load_model needs
+            epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch), updates=self.updates,
+            last_opt_step=self.last_opt_step, model=self.raw.state_dict(), ema=self.ema.state_dict(), hyp=self.hyp,
+            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+            opt=vars(self.opt) | {'resume': False}, date=datetime.now().isoformat(), **self.raw.meta())
         if not opt.nosave or final:
             save_atomic(self.last_state, self.weights_dir / 'last.pt')
             if self.best_epoch == epoch:
@@ -711,14 +693,6 @@ class Trainer:
         half = torch.float16 if self.amp == torch.float16 else None  # fp16 on CUDA, as the original; fp32 on CPU
         return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6,
                         loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
-
-    def checkpoint(self, epoch):
-        """Everything --resume needs to continue exactly, and what load_model needs: a plain dict."""
-        return dict(epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch),
-                    updates=self.updates, last_opt_step=self.last_opt_step, model=self.raw.state_dict(),
-                    ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None, hyp=self.hyp,
-                    opt=vars(self.opt) | {'resume': False}, date=datetime.now().isoformat(), **self.raw.meta())
 
     def fit(self):
         opt = self.opt
@@ -791,10 +765,6 @@ def pick_run(opt):
     return opt, None, save_dir
 
 
-def train(opt):
-    return Trainer(opt).fit()
-
-
 if __name__ == '__main__':
     args = parse_args()
-    run_val_only(args) if args.val_only else train(args)
+    run_val_only(args) if args.val_only else Trainer(args).fit()
