@@ -5,10 +5,10 @@ against the original measured in the same sitting: see README for how (../shared
 """
 import argparse
 import re
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +32,15 @@ def median_ms(fn, n=40, warmup=10):
 
 
 def child_run(cmd):
-    """Wall time, peak RSS (MiB) and stdout of a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t = time.perf_counter()
-    r = subprocess.run(cmd, cwd='/tmp', capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if r.returncode:
-        raise SystemExit(f'{cmd} failed:\n{r.stderr}')
-    return wall, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, r.stdout
+    """Wall time, peak RSS (MiB, as /usr/bin/time measures it) and stdout of a child process."""
+    with tempfile.NamedTemporaryFile('r') as peak:
+        t = time.perf_counter()
+        r = subprocess.run(['/usr/bin/time', '-f', '%M', '-o', peak.name, *cmd], cwd='/tmp', capture_output=True,
+                           text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            raise SystemExit(f'{cmd} failed:\n{r.stderr}')
+        return wall, int(peak.read().split()[-1]) / 1024, r.stdout
 
 
 def main():
@@ -51,7 +52,7 @@ def main():
     weights, coco, bus = shared / 'weights/yolov5n.pt', shared / 'datasets/coco128', shared / 'images/bus.jpg'
     half = half_dtype(torch.device('cpu'))
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, 16-bit type on this CPU: {half}\n')
-    row = lambda what, value: print(f'{what:64s} {value}')
+    row = lambda what, value: print(f'{what:80s} {value}')
 
     model = load_model(weights, fuse=True)
     x = torch.rand(1, 3, 640, 640)
@@ -85,14 +86,16 @@ def main():
             f'{" and ".join(speeds[1:])} it/s')
 
     # in-process measurements last: their threads would slow the child processes above
-    ds = data.YOLODataset(coco, 640, 16, augment=True, hyp=data.AUG, prefix='  ')  # no loader: decoded every time
-    for i in range(32):
-        ds[(0, i)]
-    t = time.perf_counter()
-    for i in range(256):
-        ds[(1 + i // 128, i % 128)]
-    row('augmented samples (mosaic + all augmentations), 640, one process', f'{256 / (time.perf_counter() - t):.1f} '
-        'img/s')
+    ds = data.YOLODataset(coco, 640, 16, augment=True, hyp=data.AUG, prefix='  ')
+    for keep in (False, True):  # every image decoded each time; or kept once decoded, as a run does when they fit
+        ds.keep = keep
+        for i in range(32):
+            ds[(0, i)]
+        t = time.perf_counter()
+        for i in range(256):
+            ds[(1 + i // 128, i % 128)]
+        row(f'augmented samples (mosaic + all augmentations), 640, one process, {"kept" if keep else "decoded"}',
+            f'{256 / (time.perf_counter() - t):.1f} img/s')
 
 
 if __name__ == '__main__':
