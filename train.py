@@ -225,7 +225,8 @@ def plot_results(csv_path):
         y, m, x0, y0 = data[head[j]], np.ptp(data[head[j]]) / 20 or 0.01, k % 5 * 400 + 85, k // 5 * 500 + 45
         to = chart(img, (x0, y0, x0 + 300, y0 + 395), (x[0] - 0.3, x[-1] + 0.3), (y.min() - m, y.max() + m), head[j])
         cv2.polylines(img, list(to(x, y)[:, None]), True, BLUE, 6 if len(x) < 100 else 4, AA)  # 1-point lines: dots
-        cv2.polylines(img, [to(x, cv2.GaussianBlur(y[:, None], (1, 0), 3)[:, 0])], False, ORANGE, 2, AA)  # sigma 3
+        smooth = cv2.GaussianBlur(y[:, None], (1, 0), 3, borderType=cv2.BORDER_REFLECT)[:, 0]  # = the original's
+        cv2.polylines(img, [to(x, smooth)], False, ORANGE, 2, AA)  # scipy.ndimage.gaussian_filter1d(y, sigma=3)
     cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
 
 
