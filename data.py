@@ -70,7 +70,7 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     multiple of stride). Returns the image, the scale ratio and the (left, top) padding as floats."""
     h, w = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
-    r = min(new_h / h, new_w / w, math.inf if scaleup else 1.0)  # val only shrinks: upscaling does not help mAP
+    r = min(new_h / h, new_w / w, math.inf if scaleup else 1.0)  # scaleup=False (val): never enlarges
     unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
     dw, dh = new_w - unpad_w, new_h - unpad_h
     dw, dh = (dw % stride / 2, dh % stride / 2) if auto else (dw / 2, dh / 2)  # auto: pad only up to the stride
@@ -133,10 +133,10 @@ def read_labels(path):
         polygon = len(v) >= 7 and len(v) % 2 == 1
         if len(v) != 5 and not polygon:
             raise ValueError(f'{path}:{n}: {len(v)} numbers: a row is class xc yc w h, or class and 3+ x y points')
-        if v[0] != int(v[0]) or v[0] < 0:
+        if not (v[0] >= 0 and v[0] % 1 == 0):  # (nan and inf fail too)
             raise ValueError(f'{path}:{n}: class {v[0]:g} is not a non-negative integer')
         xy, outside = v[1:], (v[1:] < 0) | (v[1:] > 1)
-        if (xy < -COORD_TOLERANCE).any() or (xy > 1 + COORD_TOLERANCE).any():
+        if not ((xy >= -COORD_TOLERANCE) & (xy <= 1 + COORD_TOLERANCE)).all():
             raise ValueError(f'{path}:{n}: coordinates not normalized to [0, 1]: {line.strip()[:60]}')
         if outside.any():
             msgs.append(f'{path}:{n}: {" ".join(f"{x:g}" for x in xy[outside])} clipped to [0, 1]')
@@ -195,7 +195,8 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
     key = files_hash(img_files + label_files)
     try:
         c = np.load(cache_path, allow_pickle=False)
-        assert int(c['version']) == CACHE_VERSION and str(c['hash']) == key
+        if int(c['version']) != CACHE_VERSION or str(c['hash']) != key:
+            raise ValueError('stale cache')
         files, sizes, msgs, n_corrupt = list(c['files']), c['sizes'], list(c['msgs']), int(c['corrupt'])
         labels, how = np.split(c['labels'], np.cumsum(c['counts'])[:-1]), 'Cached'
     except Exception:  # no cache, stale or unreadable: scan again
@@ -272,8 +273,8 @@ def _key_value(line, where):
 
 def read_yaml(path):
     """The YAML that dataset files use: `key: value` lines with plain or quoted scalars and flow lists, block
-    lists (- a) and one nested mapping level (names: 0: person; or a block to skip, such as an export service's
-    roboflow:), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
+    lists (- a) and one nested mapping level (names: 0: person; or an export service's roboflow: block, read and
+    unused), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
     lines, out = Path(path).read_text().splitlines(), {}
     tops = [i for i, x in enumerate(lines) if i == 0 or x.strip() and x[0] not in ' \t' and not x.startswith('- ')]
     for i, end in zip(tops, tops[1:] + [len(lines)]):
@@ -318,7 +319,7 @@ KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds withou
 def data_spec(data):
     """--data as {'train': sources, 'val': sources, 'names': list or None}, from a data YAML (paths resolved by
     _resolve, its dataset downloaded when missing), a dataset known by name (coco128, coco: fetched into ../datasets),
-    or a dataset root, an image folder or a .txt list (validated on its val split if any, else on its own images)."""
+    or a dataset root, an image folder or a .txt list (validated on its val split, or its only one, or its images)."""
     p = Path(data)
     if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
         cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), DATASETS_DIR
@@ -578,9 +579,9 @@ class YOLODataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def load_image(self, i):
-        """Image i resized so that its long side is img_size, and its original (h, w); None if unreadable. Training
-        decodes a JPEG that it shrinks 2, 4 or 8 times or more at that scale (~2x faster at half size): a full decode
-        brings pixels the resize averages away (the original decodes in full; pixels differ by about one grey level)."""
+        """Image i resized so that its long side is img_size, and its original (h, w); (None, None) if unreadable.
+        Training decodes an image it shrinks 2, 4 or 8x or more at that scale (a JPEG ~2x faster at half size): a full
+        decode brings pixels the resize averages away (the original decodes in full; pixels differ by ~1 grey level)."""
         if self.ram[i] is not None:
             return self.ram[i]
         f = max(k for k in (1, 2, 4, 8) if k * self.img_size <= self.sizes[i].max() or k == 1) if self.augment else 1
@@ -647,9 +648,9 @@ class YOLODataset(torch.utils.data.Dataset):
             if rng.random() < hyp['mixup']:
                 img, labels = mixup(img, labels, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
         else:
+            shape = self.batch_shapes[self.batch_index[index]] if self.rect else self.img_size  # before a substitute
             img, (h0, w0), index = self.load_checked(index, rng)
             h, w = img.shape[:2]
-            shape = self.batch_shapes[self.batch_index[index]] if self.rect else self.img_size
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
             to_orig = (h0, w0), (h / h0 * ratio, pad)  # what scale_boxes needs to map boxes back to the original
             labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
@@ -694,7 +695,7 @@ def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, 
     if workers is None:
         workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed, drop_last=False)
-    workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
+    workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)  # as the original
     # images that need under a tenth of the free memory in all copies (each worker keeps its own) are kept once
     # decoded: a fine-tune on a small dataset would otherwise decode each image again and again (4x an epoch)
     copies = max(workers, 1) * world_size
@@ -772,8 +773,7 @@ def existing_file(text):  # an argparse type
 
 
 def or_exit(fn, *args, **kwargs):
-    """fn(*args, **kwargs) for the command line: a missing or bad input file ends the program with its message
-    (fn raises FileNotFoundError or ValueError for those), no traceback. Any other error is a bug: it shows."""
+    """fn(*args, **kwargs), where a bad input (FileNotFoundError, ValueError) ends the program with its message."""
     try:
         return fn(*args, **kwargs)
     except (FileNotFoundError, ValueError) as e:
@@ -785,12 +785,13 @@ if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]:
     p.add_argument('data')
     p.add_argument('--img', type=number(int, 32), default=640)
     p.add_argument('--batch', type=number(int, 1), default=16)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=number(int, 0), default=0)
     p.add_argument('--names', type=existing_file, default=None)
     p.add_argument('--out', default='train_batch.jpg')
     a = p.parse_args()
-    names = read_names(a.names)
-    ds = YOLODataset(a.data, a.img, a.batch, augment=True, hyp=AUG, nc=len(names), seed=a.seed)
+    spec = or_exit(data_spec, a.data)
+    names = read_names(a.names) if a.names else spec['names'] or read_names()
+    ds = or_exit(YOLODataset, spec['train'], a.img, a.batch, augment=True, hyp=AUG, nc=len(names), seed=a.seed)
     imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
     plot_batch(imgs, labels, names, a.out)
     print(f'{len(imgs)} augmented images with {len(labels)} labels written to {a.out}')

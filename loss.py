@@ -92,11 +92,11 @@ class YOLOLoss:
             t = t[torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']]
             gxy = t[:, 2:4]
             gxi = gain[[2, 3]] - gxy  # distance from the far borders
-            j, k = ((gxy % 1 < g) & (gxy > 1)).T  # near the left / top border (and not in the first cell)
-            l, m = ((gxi % 1 < g) & (gxi > 1)).T  # near the right / bottom border
-            j = torch.stack((torch.ones_like(j), j, k, l, m))
-            t = t.repeat((5, 1, 1))[j]
-            offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[j]
+            left, top = ((gxy % 1 < g) & (gxy > 1)).T  # near the left / top border (and not in the first cell)
+            right, bottom = ((gxi % 1 < g) & (gxi > 1)).T  # near the right / bottom border
+            use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # the cell itself, its neighbours
+            t = t.repeat((5, 1, 1))[use]
+            offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[use]
             bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
             a, (b, c) = a.long().view(-1), bc.long().T
             gij = (gxy - offsets).long()

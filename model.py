@@ -120,7 +120,7 @@ class YOLOv5(nn.Module):
         super().__init__()
         depth, width = SCALES[scale] if isinstance(scale, str) else scale
         self.scale, self.nc = (depth, width), nc
-        self.names = list(names) if names else (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)])
+        self.names = list(names or (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)]))
         ch = lambda c: math.ceil(c * width / 8) * 8  # channels, rounded up to a multiple of 8
         n = lambda k: max(round(k * depth), 1)       # repeats of a C3 block
         layers = {0: Conv(3, ch(64), 6, 2, 2), 1: Conv(ch(64), ch(128), 3, 2), 2: C3(ch(128), ch(128), n(3)),
@@ -228,7 +228,7 @@ def _read_official(path):
 
 
 def read_checkpoint(path):
-    """(meta, fp32 state dict, whole checkpoint) of an official yolov5*.pt (downloaded if missing) or of ours,
+    """(meta, fp32 state dict, our whole checkpoint or {}) of an official yolov5*.pt (downloaded if missing) or ours,
     without building a model: YOLOv5(**meta) is the model it describes. Raises ValueError or FileNotFoundError."""
     path = str(path)
     if not os.path.exists(path):
@@ -342,7 +342,7 @@ def half_dtype(device):
 def select_device(device=''):
     """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun).
     Raises ValueError for a device that is not here."""
-    device = str(device).strip().lower().replace('cuda:', '')
+    device = str(device).strip().lower().replace('cuda:', '').replace('cuda', '0')  # cuda: cuda:0
     if device == 'cpu' or (not device and not torch.cuda.is_available()):
         return torch.device('cpu')
     ids = device.split(',') if device else ['0']

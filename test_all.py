@@ -481,7 +481,7 @@ def test_photometric_augmentations_change_pixels_not_shape():
 
 
 def test_label_checks(tmp_path, capsys):
-    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)]] * 11)
+    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)]] * 13)
     lab = root / 'labels' / 'train'
     (lab / 'im0.txt').write_text('0 0.5 0.5 0.2\n')                              # 4 numbers
     (lab / 'im1.txt').write_text('1 0.5 0.5 0.2 0.2\nx 0.5 0.5 0.2 0.2\n')       # not numbers (2nd row)
@@ -494,6 +494,8 @@ def test_label_checks(tmp_path, capsys):
     (root / 'images' / 'train' / 'im8.jpg').write_bytes(b'\xff\xd8\xff\xe0garbage')  # corrupt image
     (lab / 'im9.txt').write_text('1 1.004 0.5 0.2 0.2\n4 0.5 -0.003 0.2 0.2\n')  # clipped, said so
     (lab / 'im10.txt').write_text('1 0.1 0.1 0.3 0.1 0.2\n')                       # 5 coordinates
+    (lab / 'im11.txt').write_text('1 0.5 nan 0.2 0.2\n')                           # nan passes every comparison
+    (lab / 'im12.txt').write_text('inf 0.5 0.5 0.2 0.2\n')
     img = root / 'images' / 'train' / 'trunc.jpg'  # a JPEG without its end marker that still decodes: kept
     ok, buf = cv2.imencode('.jpg', scene(64, 64, []))
     img.write_bytes(buf.tobytes()[:-2])
@@ -508,10 +510,11 @@ def test_label_checks(tmp_path, capsys):
                      'im3.txt:2: coordinates not normalized', 'im4.txt:1: width and height', 'im10.txt:1: 6 numbers',
                      'im5.txt: 1 duplicate rows removed', 'im8.jpg: ignoring corrupt image/label',
                      'im9.txt:1: 1.004 clipped to [0, 1]', 'im9.txt:2: -0.003 clipped',
-                     'trunc.jpg: truncated JPEG, it decodes and is kept']:
+                     'trunc.jpg: truncated JPEG, it decodes and is kept', 'im11.txt:1: coordinates not normalized',
+                     'im12.txt:1: class inf is not']:
         assert expected in err.err, expected
     assert 'im0.jpg: ignoring corrupt image/label' in err.err
-    assert '5 images, 3 backgrounds, 7 corrupt, 4 instances' in err.out
+    assert '5 images, 3 backgrounds, 9 corrupt, 4 instances' in err.out
     (lab / 'im5.txt').write_text('7 0.5 0.5 0.2 0.2\n')
     with pytest.raises(ValueError, match=r'im5.txt: class 7 is out of range.*5 classes'):
         data.load_labels(data.find_images(root), nc=5)
@@ -794,7 +797,7 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
         __import__('shutil').copy(self.weights_dir / 'last.pt', self.weights_dir / 'unstripped.pt')
         return real_finish(self)
     monkeypatch.setattr(T.Trainer, 'finish', keep_unstripped)
-    full = T.Trainer(tiny_args(root, tmp_path / 'full')).fit()
+    full = T.Trainer(tiny_args(root, tmp_path / 'full', '--freeze', '3')).fit()  # frozen layers stay so on resume
     real = T.set_epoch
 
     def interrupt_at_epoch_1(loader, epoch):
@@ -803,7 +806,7 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
         real(loader, epoch)
     monkeypatch.setattr(T, 'set_epoch', interrupt_at_epoch_1)
     with pytest.raises(SystemExit):
-        T.Trainer(tiny_args(root, tmp_path / 'cut')).fit()
+        T.Trainer(tiny_args(root, tmp_path / 'cut', '--freeze', '3')).fit()
     cut_dir = tmp_path / 'cut' / 'exp'
     assert torch.load(cut_dir / 'weights/last.pt', weights_only=True)['epoch'] == 0
     monkeypatch.setattr(T, 'set_epoch', real)
@@ -972,7 +975,7 @@ BAD_TRAIN = [('--batch', '0'), ('--batch', '-3'), ('--batch', 'x'), ('--img', '-
              ('--iou-thres', '-0.1'), ('--label-smoothing', '2'), ('--max-det', '0'), ('--hyp', 'lr0=abc'),
              ('--hyp', 'lr0'), ('--hyp', 'lr9=1'), ('--names', 'missing.txt'), ('--resume', 'IMAGE'),
              ('--resume', 'missing.pt'), ('--weights', 'IMAGE'), ('--weights', 'nothere.pt'), ('--device', '7'),
-             ('--device', 'gpu'), ('--cfg', 'q'), ('--cache', 'disk')]
+             ('--device', 'gpu'), ('--cfg', 'q'), ('--cache', 'disk'), ('--seed', '-1')]
 BAD_DETECT = [('--img', '0'), ('--img', '-5'), ('--conf-thres', '2'), ('--iou-thres', 'high'), ('--max-det', '0'),
               ('--line-thickness', '0'), ('--classes', '-1'), ('--weights', 'IMAGE'), ('--device', '3')]
 
@@ -987,6 +990,26 @@ def test_a_bad_flag_value_is_refused_naming_the_flag(tmp_path, capsys, script, f
         parse(['--val-only', flag, value] if flag == '--batch' and value == '0' else [flag, value])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f'argument {flag}' in err and value in err and 'Traceback' not in err, err
+
+
+def test_flags_that_depend_on_the_processes_or_the_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(T, 'WORLD_SIZE', 3)
+    with pytest.raises(SystemExit) as e:  # each process takes every 3rd image: its batches would mix rect shapes
+        T.parse_args(['--rect', '--batch', '6'])
+    assert e.value.code == 2 and 'argument --rect: one process only' in capsys.readouterr().err
+    last = tmp_path / 'exp/weights/last.pt'  # --resume (or a torchrun restart) on 3 processes: the default batch
+    last.parent.mkdir(parents=True)          # 16 does not divide, the run's own batch does
+    torch.save(dict(epoch=0, optimizer={}, opt=dict(batch=6, epochs=3)), last)
+    opt, ckpt, run = T.pick_run(T.parse_args(['--resume', str(last), '--batch', '6']))
+    assert opt.batch == 6 and ckpt['epoch'] == 0 and run == tmp_path / 'exp'
+    monkeypatch.setattr(T, 'WORLD_SIZE', 1)
+    (tmp_path / 'three.yaml').write_text(f'path: {shared(COCO128)}\ntrain: images/train2017\nval: images/train2017\n'
+                                         'names: [a, b, c]\n')
+    with pytest.raises(SystemExit, match='has 80 classes, .*three.yaml names 3'):
+        T.run_val_only(T.parse_args(['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(tmp_path / 'three.yaml')]))
+    if not torch.cuda.is_available():  # --device cuda is cuda:0
+        with pytest.raises(ValueError, match="'0': no such CUDA device"):
+            M.select_device('cuda')
 
 
 def test_bad_flags_on_the_real_command_lines(tmp_path):
@@ -1205,10 +1228,10 @@ def test_results_png_follows_results_csv(tmp_path):
     csv = tmp_path / 'results.csv'
     row = lambda e: {'epoch': e, **{k: 1 / (e + 1) for k in ('train/box_loss', 'train/obj_loss', 'train/cls_loss')},
                      **{k: e / 10 for k in T.METRICS}, 'x/lr0': 0.01, 'x/lr1': 0.01, 'x/lr2': 0.01}
-    T.write_results(csv, row(0))
+    csv.write_text(','.join(f'{k:>20}' for k in row(0)) + '\n' + ','.join(f'{v:>20.5g}' for v in row(0).values()) + '\n')
     T.plot_results(csv)  # one epoch: dots, no crash
     one = cv2.imread(str(tmp_path / 'results.png'))
-    T.write_results(csv, row(1))
+    csv.write_text(csv.read_text() + ','.join(f'{v:>20.5g}' for v in row(1).values()) + '\n')
     T.plot_results(csv)
     two = cv2.imread(str(tmp_path / 'results.png'))
     assert one.shape == two.shape == (1000, 2000, 3) and (one != two).any()
@@ -1283,6 +1306,25 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, 
         T.Trainer(args('all')).fit()
     ckpt = torch.load(tmp_path / 'all/exp/weights/last.pt', weights_only=True)
     assert ckpt['epoch'] == 1 and all(v.isfinite().all() for v in ckpt['model'].values())
+
+
+@pytest.mark.parametrize('nosave', [False, True])
+def test_weights_that_turn_non_finite_leave_the_last_good_epoch(tmp_path, monkeypatch, nosave):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    real = T.Trainer.optimizer_step
+
+    def poison(self):  # one step an epoch (8 images, batch 8, nbs 8): the weights go bad in epoch 1
+        real(self)
+        if self.updates == 2:
+            next(self.raw.parameters()).data.fill_(float('nan'))
+    monkeypatch.setattr(T.Trainer, 'optimizer_step', poison)
+    args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64', '--batch', '8',
+            '--epochs', '3', '--workers', '0', '--noautoanchor', '--hyp', 'nbs=8', '--project', str(tmp_path)]
+    with pytest.raises(SystemExit, match='no longer finite: training stopped, .*last.pt holds epoch 0'):
+        T.Trainer(T.parse_args(args + ['--nosave'] * nosave)).fit()
+    ckpt = torch.load(tmp_path / 'exp/weights/last.pt', weights_only=True)
+    assert ckpt['epoch'] == 0 and all(v.isfinite().all() for k in ('model', 'ema') for v in ckpt[k].values())
+    assert [r['epoch'] for r in last_results(tmp_path / 'exp')] == [0]  # epoch 1's row is never written
 
 
 def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monkeypatch):

@@ -105,7 +105,7 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
     iou = box_iou(labels[:, 1:], det[:, :4])
     li, di = torch.where(iou > iou_thres)
     m = torch.stack((li, di, iou[li, di]), 1).cpu().numpy()
-    for k in (1, 0):  # one detection per label, then one label per detection, best IoU first
+    for k in (1, 0):  # one label per detection, then one detection per label, best IoU first
         m = m[m[:, 2].argsort()[::-1]]
         m = m[np.unique(m[:, k], return_index=True)[1]]
     li, di, classes = m[:, 0].astype(int), m[:, 1].astype(int), det[:, 5].int().tolist()
@@ -365,15 +365,7 @@ def save_atomic(obj, path):
         raise SystemExit(f'ERROR: cannot write {path} ({e}); {kept}') from None
 
 
-def write_results(path, row):
-    header = '' if path.exists() else ','.join(f'{k:>20}' for k in row) + '\n'
-    with open(path, 'a') as f:
-        f.write(header + ','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
-
-
-# ---------------------------------------------------------------------------------------------- the training run
-def hyp_entry(text):
-    """An argparse type for --hyp: KEY=NUMBER, KEY one of HYP's."""
+def hyp_entry(text):  # an argparse type for --hyp: KEY=NUMBER, KEY one of HYP's
     key, _, value = text.partition('=')
     if key not in HYP:
         raise argparse.ArgumentTypeError(f'{text!r}: unknown key {key!r}; known: {", ".join(HYP)}')
@@ -413,7 +405,7 @@ def parse_args(argv=None):
     p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
     p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
     p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement before stopping')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=number(int, 0), default=0)
     p.add_argument('--no-amp', action='store_true', help='train in fp32 (default: fp16 on CUDA, bf16 on CPUs with it)')
     p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
     p.add_argument('--half', action='store_true', help='--val-only in 16 bits: fp16 on CUDA, bf16 on CPUs with it')
@@ -425,6 +417,8 @@ def parse_args(argv=None):
     opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
     if opt.batch % WORLD_SIZE:
         p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({WORLD_SIZE})')
+    if opt.rect and WORLD_SIZE > 1:  # each process takes every n-th image: its batches would mix rect shapes
+        p.error('argument --rect: one process only')
     opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
     return opt
 
@@ -447,6 +441,8 @@ def run_val_only(opt):
     model = or_exit(load_model, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
+    if len(names) != model.nc:  # as the original refuses: the boxes would carry classes the names don't have
+        raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
     _, val = build_datasets(opt, data, names, None, train=False)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -457,8 +453,8 @@ def run_val_only(opt):
 
 
 def amp_agrees(model, image, size, dtype):
-    """As the original checks before training on CUDA: do the model's outputs in mixed precision agree with fp32 on
-    a real image to 10% (boxes as fractions of the image)? All outputs, not just detections, which may come and go."""
+    """As the original checks on CUDA: do all mixed-precision outputs (not the detections, which come and go) agree
+    with fp32 on a real image to 10% (boxes as fractions of the image)?"""
     x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
     a, b = (next(predict(deepcopy(model).eval(), x, d))[0] for d in (None, dtype))
     scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
@@ -482,9 +478,6 @@ def build_model(opt, resumed=None, data_names=None):
                 and not (opt.cfg and 'anchors' in k)}
         model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
         log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
-    frozen = [f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0]))]
-    for k, p in model.named_parameters():  # --freeze 10: the backbone keeps the starting weights
-        p.requires_grad_(not k.startswith(tuple(frozen)))
     return model
 
 
@@ -519,6 +512,9 @@ class Trainer:
             dist.barrier()
         # channels-last (as the loader's images are): bf16 training steps ~25% faster on CPU, and fp16 ones on GPUs
         model = build_model(opt, resumed, data['names']).to(self.device, memory_format=torch.channels_last)
+        frozen = tuple(f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0])))
+        for k, p in model.named_parameters():  # --freeze 10: the backbone keeps its starting weights, resumed too
+            p.requires_grad_(not k.startswith(frozen))
         self.names = model.names
         self.train_set, val_set = build_datasets(opt, data, self.names, hyp)
         batch, cpu = opt.batch // WORLD_SIZE, self.device.type == 'cpu'
@@ -557,7 +553,8 @@ class Trainer:
         nl = model.detect.nl  # the loss gains in HYP are for 3 levels, 80 classes and 640 px
         self.loss_fn = YOLOLoss(model, dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * model.nc / 80 * 3 / nl,
                                             obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl))
-        self.last_state, self.bad_steps = None, 0  # the checkpoint of the latest complete epoch; non-finite steps
+        self.saved, self.unsaved = resumed['epoch'] if resumed else None, None  # the epoch last.pt holds; --nosave's
+        self.bad_steps = 0  # non-finite steps in a row
         self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
 
     def from_rank0(self, obj):
@@ -568,13 +565,12 @@ class Trainer:
         return box[0]
 
     def schedule(self, ni):
-        """Sets the learning rates and momentum of iteration ni; returns the gradient accumulation. A linear warmup
-        (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum up, accumulation from 1
-        up to nbs / batch) towards lf(epoch), then the linear or cosine decay lf. As in the original, whose scheduler
-        steps at the end of each epoch, a warmed-up epoch e trains at lf(e - 1)."""
+        """Sets the learning rates and momentum of iteration ni, returns the gradient accumulation: a linear warmup
+        (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum, accumulation from 1 to
+        nbs / batch) towards lf(epoch), then the linear or cosine decay lf; after warmup epoch e trains at lf(e - 1)."""
         hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
         epoch = ni // self.nb
-        e = epoch if ni <= nw or nw >= epoch * self.nb else epoch - 1  # the epoch where warmup ends keeps lf(epoch)
+        e = epoch if nw >= epoch * self.nb else epoch - 1  # lf(e - 1): the original's LambdaLR steps at epoch ends
         lf = ((1 - math.cos(e / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1 if opt.cos_lr
               else (1 - e / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf'])
         ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
@@ -660,21 +656,27 @@ class Trainer:
         if fi >= self.best_fitness:
             self.best_fitness, self.best_epoch = fi, epoch
         stop = epoch - self.best_epoch >= patience
-        lrs = {f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}
-        losses = dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist()))
-        write_results(self.save_dir / 'results.csv', {'epoch': epoch, **losses, **self.results, **lrs})
-        plot_results(self.save_dir / 'results.csv')
         if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
-            raise FloatingPointError('the weights are no longer finite')  # not saved: last.pt keeps the good ones
-        self.last_state = dict(  # everything --resume needs to continue exactly, and what load_model needs
+            raise FloatingPointError('the weights are no longer finite')  # nothing written: last.pt keeps good ones
+        lrs = {f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}
+        row = dict(epoch=epoch, **dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist())),
+                   **self.results, **lrs)
+        csv, header = self.save_dir / 'results.csv', ','.join(f'{k:>20}' for k in row) + '\n'
+        with open(csv, 'a') as f:
+            f.write(header * (f.tell() == 0) + ','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
+        plot_results(csv)
+        state = dict(  # everything --resume needs to continue exactly, and what load_model needs
             epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch), updates=self.updates,
             last_opt_step=self.last_opt_step, model=self.raw.state_dict(), ema=self.ema.state_dict(), hyp=self.hyp,
             optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
             opt=vars(self.opt) | {'resume': False}, date=datetime.now().isoformat(), **self.raw.meta())
         if not opt.nosave or final:
-            save_atomic(self.last_state, self.weights_dir / 'last.pt')
+            save_atomic(state, self.weights_dir / 'last.pt')
             if self.best_epoch == epoch:
-                save_atomic(self.last_state, self.weights_dir / 'best.pt')
+                save_atomic(state, self.weights_dir / 'best.pt')
+            self.saved, self.unsaved = epoch, None
+        else:  # --nosave: a copy (the live tensors move on), written only if the run stops before its end
+            self.unsaved = deepcopy(state)
         if stop:
             log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
         return stop
@@ -707,10 +709,10 @@ class Trainer:
                 if self.from_rank0(stop):  # every process must leave the loop together
                     break
         except (KeyboardInterrupt, FloatingPointError) as e:
-            last = self.weights_dir / 'last.pt'
-            if MAIN and self.last_state is not None:  # the last complete epoch, so that --resume continues exactly
-                save_atomic(self.last_state, last)
-            held = f'{last} holds epoch {self.last_state["epoch"]}' if self.last_state else 'no epoch completed'
+            last, done = self.weights_dir / 'last.pt', self.unsaved['epoch'] if self.unsaved else self.saved
+            if MAIN and self.unsaved:  # the last complete epoch, so that --resume continues exactly
+                save_atomic(self.unsaved, last)
+            held = f'{last} holds epoch {done}' if done is not None else 'no epoch completed'
             if isinstance(e, KeyboardInterrupt):
                 log(f'\nInterrupted: {held}; continue with --resume')
                 raise SystemExit(130)
@@ -740,7 +742,8 @@ def pick_run(opt):
     (TORCHELASTIC_RESTART_COUNT > 0): the run this torchrun job began, marked with its run id, from its last.pt,
     or from the beginning if it saved none yet. Else a new run folder, refused now if it cannot be written."""
     run_id, restarted = os.getenv('TORCHELASTIC_RUN_ID'), int(os.getenv('TORCHELASTIC_RESTART_COUNT', 0))
-    mine = [m.parent for m in Path(opt.project).glob('*/.torchrun_id') if restarted and m.read_text() == run_id]
+    markers = sorted(Path(opt.project).glob('*/.torchrun_id'), key=os.path.getmtime)  # a reused id: the newest run
+    mine = [m.parent for m in markers if restarted and m.read_text() == run_id][-1:]
     if mine and (mine[0] / 'weights/last.pt').exists():
         opt.resume = str(mine[0] / 'weights/last.pt')
     if opt.resume:  # everything, options included, comes from the checkpoint: --resume PATH, or the latest last.pt
@@ -751,7 +754,7 @@ def pick_run(opt):
         last = Path(runs[-1])
         ckpt = torch.load(last, map_location='cpu', weights_only=True)
         keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
-        opt = argparse.Namespace(**{**vars(parse_args([])), **ckpt['opt'], **keep})
+        opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt']['batch'])])), **ckpt['opt'], **keep})
         if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
             done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
             raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
