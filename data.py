@@ -439,10 +439,8 @@ def download_zip(url, dest):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with zipfile.ZipFile(zip_path) as z:
-            if z.testzip() is not None:
-                raise zipfile.BadZipFile(f'{z.testzip()} is damaged')
             print(f'Unzipping {zip_path} ...', file=sys.stderr)
-            z.extractall(tmp)
+            z.extractall(tmp)  # which checks every member's CRC
     except zipfile.BadZipFile as e:
         zip_path.unlink()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -454,24 +452,24 @@ def download_zip(url, dest):
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
-def random_perspective(img, labels, rng, degrees=0, translate=0.1, scale=0.5, shear=0, perspective=0.0, border=(0, 0)):
-    """One random affine (or perspective) warp; labels are pixel xyxy, mapped through their 4 corners."""
+def random_perspective(img, labels, rng, hyp, border=(0, 0)):
+    """One random affine (or perspective) warp within hyp's ranges; labels are pixel xyxy, mapped by their 4 corners."""
     height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
     C, P, R, S, T = (np.eye(3) for _ in range(5))  # centre, perspective, rotation and scale, shear, translation
     C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2  # move the centre to the origin
-    P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
-    s = rng.uniform(1 - scale, 1 + scale)
-    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-degrees, degrees), scale=s)
-    S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-shear, shear, 2)))
-    T[0, 2], T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate, 2) * (width, height)  # back, near the centre
+    P[2, 0], P[2, 1] = rng.uniform(-hyp['perspective'], hyp['perspective'], 2)
+    s = rng.uniform(1 - hyp['scale'], 1 + hyp['scale'])
+    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-hyp['degrees'], hyp['degrees']), scale=s)
+    S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-hyp['shear'], hyp['shear'], 2)))
+    T[0, 2], T[1, 2] = rng.uniform(0.5 - hyp['translate'], 0.5 + hyp['translate'], 2) * (width, height)  # re-centred
     M = T @ S @ R @ P @ C
-    if perspective:
+    if hyp['perspective']:
         img = cv2.warpPerspective(img, M, (width, height), borderValue=(114, 114, 114))
     elif border[0] or border[1] or (M != np.eye(3)).any():
         img = cv2.warpAffine(img, M[:2], (width, height), borderValue=(114, 114, 114))
     corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # the 4 corners of each box
     xy = np.hstack((corners, np.ones((len(corners), 1)))) @ M.T
-    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(-1, 4, 2)  # (box, corner, x y)
+    xy = (xy[:, :2] / xy[:, 2:3] if hyp['perspective'] else xy[:, :2]).reshape(-1, 4, 2)  # (box, corner, x y)
     new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, (width, height, width, height))
     keep = box_candidates(labels[:, 1:5] * s, new)
     labels = labels[keep]
@@ -552,7 +550,7 @@ class YOLODataset(torch.utils.data.Dataset):
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
                  pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False, prefix=''):
         self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
-        self.epoch = 0  # set by the trainer each epoch: part of every sample's random seed
+        self.epoch = 0  # of a direct ds[i], part of every sample's random seed (the loader passes (epoch, i))
         self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
         self.mosaic, self.warned = augment and not rect, set()  # warned: the files that failed to decode
         if rect:  # sort by aspect ratio, one letterbox shape per batch: less padding, same results as YOLOv5's val
@@ -568,7 +566,7 @@ class YOLODataset(torch.utils.data.Dataset):
         if cache == 'ram' and need > (free or math.inf):  # refuse, with the figures, before filling memory for minutes
             raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
                              f'{img_size}, but {free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
-        self.need, self.cache, self.keep, self.ram = need, cache, cache == 'ram', [None] * len(self.files)
+        self.need, self.keep, self.ram = need, cache == 'ram', [None] * len(self.files)
         if cache == 'ram':
             with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
                 self.ram = pool.map(self.load_image, range(len(self.files)))
@@ -623,8 +621,7 @@ class YOLODataset(torch.utils.data.Dataset):
             labels.append(self.pixel_labels(i, w, h, x1a - x1b, y1a - y1b))
         labels = np.concatenate(labels, 0)
         labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
-        return random_perspective(canvas, labels, rng, self.hyp['degrees'], self.hyp['translate'], self.hyp['scale'],
-                                  self.hyp['shear'], self.hyp['perspective'], border=(-s // 2, -s // 2))
+        return random_perspective(canvas, labels, rng, self.hyp, border=(-s // 2, -s // 2))
 
     def load_checked(self, i, rng):
         """load_image, but a file that fails to decode is reported once and replaced by another image:
@@ -655,8 +652,7 @@ class YOLODataset(torch.utils.data.Dataset):
             to_orig = (h0, w0), (h / h0 * ratio, pad)  # what scale_boxes needs to map boxes back to the original
             labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
             if self.augment:
-                img, labels = random_perspective(img, labels, rng, hyp['degrees'], hyp['translate'], hyp['scale'],
-                                                 hyp['shear'], hyp['perspective'])
+                img, labels = random_perspective(img, labels, rng, hyp)
         if self.augment:
             if rng.random() < hyp['crop']:
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
@@ -699,14 +695,13 @@ def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, 
     # images that need under a tenth of the free memory in all copies (each worker keeps its own) are kept once
     # decoded: a fine-tune on a small dataset would otherwise decode each image again and again (4x an epoch)
     copies = max(workers, 1) * world_size
-    dataset.keep |= dataset.cache is None and dataset.need * copies < 0.1 * (available_memory() or 0)
+    dataset.keep |= dataset.need * copies < 0.1 * (available_memory() or 0)
     return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
 def set_epoch(loader, epoch):
-    loader.sampler.set_epoch(epoch)
-    loader.dataset.epoch = epoch
+    loader.sampler.set_epoch(epoch)  # the sampler hands (epoch, index) to the dataset, in any worker
 
 
 # ---------------------------------------------------------------------------------------------- what a run writes

@@ -97,12 +97,12 @@ def run(opt):
         writer, video, n_before = None, Path(path).suffix.lower() in VIDEO_EXTS, n_done
         for frame, fi, count, fps in () if error else read_frames(path):
             t0 = time.perf_counter()
-            x = to_tensor(letterbox(frame, opt.img, stride=32, auto=True)[0]).to(device).float()[None] / 255
+            x = to_tensor(letterbox(frame, opt.img)[0]).to(device).float()[None] / 255
             t1 = time.perf_counter()
             pred = next(predict(model, x, dtype))[0]
             t2 = time.perf_counter()
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms,
-                                      max_det=opt.max_det)[0].float()
+                                      max_det=opt.max_det)[0]
             dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, time.perf_counter() - t2))]
             det[:, :4] = scale_boxes(det[:, :4], x.shape[2:], frame.shape[:2]).round()
             counts = [(names[int(c)], int((det[:, 5] == c).sum())) for c in det[:, 5].unique()]
@@ -113,8 +113,7 @@ def run(opt):
                 gain = torch.tensor(frame.shape, device=det.device)[[1, 0, 1, 0]]
                 rows = torch.cat((det[:, 5:], xyxy2xywh(det[:, :4]) / gain, det[:, 4:5]), 1).tolist()[::-1]
                 label_file = save_dir / 'labels' / f'{Path(path).stem}{f"_{fi + 1}" * video}.txt'
-                label_file.write_text(''.join(f'{r[0]:g} ' + ' '.join(f'{v:g}' for v in r[1:5 + opt.save_conf]) + '\n'
-                                              for r in rows))
+                label_file.write_text(''.join(' '.join(f'{v:g}' for v in r[:5 + opt.save_conf]) + '\n' for r in rows))
                 n_labels += 1
             if not opt.nosave:
                 for *xyxy, conf, cls in reversed(det.tolist()):

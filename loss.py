@@ -99,9 +99,7 @@ class YOLOLoss:
             offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[use]
             bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
             a, (b, c) = a.long().view(-1), bc.long().T
-            gij = (gxy - offsets).long()
-            gij[:, 0].clamp_(0, shape[3] - 1)
-            gij[:, 1].clamp_(0, shape[2] - 1)
+            gij = (gxy - offsets).long().clamp(min=0).minimum(gain[[2, 3]].long() - 1)  # inside the grid
             indices.append((b, a, gij[:, 1], gij[:, 0]))
             tbox.append(torch.cat((gxy - gij, gwh), 1))  # the box relative to the (clamped) cell it is assigned to
             anch.append(anchors[a])

@@ -228,7 +228,7 @@ def _read_official(path):
 
 
 def read_checkpoint(path):
-    """(meta, fp32 state dict, our whole checkpoint or {}) of an official yolov5*.pt (downloaded if missing) or ours,
+    """(meta, fp32 state dict) of an official yolov5*.pt (downloaded if missing) or of one of ours,
     without building a model: YOLOv5(**meta) is the model it describes. Raises ValueError or FileNotFoundError."""
     path = str(path)
     if not os.path.exists(path):
@@ -242,15 +242,15 @@ def read_checkpoint(path):
         meta, sd = {k: ckpt[k] for k in ('scale', 'nc', 'anchors', 'names')}, ckpt.get('ema') or ckpt['model']
     except Exception:
         try:
-            (meta, sd), ckpt = _read_official(path), {}
+            meta, sd = _read_official(path)
         except Exception as e:
             raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
-    return meta, {k: v.float() for k, v in sd.items()}, ckpt
+    return meta, {k: v.float() for k, v in sd.items()}
 
 
 def load_model(path, device='cpu', fuse=False):
     """The model a checkpoint describes with its weights, in eval mode. Raises ValueError or FileNotFoundError."""
-    meta, sd, _ = read_checkpoint(path)
+    meta, sd = read_checkpoint(path)
     model = YOLOv5(**meta).to(device).eval()
     try:
         model.load_state_dict(sd)

@@ -225,8 +225,8 @@ def plot_results(csv_path):
         y, m, x0, y0 = data[head[j]], np.ptp(data[head[j]]) / 20 or 0.01, k % 5 * 400 + 85, k // 5 * 500 + 45
         to = chart(img, (x0, y0, x0 + 300, y0 + 395), (x[0] - 0.3, x[-1] + 0.3), (y.min() - m, y.max() + m), head[j])
         cv2.polylines(img, list(to(x, y)[:, None]), True, BLUE, 6 if len(x) < 100 else 4, AA)  # 1-point lines: dots
-        smooth = cv2.GaussianBlur(y[:, None], (1, 0), 3, borderType=cv2.BORDER_REFLECT)[:, 0]  # = the original's
-        cv2.polylines(img, [to(x, smooth)], False, ORANGE, 2, AA)  # scipy.ndimage.gaussian_filter1d(y, sigma=3)
+        trend = cv2.GaussianBlur(y[:, None], (1, 0), 3, borderType=cv2.BORDER_REFLECT)[:, 0]  # = the original's
+        cv2.polylines(img, [to(x, trend)], False, ORANGE, 2, AA)  # scipy.ndimage.gaussian_filter1d(y, sigma=3)
     cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
 
 
@@ -417,8 +417,8 @@ def parse_args(argv=None):
     opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
     if opt.batch % WORLD_SIZE:
         p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({WORLD_SIZE})')
-    if opt.rect and WORLD_SIZE > 1:  # each process takes every n-th image: its batches would mix rect shapes
-        p.error('argument --rect: one process only')
+    if WORLD_SIZE > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
+        p.error(f'argument {"--rect" if opt.rect else "--val-only"}: one process only')
     opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
     return opt
 
@@ -453,10 +453,10 @@ def run_val_only(opt):
 
 
 def amp_agrees(model, image, size, dtype):
-    """As the original checks on CUDA: do all mixed-precision outputs (not the detections, which come and go) agree
-    with fp32 on a real image to 10% (boxes as fractions of the image)?"""
+    """As the original checks on CUDA: do all mixed-precision outputs of model (in eval mode; all, not the detections
+    that come and go) agree with fp32 on a real image to 10% (boxes as fractions of the image)?"""
     x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
-    a, b = (next(predict(deepcopy(model).eval(), x, d))[0] for d in (None, dtype))
+    a, b = (next(predict(model, x, d))[0] for d in (None, dtype))
     scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
     return bool(((a - b).abs() / scale).max() < 0.1)
 
@@ -468,7 +468,7 @@ def build_model(opt, resumed=None, data_names=None):
         model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'anchors', 'names')})
         model.load_state_dict(resumed['model'])
         return model
-    meta, sd, _ = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None, None)
+    meta, sd = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
     names = read_names(opt.names) if opt.names else data_names or (meta['names'] if meta else read_names())
     names = ['item'] if opt.single_cls and len(names) != 1 else names  # --single-cls trains every class as one
     model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
@@ -531,7 +531,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
         self.ema = deepcopy(model).eval().requires_grad_(False)
         self.amp = None if opt.no_amp else half_dtype(self.device)  # fp16 on CUDA, bf16 on CPUs that have it
-        if self.amp and not amp_agrees(model, self.train_set.files[0], opt.img, self.amp):
+        if self.amp and not amp_agrees(self.ema, self.train_set.files[0], opt.img, self.amp):
             log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
             self.amp = None
         log(f'AMP: mixed precision training in {self.amp}' if self.amp else 'AMP: off, training in fp32')
@@ -604,9 +604,7 @@ class Trainer:
             loss, items = self.loss_fn(preds, targets.to(device))  # in fp32: Detect returns fp32 maps
             if not self.finite(loss, paths):
                 continue
-            if self.ddp:
-                loss *= WORLD_SIZE  # DDP averages gradients over processes; YOLOv5's loss is per global batch
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss * WORLD_SIZE).backward()  # DDP averages gradients; YOLOv5's loss is per global batch
             if ni - self.last_opt_step >= accumulate:
                 self.optimizer_step()
                 self.last_opt_step = ni
@@ -625,11 +623,11 @@ class Trainer:
     def finite(self, loss, paths):
         """Whether the step may go on. A non-finite loss on any process skips it on all of them (else the gradient
         all-reduce of DDP would hang), with a warning naming the files; 3 in a row stop the run."""
-        bad = torch.tensor(float(not loss.isfinite()), device=self.device)
+        bad = (~loss.detach().isfinite()).float()
+        if bad:  # this process's batch (before the other processes' verdicts are added)
+            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
         if self.ddp:
             dist.all_reduce(bad)
-        if not loss.isfinite():
-            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
         self.bad_steps = self.bad_steps + 1 if bad else 0
         if self.bad_steps >= 3:
             raise FloatingPointError(f'{self.bad_steps} steps in a row with a non-finite loss')
