@@ -336,7 +336,7 @@ def data_spec(data):
         raise ValueError(f'{data}: nc is {cfg["nc"]} but {len(names)} names are given')
     names = names or ([f'class{i}' for i in range(cfg['nc'])] if cfg.get('nc') else None)
     root = base / str(cfg.get('path') or '')  # relative to the YAML's folder; an absolute path stays absolute
-    markers = [dest / f'.{url.rsplit("/", 1)[-1]}.done' for url, dest in _zips(cfg.get('download'), root, base)]
+    markers = [done_marker(url, dest) for url, dest in _zips(cfg.get('download'), root, base)]
     if 0 < sum(m.exists() for m in markers) < len(markers):  # a download that stopped halfway goes on first
         _download_dataset(data, cfg['download'], root, base)
     for attempt in range(2):  # the second after the download
@@ -427,11 +427,15 @@ def _fetch(url, part):
         raise OSError(f'got {done} of {total} bytes, the rest resumes on the next try')
 
 
+def done_marker(url, dest):  # the file that says the zip at url is in dest, whole
+    return dest / f'.{url.rsplit("/", 1)[-1]}.done'
+
+
 def download_zip(url, dest):
     """A zip fetched into dest (or put there by hand), checked, extracted into a temporary folder and moved into
-    place, then deleted: a crash never leaves a half dataset that looks whole. The marker .NAME.done says it is."""
+    place, then deleted: a crash never leaves a half dataset that looks whole. done_marker() then says it is."""
     name = url.rsplit('/', 1)[-1]
-    zip_path, tmp, done = dest / name, dest / f'.{name}.tmp', dest / f'.{name}.done'
+    zip_path, tmp, done = dest / name, dest / f'.{name}.tmp', done_marker(url, dest)
     if done.exists():
         return
     if not zip_path.exists():
@@ -550,6 +554,7 @@ class YOLODataset(torch.utils.data.Dataset):
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
                  pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False, prefix=''):
         self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
+        self.batch_size = batch_size  # with rect, the images of a batch share a shape: the loader's batch
         self.epoch = 0  # of a direct ds[i], part of every sample's random seed (the loader passes (epoch, i))
         self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
         self.mosaic, self.warned = augment and not rect, set()  # warned: the files that failed to decode

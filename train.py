@@ -446,7 +446,7 @@ def run_val_only(opt):
     _, val = build_datasets(opt, data, names, None, train=False)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
-    loader = create_dataloader(val, opt.batch, opt.workers, cpu=device.type == 'cpu')
+    loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
     validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, verbose=opt.verbose or len(names) < 50,
              dtype=half_dtype(device) if opt.half else None, plots_dir=save_dir)
     log(f'Results saved to {save_dir}')
@@ -520,7 +520,7 @@ class Trainer:
         batch, cpu = opt.batch // WORLD_SIZE, self.device.type == 'cpu'
         self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect, cpu=cpu,
                                               rank=max(RANK, 0), world_size=WORLD_SIZE)
-        self.val_loader = create_dataloader(val_set, batch * 2, opt.workers, cpu=cpu) if MAIN else None
+        self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu) if MAIN else None
         if MAIN and not resumed:
             plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
             if not opt.noautoanchor:
