@@ -656,9 +656,8 @@ class Trainer:
         stop = epoch - self.best_epoch >= patience
         if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
             raise FloatingPointError('the weights are no longer finite')  # nothing written: last.pt keeps good ones
-        lrs = {f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}
         row = dict(epoch=epoch, **dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist())),
-                   **self.results, **lrs)
+                   **self.results, **{f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)})
         csv, header = self.save_dir / 'results.csv', ','.join(f'{k:>20}' for k in row) + '\n'
         with open(csv, 'a') as f:
             f.write(header * (f.tell() == 0) + ','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
