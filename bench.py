@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 import data
-from model import half_dtype, load_model
+from model import load_model
+from plumbing import half_dtype
 
 ROOT = Path(__file__).resolve().parent
 

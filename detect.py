@@ -1,7 +1,7 @@
 """
 Run a YOLOv5 model on images, folders, globs or videos:  python detect.py img.jpg [more ...]
 Annotated results go to runs/detect/exp (then exp2, exp3, ...), YOLO labels with --save-txt.
-An entry point beside train.py: it imports data.py and model.py, never train.py.
+An entry point beside train.py, on top of data.py and model.py; it never imports train.py.
 """
 import argparse
 import glob
@@ -13,9 +13,10 @@ from pathlib import Path
 import cv2
 import torch
 
-from data import IMAGE_EXTS, PALETTE, VIDEO_EXTS, draw_box, letterbox, number, or_exit, run_dir, to_tensor, xyxy2xywh
-from model import (check_img_size, device_name, half_dtype, load_model, non_max_suppression, predict, scale_boxes,
-                   select_device, weights_file)
+from data import letterbox, to_tensor
+from model import load_model, non_max_suppression, predict, scale_boxes
+from plumbing import (IMAGE_EXTS, PALETTE, VIDEO_EXTS, check_img_size, device_name, draw_box, half_dtype, number,
+                      or_exit, run_dir, select_device, weights_file, xyxy2xywh)
 
 
 def expand_sources(sources):

@@ -2,11 +2,15 @@
 YOLOv5's training loss: each label is matched to the anchors whose shape is within anchor_t of its own,
 in its own grid cell and the two neighbouring cells nearest to its centre; matched predictions get a
 CIoU box loss and a class BCE, and every prediction an objectness BCE whose target is the detached IoU.
+Also autoanchor: how well the anchors fit a dataset's labels under that same shape test, and new ones if they don't.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from model import decode_boxes
 
 
 def bbox_ciou(box1, box2, eps=1e-7):
@@ -40,19 +44,27 @@ class FocalBCE(nn.Module):
 
 
 class YOLOLoss:
-    """hyp needs box, obj, cls (already scaled for layers, classes and image size), cls_pw, obj_pw,
-    anchor_t, fl_gamma and label_smoothing."""
+    """hyp needs box, obj, cls (the gains for 3 levels, 80 classes and 640 pixels), cls_pw, obj_pw, anchor_t,
+    fl_gamma and label_smoothing."""
     balance = [4.0, 1.0, 0.4]  # objectness weight of P3, P4, P5: small objects are many and hard
     gr = 1.0                   # objectness target = gr * IoU + (1 - gr)
 
-    def __init__(self, model, hyp):
-        self.hyp = hyp
+    def __init__(self, model, hyp, img_size=640):
+        nl = model.detect.nl
+        # The gains scale with the model and the images, so that one hyp file suits all: the box and class terms are
+        # sums over levels (3 / nl) and the class BCE a mean over classes (nc / 80); objectness counts every cell,
+        # whose number grows with the image's area ((img_size / 640) ** 2).
+        self.hyp = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * model.nc / 80 * 3 / nl,
+                        obj=hyp['obj'] * (img_size / 640) ** 2 * 3 / nl)
         device = next(model.parameters()).device
         bce = lambda pw: (FocalBCE(torch.tensor([pw], device=device), hyp['fl_gamma']) if hyp['fl_gamma'] > 0
                           else nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw], device=device)))
         self.bce_cls, self.bce_obj = bce(hyp['cls_pw']), bce(hyp['obj_pw'])
-        self.cls_pos, self.cls_neg = 1.0 - 0.5 * hyp['label_smoothing'], 0.5 * hyp['label_smoothing']  # smoothed
-        self.nc, self.na, self.anchors = model.detect.nc, model.detect.na, model.detect.anchors  # grid units
+        self.cls_pos = 1.0 - 0.5 * hyp['label_smoothing']  # class targets, smoothed
+        self.cls_neg = 0.5 * hyp['label_smoothing']
+        self.nc = model.detect.nc
+        self.na = model.detect.na
+        self.anchors = model.detect.anchors  # in grid units; the same tensor that autoanchor changes
 
     def __call__(self, preds, targets):
         """preds: the 3 raw maps (b, na, ny, nx, 5+nc); targets (n, 6): image index, class, xywh normalized.
@@ -62,8 +74,8 @@ class YOLOLoss:
         for i, (p, (b, a, gj, gi)) in enumerate(zip(preds, indices)):
             tobj = torch.zeros_like(p[..., 4])
             if len(b):
-                pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
-                pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)  # as in Detect
+                pxywh, _, pcls = p[b, a, gj, gi].split((4, 1, self.nc), 1)
+                pbox = decode_boxes(pxywh, -0.5, anchors[i])  # relative to the cell's corner, in grid units
                 iou = bbox_ciou(pbox, tbox[i])
                 lbox += (1.0 - iou).mean()
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * iou.detach().clamp(0).type(tobj.dtype)
@@ -105,3 +117,76 @@ class YOLOLoss:
             anch.append(anchors[a])
             tcls.append(c)
         return tcls, tbox, indices, anch
+
+
+# ---------------------------------------------------------------------------------------------- autoanchor
+def label_wh(dataset, img_size, jitter=None):
+    """Label widths and heights in pixels, for images resized so that the long side is img_size."""
+    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True) * (1 if jitter is None else jitter)
+    return np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, dataset.labels)]).astype(np.float32)
+
+
+def anchor_metric(anchors, wh, thr):
+    """Per label and anchor, the ratio match; per label the best one; the best possible recall (labels some anchor
+    matches within thr) and the mean number of anchors within thr."""
+    r = wh[:, None] / anchors[None]
+    x = torch.min(r, 1 / r).min(2)[0]
+    best = x.max(1)[0]
+    return x, best, (best > 1 / thr).float().mean(), (x > 1 / thr).float().sum(1).mean()
+
+
+def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
+    """k-means on label wh (whitened), then a genetic search that maximises the anchor fitness."""
+    rng = np.random.default_rng(seed)
+    small = (wh0 < 3.0).any(1).sum()
+    if small:
+        print(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
+    wh = wh0[(wh0 >= 2.0).any(1)]
+    s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
+    x = wh / s
+    wh = torch.tensor(wh)
+    k = x[rng.choice(len(x), n, replace=len(x) < n)]
+    for _ in range(30):  # Lloyd's iterations
+        nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
+        k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
+
+    def fit(k):  # mean ratio match of the labels that some anchor matches within thr
+        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
+        return (best * (best > 1 / thr).float()).mean()
+    k = k * s
+    f = fit(k)
+    for _ in range(gen):
+        v = np.ones(k.shape)
+        while (v == 1).all():  # mutate until something changes
+            mutated = rng.random(k.shape) < 0.9  # which values change, and by how much:
+            sigma = rng.random()
+            noise = rng.standard_normal(k.shape)
+            v = np.where(mutated, sigma * noise * 0.1 + 1, 1.0).clip(0.3, 3.0)
+        kg = (k * v).clip(min=2.0)
+        fg = fit(kg)
+        if fg > f:
+            f = fg
+            k = kg
+    return k[np.argsort(k.prod(1))]
+
+
+def check_anchors(dataset, model, thr, img_size, seed=0):
+    """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
+    det = model.detect
+    rng = np.random.default_rng(seed)
+    wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
+    _, _, bpr, aat = anchor_metric(det.pixel_anchors().view(-1, 2).cpu(), wh, thr)
+    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
+    if bpr > 0.98:
+        print(msg + 'Current anchors are a good fit to dataset')
+        return
+    print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
+    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, thr, seed=seed)
+    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
+          f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
+    if new_bpr > bpr:
+        det.set_anchors(torch.tensor(new))
+        print('AutoAnchor: Done, new anchors saved to the model')
+    else:
+        print('AutoAnchor: Done, original anchors are better and are kept')

@@ -1,26 +1,21 @@
 """
-From pixels to boxes: YOLOv5 (v6+ architecture) as plain PyTorch modules, its checkpoints (official and ours),
-decoding, non-maximum suppression, mapping boxes back to the image, and the choice of device.
-Imports data.py (class names, box formats, downloads) and nothing above it.
+From pixels to boxes: YOLOv5 (v6+ architecture) as plain PyTorch modules, box decoding, loading checkpoints (official
+and ours), non-maximum suppression and mapping boxes back to the image.
 
 The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24), so the official checkpoints
 load by name with no key mapping. Concat and Upsample have no weights: their places hold an unused nn.Identity.
 """
-import argparse
 import functools
-import glob
-import importlib.util
 import math
 import os
 import sys
 import time
 import zipfile
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from data import COCO_NAMES, download, xywh2xyxy
+from plumbing import COCO_NAMES, OFFICIAL, RELEASE_URL, download, read_official, torchvision_nms, xywh2xyxy
 
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
@@ -76,27 +71,43 @@ class SPPF(nn.Module):
         return self.cv2(torch.cat(y, 1))
 
 
+def decode_boxes(t, offsets, anchors, stride=1):
+    """Raw box outputs t (..., 4) -> boxes (x, y, w, h). The centre is its cell's corner (in offsets, less 0.5) plus
+    2 * sigmoid, so it may move half a cell beyond its cell; the size is the anchor's times (2 * sigmoid) ** 2, at most
+    4x. Both stay bounded, unlike exp(), which keeps early training stable. One decode for Detect and the loss."""
+    xy, wh = t.sigmoid().split(2, -1)
+    return torch.cat(((xy * 2 + offsets) * stride, (wh * 2) ** 2 * anchors), -1)
+
+
 class Detect(nn.Module):
     """1x1 conv per level to na*(5+nc) outputs; in eval mode also decodes them to boxes in pixels."""
     def __init__(self, nc, anchors, channels):
         super().__init__()
-        self.nc, self.no, self.nl, self.na = nc, nc + 5, len(anchors), len(anchors[0]) // 2
+        self.nc = nc
+        self.no = nc + 5  # outputs per anchor: box (4), objectness, class scores
+        self.nl = len(anchors)  # output levels
+        self.na = len(anchors[0]) // 2  # anchors per level
         self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in channels)
         self.register_buffer('stride', torch.tensor(STRIDES, dtype=torch.float32), persistent=False)
-        self.register_buffer('anchors', torch.tensor(anchors).float().view(self.nl, -1, 2) / self.stride.view(-1, 1, 1))
+        self.register_buffer('anchors', torch.zeros(self.nl, self.na, 2))  # in grid units, as the original's
+        self.set_anchors(torch.tensor(anchors, dtype=torch.float32))
         # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6/nc
         for conv, s in zip(self.m, STRIDES):
             b = conv.bias.detach().view(self.na, -1)
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
 
+    def set_anchors(self, pixels):
+        """New anchors (w, h) in pixels, (levels, anchors, 2) or flat; kept in grid units (pixels / stride)."""
+        self.anchors[:] = pixels.to(self.anchors.device).view_as(self.anchors) / self.stride.view(-1, 1, 1)
+
     def pixel_anchors(self):
-        """The anchors in pixels, (levels, anchors, 2); the buffer holds them in grid units, as the original's does."""
+        """The anchors in pixels, (levels, anchors, 2)."""
         return self.anchors * self.stride.view(-1, 1, 1)
 
     @staticmethod
     @functools.lru_cache(maxsize=None)
-    def make_grid(ny, nx, device):  # the cells' (x, y), less the 0.5 of 2*sig - 0.5; made once per shape and device
+    def cell_offsets(ny, nx, device):  # each cell's (x, y) corner, less the 0.5 of decode_boxes; once per shape
         y, x = torch.meshgrid(torch.arange(ny, device=device), torch.arange(nx, device=device), indexing='ij')
         return torch.stack((x, y), 2).view(1, 1, ny, nx, 2).float() - 0.5
 
@@ -108,10 +119,9 @@ class Detect(nn.Module):
             p = conv(f).float().view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             raw.append(p)
             if not self.training:
-                xy, wh, conf = p.sigmoid().split((2, 2, self.no - 4), 4)
-                xy = (xy * 2 + self.make_grid(ny, nx, p.device)) * self.stride[i]  # (2*sig - 0.5 + cell) * stride
-                wh = (wh * 2) ** 2 * self.pixel_anchors()[i].view(1, self.na, 1, 1, 2)  # anchors may change: not cached
-                decoded.append(torch.cat((xy, wh, conf), 4).view(b, -1, self.no))
+                anchors = self.pixel_anchors()[i].view(1, self.na, 1, 1, 2)  # autoanchor may change them: not cached
+                box = decode_boxes(p[..., :4], self.cell_offsets(ny, nx, p.device), anchors, self.stride[i])
+                decoded.append(torch.cat((box, p[..., 4:].sigmoid()), 4).view(b, -1, self.no))
         return raw if self.training else (torch.cat(decoded, 1), raw)
 
 
@@ -119,7 +129,8 @@ class YOLOv5(nn.Module):
     def __init__(self, scale='n', nc=80, anchors=ANCHORS, names=None):
         super().__init__()
         depth, width = SCALES[scale] if isinstance(scale, str) else scale
-        self.scale, self.nc = (depth, width), nc
+        self.scale = (depth, width)
+        self.nc = nc
         self.names = list(names or (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)]))
         ch = lambda c: math.ceil(c * width / 8) * 8  # channels, rounded up to a multiple of 8
         n = lambda k: max(round(k * depth), 1)       # repeats of a C3 block
@@ -143,8 +154,7 @@ class YOLOv5(nn.Module):
 
     def meta(self):
         """What YOLOv5(**meta) needs to rebuild this model: saved in every checkpoint beside the weights."""
-        anchors = self.detect.pixel_anchors().view(self.detect.nl, -1).tolist()
-        return dict(scale=list(self.scale), nc=self.nc, anchors=anchors, names=list(self.names))
+        return dict(scale=list(self.scale), nc=self.nc, names=list(self.names))  # the anchors are in the weights
 
     def forward(self, x):
         m = self.model
@@ -171,62 +181,7 @@ class YOLOv5(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints. Ours are plain dicts that torch.load(weights_only=True) reads. The official ones pickle the original
-# code's classes: torch's weights-only unpickler reads them too, the classes as attribute holders (_unpickle_official).
-OFFICIAL = {f'yolov5{s}.pt' for s in SCALES}
-RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/'
-
-
-class _Stub:
-    """Stands in for every class of the original code and every torch module it pickles: an attribute dict only."""
-    def __setstate__(self, state):
-        self.__dict__.update(state if isinstance(state, dict) else state[0] or {})
-
-
-_NP = (getattr(np, '_core', None) or np.core).multiarray
-# harmless globals beside the classes: the numpy arrays and numbers that the original's training runs leave behind
-_NUMPY = {f'numpy.{m}multiarray.{k}': getattr(_NP, k) for m in ('core.', '_core.') for k in ('_reconstruct', 'scalar')}
-_NUMPY.update({'numpy.ndarray': np.ndarray, 'numpy.dtype': np.dtype},
-              **{f'numpy.dtypes.{k}': v for k, v in vars(np.dtypes).items() if isinstance(v, type)})
-
-
-def _unpickle_official(path):
-    """The checkpoint through torch's weights-only unpickler, the original's classes read as attribute holders:
-    every other global it names is refused before anything is read, so a malicious pickle cannot run code."""
-    allowed = dict(_NUMPY)  # all numpy's dtype classes: the unpickler also checks the types of the dtypes it builds
-    for g in torch.serialization.get_unsafe_globals_in_checkpoint(path):  # read from the pickle, nothing run
-        if g.startswith(('models.', 'torch.nn.modules.')):
-            allowed[g] = _Stub
-        elif g not in _NUMPY:
-            raise ValueError(f'refused to load global {g}')
-    with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
-        return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def _state_dict_of(stub, prefix=''):
-    """The state dict of a stub module tree, with the same keys that nn.Module.state_dict() gives."""
-    tensors = {**vars(stub).get('_parameters', {}), **vars(stub).get('_buffers', {})}
-    sd = {prefix + k: v for k, v in tensors.items() if v is not None}
-    for k, child in vars(stub).get('_modules', {}).items():
-        if child is not None:
-            sd.update(_state_dict_of(child, f'{prefix}{k}.'))
-    return sd
-
-
-def _read_official(path):
-    ckpt = _unpickle_official(path)
-    stub = ckpt.get('ema') or ckpt.get('model') if isinstance(ckpt, dict) else None
-    if not isinstance(stub, _Stub) or not isinstance(getattr(stub, 'yaml', None), dict):
-        raise ValueError('no YOLOv5 model inside')
-    cfg = stub.yaml
-    if len(cfg.get('backbone', [])) != 10 or len(cfg.get('head', [])) != 15:
-        raise ValueError('not a YOLOv5 v6+ P5 model (yolov5n/s/m/l/x architecture)')
-    detect = stub._modules['model']._modules['24']
-    anchors = (detect._buffers['anchors'].float() * detect.stride.float().view(-1, 1, 1)).view(3, -1).tolist()
-    names = stub.names if isinstance(stub.names, list) else [stub.names[i] for i in sorted(stub.names)]
-    meta = dict(scale=(cfg['depth_multiple'], cfg['width_multiple']), nc=int(detect.nc), anchors=anchors, names=names)
-    return meta, _state_dict_of(stub)
-
-
+# code's classes: plumbing.read_official reads them without that code, and without running anything in the pickle.
 def read_checkpoint(path):
     """(meta, fp32 state dict) of an official yolov5*.pt (downloaded if missing) or of one of ours,
     without building a model: YOLOv5(**meta) is the model it describes. Raises ValueError or FileNotFoundError."""
@@ -239,10 +194,11 @@ def read_checkpoint(path):
         raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
     try:  # ours first: a plain dict of tensors and metadata (anything else fails a lookup)
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        meta, sd = {k: ckpt[k] for k in ('scale', 'nc', 'anchors', 'names')}, ckpt.get('ema') or ckpt['model']
+        meta = {k: ckpt[k] for k in ('scale', 'nc', 'names')}
+        sd = ckpt.get('ema') or ckpt['model']
     except Exception:
         try:
-            meta, sd = _read_official(path)
+            meta, sd = read_official(path)
         except Exception as e:
             raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
     return meta, {k: v.float() for k, v in sd.items()}
@@ -260,19 +216,7 @@ def load_model(path, device='cpu', fuse=False):
 
 
 # ----------------------------------------------------------------------------------------------
-# From the model's output to boxes on the image, and where the model runs.
-@functools.lru_cache(maxsize=None)
-def torchvision_nms():
-    # `import torchvision` costs ~1.5 s (it imports every model and dataset); its compiled ops alone are free
-    try:
-        lib = glob.glob(os.path.join(importlib.util.find_spec('torchvision').submodule_search_locations[0], '_C*.*'))
-        torch.ops.load_library(sorted(lib)[0])
-        return torch.ops.torchvision.nms
-    except Exception:
-        import torchvision
-        return torchvision.ops.nms
-
-
+# From the model's output to boxes on the image.
 def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
                         multi_label=False, max_det=300, max_nms=30000, max_wh=7680):
     """pred (b, N, 5+nc) decoded model output -> list of (n, 6) tensors [x1, y1, x2, y2, conf, cls] per image.
@@ -323,52 +267,3 @@ def scale_boxes(boxes, from_shape, to_shape, ratio_pad=None):
     return boxes
 
 
-def check_img_size(img, floor=0, stride=max(STRIDES)):
-    """img rounded up to a multiple of the stride (the 3 levels' feature maps must align), and at least floor."""
-    new = max(-(-img // stride) * stride, floor)
-    if new != img:
-        print(f'WARNING: --img {img} must be a multiple of {stride}{f" and >= {floor}" * bool(floor)}, using {new}')
-    return new
-
-
-def half_dtype(device):
-    """The 16-bit type this device computes fast: fp16 on CUDA, bf16 on a CPU that has it natively (AVX512-BF16 or
-    AMX, as PyTorch reports them); None elsewhere, where 16 bits would only be slower."""
-    flags = '_is_avx512_bf16_supported', '_is_amx_tile_supported'
-    native = device.type == 'cpu' and any(getattr(torch.cpu, f, lambda: False)() for f in flags)
-    return torch.float16 if device.type == 'cuda' else torch.bfloat16 if native else None
-
-
-def select_device(device=''):
-    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun).
-    Raises ValueError for a device that is not here."""
-    device = str(device).strip().lower().replace('cuda:', '').replace('cuda', '0')  # cuda: cuda:0
-    if device == 'cpu' or (not device and not torch.cuda.is_available()):
-        return torch.device('cpu')
-    ids = device.split(',') if device else ['0']
-    if not all(i.isdigit() for i in ids):
-        raise ValueError(f'{device!r} is not cpu, a GPU index (0, 1, ...) or a list of them (0,1)')
-    if max(map(int, ids)) >= torch.cuda.device_count():
-        raise ValueError(f'{device!r}: no such CUDA device here ({torch.cuda.device_count()} found); try cpu')
-    return torch.device('cuda', int(ids[0]))
-
-
-# argparse types of the scripts' flags: a bad value ends the program with a message naming the flag, exit code 2
-def device_name(text):
-    try:
-        select_device(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def checkpoint_file(text):
-    if not zipfile.is_zipfile(text):  # every PyTorch checkpoint is a zip archive
-        why = 'not a checkpoint (.pt)' if os.path.exists(text) else 'no such file'
-        raise argparse.ArgumentTypeError(f'{text}: {why}')
-    return text
-
-
-def weights_file(text):
-    """'' (none), an official name (downloaded if missing) or a checkpoint."""
-    return text if not text or os.path.basename(text) in OFFICIAL else checkpoint_file(text)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import detect  # noqa: E402
 import model as M  # noqa: E402
+import plumbing as P  # noqa: E402
 
 
 def shared(path):
@@ -196,7 +197,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     assert 'Traceback' not in r.stderr
     liar = tmp_path / 'liar.pt'  # claims to be yolov5s but holds yolov5n weights
     torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS,
-                'names': data.COCO_NAMES}, liar)
+                'names': P.COCO_NAMES}, liar)
     with pytest.raises(ValueError, match='liar.pt: weights do not fit'):
         M.load_model(liar)
 
@@ -246,7 +247,7 @@ def test_nms_matches_a_brute_force_reference(multi_label, agnostic):
     out = M.non_max_suppression(torch.from_numpy(pred)[None], 0.3, 0.5, multi_label=multi_label,
                                      agnostic=agnostic, max_det=1000)[0].numpy()
     scores = pred[:, 5:] * pred[:, 4:5]
-    boxes = data.xywh2xyxy(pred[:, :4])
+    boxes = P.xywh2xyxy(pred[:, :4])
     cand = [(i, c) for i in range(n) for c in range(nc) if scores[i, c] > 0.3 and pred[i, 4] > 0.3
             and (multi_label or c == scores[i].argmax())]
     expected = []
@@ -399,7 +400,7 @@ def check_labels_frame_rectangles(img, labels, areas, rotated=False):
     contain its pixels. And every rectangle that is still well visible has a label."""
     img = np.ascontiguousarray(img.numpy().transpose(1, 2, 0)[:, :, ::-1]).astype(int)
     h, w = img.shape[:2]
-    boxes = data.xywh2xyxy(labels[:, 2:6].numpy()) * (w, h, w, h)
+    boxes = P.xywh2xyxy(labels[:, 2:6].numpy()) * (w, h, w, h)
 
     def iou(a, b):
         inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -499,7 +500,7 @@ def test_label_checks(tmp_path, capsys):
     img = root / 'images' / 'train' / 'trunc.jpg'  # a JPEG without its end marker that still decodes: kept
     ok, buf = cv2.imencode('.jpg', scene(64, 64, []))
     img.write_bytes(buf.tobytes()[:-2])
-    files, sizes, labels = data.load_labels(data.find_images(root), nc=5)
+    files, sizes, labels = P.load_labels(P.find_images(root), nc=5)
     err = capsys.readouterr()
     by_name = {Path(f).stem: lb for f, lb in zip(files, labels)}
     # as in the original, an image with a malformed label row is left out whole: its objects must not be background
@@ -517,38 +518,38 @@ def test_label_checks(tmp_path, capsys):
     assert '5 images, 3 backgrounds, 9 corrupt, 4 instances' in err.out
     (lab / 'im5.txt').write_text('7 0.5 0.5 0.2 0.2\n')
     with pytest.raises(ValueError, match=r'im5.txt: class 7 is out of range.*5 classes'):
-        data.load_labels(data.find_images(root), nc=5)
+        P.load_labels(P.find_images(root), nc=5)
 
 
 def test_polygon_rows_become_the_boxes_around_their_points(tmp_path):
     lab = tmp_path / 'a.txt'
     lab.write_text('3 0.1 0.2 0.5 0.2 0.3 0.6\n1 0.5 0.5 0.2 0.4\n0 0.9 0.9 0.95 0.8 0.7 0.85 0.8 1.0\n')  # mixed
-    labels, msgs = data.read_labels(lab)
+    labels, msgs = P.read_labels(lab)
     np.testing.assert_allclose(labels, [[3, 0.3, 0.4, 0.4, 0.4], [1, 0.5, 0.5, 0.2, 0.4], [0, 0.825, 0.9, 0.25, 0.2]],
                                atol=1e-6)
     for bad in ('3 0.1 0.2 0.5 0.2 0.3 0.6 0.7', '3 0.1 0.2', '3 0.1 0.2 0.5 0.2 0.5 0.2 0.3 0.6 0.9'):
         lab.write_text(bad + '\n')  # an odd number of coordinates, or a single point: a bad row
         with pytest.raises(ValueError, match='a.txt:1: .* numbers'):
-            data.read_labels(lab)
+            P.read_labels(lab)
 
 
 def test_label_cache_is_reused_and_rebuilt_on_change(tmp_path, capsys):
     root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)], [(1, 20, 20, 80, 90)]])
-    files = data.find_images(root)
-    first = data.load_labels(files, nc=5)
+    files = P.find_images(root)
+    first = P.load_labels(files, nc=5)
     cache = root / 'labels' / 'train.cache'
     assert cache.exists() and capsys.readouterr().out.startswith('Scanned')  # (the scan runs in child processes)
-    second = data.load_labels(files, nc=5)
+    second = P.load_labels(files, nc=5)
     assert capsys.readouterr().out.startswith('Cached') and all(np.array_equal(a, b) for a, b in zip(first[2], second[2]))
     (root / 'labels' / 'train' / 'im1.txt').write_text('2 0.5 0.5 0.25 0.25\n3 0.2 0.2 0.1 0.1\n')
-    third = data.load_labels(files, nc=5)
+    third = P.load_labels(files, nc=5)
     assert capsys.readouterr().out.startswith('Scanned') and third[2][1][:, 0].tolist() == [2, 3]
     cache.write_bytes(b'garbage')  # unreadable cache: scanned again
-    assert len(data.load_labels(files, nc=5)[2][1]) == 2 and capsys.readouterr().out.startswith('Scanned')
+    assert len(P.load_labels(files, nc=5)[2][1]) == 2 and capsys.readouterr().out.startswith('Scanned')
 
 
 def test_coco128_scan():
-    files, sizes, labels = data.load_labels(data.find_images(shared(COCO128)), nc=80)
+    files, sizes, labels = P.load_labels(P.find_images(shared(COCO128)), nc=80)
     assert len(files) == 128 and sum(len(x) == 0 for x in labels) == 2 and sum(len(x) for x in labels) == 929
 
 
@@ -633,7 +634,10 @@ def fixed_loss_inputs(nc, b=2, h=128, w=192):
     (5, dict(anchor_t=2.5, cls_pw=2.0), 16.626095, [0.150465, 6.205159, 1.957424])])
 def test_loss_matches_the_original(nc, extra, expected_loss, expected_items):
     preds, targets = fixed_loss_inputs(nc)
-    loss, items = L.YOLOLoss(M.YOLOv5('n', nc=nc), dict(LOSS_HYP, **extra))(preds, targets)
+    # the original's ComputeLoss takes the gains as they are; YOLOLoss scales cls by nc / 80 (and the rest by 1 for
+    # 3 levels at 640 pixels): give it the gain that scales to the original's
+    hyp = dict(LOSS_HYP, cls=LOSS_HYP['cls'] * 80 / nc, **extra)
+    loss, items = L.YOLOLoss(M.YOLOv5('n', nc=nc), hyp)(preds, targets)
     assert abs(loss.item() - expected_loss) < 1e-4
     np.testing.assert_allclose(items.numpy(), expected_items, atol=1e-5)
 
@@ -854,12 +858,12 @@ def test_autoanchor_evolves_anchors_for_unusual_boxes(tmp_path, capsys):
     ds = data.YOLODataset(make_dataset(tmp_path, boxes), 160, nc=18)
     net = M.YOLOv5('n', nc=18)
     before = net.detect.anchors.clone()
-    T.check_anchors(ds, net, 4.0, 160)
+    L.check_anchors(ds, net, 4.0, 160)
     out = capsys.readouterr().out
     assert 'poor fit' in out and 'new anchors saved' in out
     assert not torch.equal(before, net.detect.anchors)
-    wh = torch.tensor(T.label_wh(ds, 160))
-    assert T.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
+    wh = torch.tensor(L.label_wh(ds, 160))
+    assert L.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
 
 
 def test_map_of_perfect_and_of_shifted_predictions():
@@ -879,7 +883,7 @@ def test_map_of_perfect_and_of_shifted_predictions():
 
 # ---------------------------------------------------------------------------------------------- the layers
 
-LAYERS = ['data', 'model', 'loss', 'train', 'detect']  # bottom-up; train and detect are siblings on top
+LAYERS = ['plumbing', 'data', 'model', 'loss', 'train', 'detect']  # bottom-up; train and detect are siblings on top
 
 
 def test_each_file_imports_only_files_below_it():
@@ -1000,7 +1004,7 @@ def test_flags_that_depend_on_the_processes_or_the_weights(tmp_path, monkeypatch
     last = tmp_path / 'exp/weights/last.pt'  # --resume (or a torchrun restart) on 3 processes: the default batch
     last.parent.mkdir(parents=True)          # 16 does not divide, the run's own batch does
     torch.save(dict(epoch=0, optimizer={}, opt=dict(batch=6, epochs=3)), last)
-    opt, ckpt, run = T.pick_run(T.parse_args(['--resume', str(last), '--batch', '6']))
+    opt, ckpt, run = P.pick_run(T.parse_args(['--resume', str(last), '--batch', '6']), T.parse_args)
     assert opt.batch == 6 and ckpt['epoch'] == 0 and run == tmp_path / 'exp'
     monkeypatch.setattr(T, 'WORLD_SIZE', 1)
     (tmp_path / 'three.yaml').write_text(f'path: {shared(COCO128)}\ntrain: images/train2017\nval: images/train2017\n'
@@ -1009,7 +1013,7 @@ def test_flags_that_depend_on_the_processes_or_the_weights(tmp_path, monkeypatch
         T.run_val_only(T.parse_args(['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(tmp_path / 'three.yaml')]))
     if not torch.cuda.is_available():  # --device cuda is cuda:0
         with pytest.raises(ValueError, match="'0': no such CUDA device"):
-            M.select_device('cuda')
+            P.select_device('cuda')
 
 
 def test_bad_flags_on_the_real_command_lines(tmp_path):
@@ -1110,20 +1114,20 @@ def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch
     monkeypatch.setenv('YOLO_MIRROR', srv.url)
     srv.cut.add('blob.bin')
     with pytest.raises(FileNotFoundError, match='blob.bin: download failed .*1500000 of 3000000 bytes'):
-        data.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
+        P.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
     assert not (tmp_path / 'blob.bin').exists() and (tmp_path / 'blob.bin.part').stat().st_size == 1_500_000
-    data.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
+    P.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
     assert (tmp_path / 'blob.bin').read_bytes() == blob and not (tmp_path / 'blob.bin.part').exists()
     assert srv.requests[-1] == ('blob.bin', 'bytes=1500000-')  # the second request asked for the rest only
     dest = tmp_path / 'ds'
     with pytest.raises(FileNotFoundError, match='bad.zip: not a valid zip'):
-        data.download_zip('https://example.com/bad.zip', dest)
+        P.download_zip('https://example.com/bad.zip', dest)
     assert list(dest.iterdir()) == []
     # a mirror that is a folder, as on a machine without internet where the zips were copied by hand
     (tmp_path / 'mirror').mkdir()
     (tmp_path / 'mirror' / 'd.zip').write_bytes(zip_bytes({'d/a.txt': b'hello'}))
     monkeypatch.setenv('YOLO_MIRROR', str(tmp_path / 'mirror'))
-    data.download_zip('https://example.com/d.zip', dest)
+    P.download_zip('https://example.com/d.zip', dest)
     assert (dest / 'd' / 'a.txt').read_text() == 'hello' and not (dest / 'd.zip').exists()
 
 
@@ -1137,7 +1141,7 @@ def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, m
     (tmp_path / 'coco.yaml').write_text('path: coco\ntrain: train2017.txt\nval: val2017.txt\nnames: [a]\ndownload: |\n'
                                         "  urls = ['http://images.cocodataset.org/zips/val2017.zip']\n  download(urls)\n")
     with pytest.raises(FileNotFoundError, match='is a script, which is never run.*val2017.zip'):
-        data.data_spec(tmp_path / 'coco.yaml')
+        P.data_spec(tmp_path / 'coco.yaml')
 
 
 ORIGINAL_COCO128_YAML = '''# YOLOv5 by Ultralytics, AGPL-3.0 license
@@ -1155,7 +1159,7 @@ test:  # test images (optional)
 
 # Classes
 names:
-''' + ''.join(f'  {i}: {n}\n' for i, n in enumerate(data.COCO_NAMES)) + '''
+''' + ''.join(f'  {i}: {n}\n' for i, n in enumerate(P.COCO_NAMES)) + '''
 
 # Download script/URL (optional)
 download: https://ultralytics.com/assets/coco128.zip
@@ -1167,8 +1171,8 @@ def test_data_yaml_forms(tmp_path):
     (tmp_path / 'datasets' / 'coco128').symlink_to(shared(COCO128))
     (tmp_path / 'data').mkdir()
     (tmp_path / 'data' / 'coco128.yaml').write_text(ORIGINAL_COCO128_YAML)  # path relative to the YAML's folder
-    spec = data.data_spec(tmp_path / 'data' / 'coco128.yaml')
-    assert spec['names'] == data.COCO_NAMES and Path(spec['train'][0]).resolve() == (COCO128 / 'images/train2017').resolve()
+    spec = P.data_spec(tmp_path / 'data' / 'coco128.yaml')
+    assert spec['names'] == P.COCO_NAMES and Path(spec['train'][0]).resolve() == (COCO128 / 'images/train2017').resolve()
     # an export service's data.yaml in the dataset root beside train/ and valid/, with ../ paths and its own block
     root = tmp_path / 'export'
     for split, n in (('train', 3), ('valid', 2)):
@@ -1179,27 +1183,27 @@ def test_data_yaml_forms(tmp_path):
     (root / 'data.yaml').write_text("train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 3\n"
                                     "names: ['cat', \"hot dog\", 'it''s']\n\nroboflow:\n  workspace: me\n  version: 2\n"
                                     "  url: https://universe.roboflow.com/me/x/dataset/2\n")
-    spec = data.data_spec(root / 'data.yaml')
+    spec = P.data_spec(root / 'data.yaml')
     assert spec['names'] == ['cat', 'hot dog', "it's"] and spec['val'] == [str(root / 'valid/images')]
     ds = data.YOLODataset(spec['train'], 64, nc=3)
     assert len(ds) == 3 and all(len(lb) == 1 for lb in ds.labels)
     # block lists, block scalars, comments; the errors name file and line
     (root / 'b.yaml').write_text('train: [../train/images, ../valid/images]  # both\nval: ../valid/images\nnames:\n'
                                  '- cat\n- dog\n- "#3"\ndescription: >\n  folded\n  text\n')
-    spec = data.data_spec(root / 'b.yaml')
-    assert spec['names'] == ['cat', 'dog', '#3'] and len(data.find_images(spec['train'])) == 5
-    assert data.read_yaml(root / 'b.yaml')['description'] == 'folded text'
+    spec = P.data_spec(root / 'b.yaml')
+    assert spec['names'] == ['cat', 'dog', '#3'] and len(P.find_images(spec['train'])) == 5
+    assert P.read_yaml(root / 'b.yaml')['description'] == 'folded text'
     for text, error in [('nc: 2\nnames: [a, b, c]\n', 'nc is 2 but 3 names'),
                         ('names: {0: a}\n', 'c.yaml:3: .* not in the YAML read here'),
                         ('names:\n  a:\n    b: 1\n', 'c.yaml:5: one nested level only'),
                         ('train: x\njust words\n', 'c.yaml:2: not a `key: value` line')]:
         (root / 'c.yaml').write_text('train: ../train/images\nval: ../valid/images\n' * ('train' not in text) + text)
         with pytest.raises(ValueError, match=error):
-            data.data_spec(root / 'c.yaml')
+            P.data_spec(root / 'c.yaml')
     (root / 'c.yaml').write_text('path: elsewhere\ntrain: images/train\nval: images/val\nnames: [a]\n')
     with pytest.raises(FileNotFoundError, match=f'train: images/train not found; tried {root}/elsewhere/images/train, '
                                                 f'{root}/images/train'):
-        data.data_spec(root / 'c.yaml')
+        P.data_spec(root / 'c.yaml')
 
 
 def test_single_class_and_frozen_backbone(tmp_path):
@@ -1229,10 +1233,10 @@ def test_results_png_follows_results_csv(tmp_path):
     row = lambda e: {'epoch': e, **{k: 1 / (e + 1) for k in ('train/box_loss', 'train/obj_loss', 'train/cls_loss')},
                      **{k: e / 10 for k in T.METRICS}, 'x/lr0': 0.01, 'x/lr1': 0.01, 'x/lr2': 0.01}
     csv.write_text(','.join(f'{k:>20}' for k in row(0)) + '\n' + ','.join(f'{v:>20.5g}' for v in row(0).values()) + '\n')
-    T.plot_results(csv)  # one epoch: dots, no crash
+    P.plot_results(csv)  # one epoch: dots, no crash
     one = cv2.imread(str(tmp_path / 'results.png'))
     csv.write_text(csv.read_text() + ','.join(f'{v:>20.5g}' for v in row(1).values()) + '\n')
-    T.plot_results(csv)
+    P.plot_results(csv)
     two = cv2.imread(str(tmp_path / 'results.png'))
     assert one.shape == two.shape == (1000, 2000, 3) and (one != two).any()
 
@@ -1351,7 +1355,7 @@ def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monk
 
 # ---------------------------------------------------------------------------------------------- mixed precision
 
-HALF = M.half_dtype(torch.device('cpu'))  # bf16 where the CPU has it natively, else None
+HALF = P.half_dtype(torch.device('cpu'))  # bf16 where the CPU has it natively, else None
 
 
 @pytest.mark.skipif(HALF is None, reason='this CPU has no native bf16')
@@ -1391,7 +1395,7 @@ def test_a_stripped_checkpoint_validates_as_before(tmp_path):
     rows = []
     for name in ('full.pt', 'stripped.pt'):
         torch.save(state, tmp_path / name)
-    T.strip_checkpoint(tmp_path / 'stripped.pt')
+    P.strip_checkpoint(tmp_path / 'stripped.pt')
     stripped = torch.load(tmp_path / 'stripped.pt', weights_only=True)
     assert not {'optimizer', 'ema', 'updates'} & set(stripped) and stripped['model']['model.0.conv.weight'].dtype == torch.float16
     assert (tmp_path / 'stripped.pt').stat().st_size < (tmp_path / 'full.pt').stat().st_size / 5

@@ -1,10 +1,11 @@
 """
-Train or validate YOLOv5: an entry point beside detect.py, on top of data.py, model.py and loss.py.
-  python train.py --data ../shared/datasets/coco128 --weights yolov5n.pt --img 320 --epochs 3
+Train or validate YOLOv5, the entry point beside detect.py:
+  python train.py --data coco128.yaml --weights yolov5n.pt --img 640 --epochs 100
   torchrun --nproc_per_node 2 train.py --data ... --device 0,1          (DDP: NCCL on GPUs, gloo on CPU)
-  python train.py --val-only --weights yolov5n.pt --data ../shared/datasets/coco128 --batch 32
-Owns the training hyperparameters, validation metrics (YOLOv5's mAP), autoanchor and the training loop.
-Runs are saved to runs/train/exp, exp2, ...: weights/last.pt, weights/best.pt, results.csv and pictures.
+  python train.py --val-only --weights yolov5n.pt --data coco128.yaml --batch 32
+Owns the training hyperparameters, the training loop (warmup, LR schedule, gradient accumulation, mixed precision,
+EMA, checkpoints, resume, early stopping) and validation with YOLOv5's metrics (P, R, mAP, confusion matrix).
+Runs go to runs/train/exp, exp2, ...: weights/last.pt and best.pt, results.csv and pictures.
 """
 import argparse
 import math
@@ -21,11 +22,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import (AUG, YOLODataset, create_dataloader, data_spec, existing_file, label_path, letterbox, number, or_exit,
-                  plot_batch, read_names, run_dir, set_epoch, to_tensor, xywh2xyxy)
-from loss import YOLOLoss
-from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, half_dtype, load_model,
-                   non_max_suppression, predict, read_checkpoint, scale_boxes, select_device, weights_file)
+from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
+from loss import YOLOLoss, check_anchors
+from model import SCALES, STRIDES, YOLOv5, load_model, non_max_suppression, predict, read_checkpoint, scale_boxes
+from plumbing import (checkpoint_file, check_img_size, data_spec, device_name, existing_file, half_dtype, key_number,
+                      label_path, number, or_exit, pick_run, plot_batch, plot_confusion_matrix, plot_curve,
+                      plot_labels, plot_results, read_names, run_dir, save_atomic, select_device, strip_checkpoint,
+                      trim_results, weights_file, write_results, xywh2xyxy)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -34,10 +37,13 @@ HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,   # SGD; fin
            nbs=64,                                                    # nominal batch: gradients accumulate to it
            box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,        # loss gains and BCE positive weights
            anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0, **AUG)    # anchor-label wh ratio limit, focal loss gamma
-RANK, LOCAL_RANK, WORLD_SIZE = (int(os.getenv(k, d)) for k, d in (('RANK', -1), ('LOCAL_RANK', -1), ('WORLD_SIZE', 1)))
+RANK = int(os.getenv('RANK', -1))  # set by torchrun: this process among all; -1 without torchrun
+LOCAL_RANK = int(os.getenv('LOCAL_RANK', -1))  # this process on its machine
+WORLD_SIZE = int(os.getenv('WORLD_SIZE', 1))
 MAIN = RANK in (-1, 0)  # only this process validates, prints and saves
+LOSSES = ['box_loss', 'obj_loss', 'cls_loss']
 METRICS = ['metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
-           'val/box_loss', 'val/obj_loss', 'val/cls_loss']  # what validate() returns, as named in results.csv
+           *(f'val/{k}' for k in LOSSES)]  # what validate() returns, as named in results.csv
 
 
 def log(*args, **kwargs):
@@ -45,7 +51,373 @@ def log(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# ---------------------------------------------------------------------------------------- metrics (as YOLOv5's val)
+# ---------------------------------------------------------------------------------------------- training
+class Trainer:
+    """One training run. __init__ sets it up (or restores it from last.pt with --resume); fit() runs the epochs:
+    train_epoch() then end_epoch() (validate, results.csv, checkpoints, early stopping), and finish()."""
+
+    def __init__(self, opt):
+        # The order matters: each step needs the ones before it.
+        self.start_processes(opt)  # DDP first: the steps below broadcast, wait on each other
+        opt, resumed, self.save_dir = self.from_rank0(pick_run(opt, parse_args) if MAIN else None)
+        self.opt = opt
+        self.weights_dir = self.save_dir / 'weights'
+        self.start_epoch = resumed['epoch'] + 1 if resumed else 0
+        if MAIN:  # rows of epochs that run again: a crash came between a row and its checkpoint
+            trim_results(self.save_dir / 'results.csv', self.start_epoch)
+        torch.manual_seed(opt.seed + max(RANK, 0))
+        self.hyp = dict(HYP, **dict(opt.hyp))
+        self.hyp['label_smoothing'] = opt.label_smoothing or self.hyp['label_smoothing']
+        model = self.setup_model_and_data(resumed)  # the model's classes come from the data
+        if MAIN and not resumed:  # before the EMA copies the model, and before DDP sends rank 0's anchors to all
+            plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
+            if not opt.noautoanchor:
+                check_anchors(self.train_set, model, self.hyp['anchor_t'], opt.img, opt.seed)
+        self.setup_optimizer(model, resumed)  # the EMA and the mixed precision check copy the anchors chosen above
+        if opt.sync_bn and self.ddp and self.device.type == 'cuda':
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log('Using SyncBatchNorm')
+        self.raw = model  # the model itself; self.model is what trains: DDP's wrapper, which syncs the gradients
+        self.model = model
+        if self.ddp:  # DDP copies rank 0's weights and buffers (anchors included) to every process
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None)
+        self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
+        self.saved = resumed['epoch'] if resumed else None  # the epoch that last.pt holds
+        self.unsaved = None  # with --nosave: the state of the last epoch, written only if the run stops early
+        self.bad_steps = 0  # non-finite steps in a row
+        self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
+
+    def start_processes(self, opt):
+        """Under torchrun: one process per GPU (NCCL), or per CPU share (gloo)."""
+        self.ddp = LOCAL_RANK != -1
+        self.device = select_device(opt.device)
+        if not self.ddp:
+            return
+        if self.device.type == 'cuda':
+            self.device = torch.device('cuda', LOCAL_RANK)
+            torch.cuda.set_device(self.device)
+        store, rank, world = next(dist.rendezvous('env://'))
+        store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)  # stale keys hang
+        backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+    def setup_model_and_data(self, resumed):
+        """The model (--freeze applied), the datasets and their loaders; returns the model."""
+        opt = self.opt
+        if LOCAL_RANK > 0:
+            dist.barrier()  # local rank 0 fetches a missing dataset first
+        data = or_exit(data_spec, opt.data)
+        if LOCAL_RANK == 0:
+            dist.barrier()
+        # channels-last (as the loader's images are): bf16 training steps ~25% faster on CPU, and fp16 ones on GPUs
+        model = build_model(opt, resumed, data['names']).to(self.device, memory_format=torch.channels_last)
+        frozen = tuple(f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0])))
+        for k, p in model.named_parameters():  # --freeze 10: the backbone keeps its starting weights, resumed too
+            p.requires_grad_(not k.startswith(frozen))
+        self.names = model.names
+        self.train_set, val_set = build_datasets(opt, data, self.names, self.hyp)
+        cpu = self.device.type == 'cpu'
+        self.train_loader = create_dataloader(self.train_set, opt.batch // WORLD_SIZE, opt.workers, shuffle=not opt.rect,
+                                              cpu=cpu, rank=max(RANK, 0), world_size=WORLD_SIZE)
+        self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu) if MAIN else None
+        self.nb = len(self.train_loader)  # batches per epoch
+        return model
+
+    def setup_optimizer(self, model, resumed):
+        """Optimizer, EMA, mixed precision and their state when resuming."""
+        opt, hyp = self.opt, self.hyp
+        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)  # at least 100: tiny datasets warm up too
+        decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
+        self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
+        self.ema = deepcopy(model).eval().requires_grad_(False)
+        self.amp = None if opt.no_amp else half_dtype(self.device)  # fp16 on CUDA, bf16 on CPUs that have it
+        if self.amp and not amp_agrees(self.ema, self.train_set.files[0], opt.img, self.amp):
+            log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
+            self.amp = None
+        log(f'AMP: mixed precision training in {self.amp}' if self.amp else 'AMP: off, training in fp32')
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp == torch.float16)  # bf16 needs no loss scaling
+        self.best_fitness = 0.0
+        self.best_epoch = 0
+        self.updates = 0  # optimizer steps, for the EMA's decay
+        self.last_opt_step = -1  # the iteration of the last optimizer step, for gradient accumulation
+        if resumed:
+            self.ema.load_state_dict(resumed['ema'])
+            self.optimizer.load_state_dict(resumed['optimizer'])
+            if self.scaler.is_enabled() and resumed.get('scaler'):
+                self.scaler.load_state_dict(resumed['scaler'])
+            for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'):
+                setattr(self, k, resumed[k])
+
+    def from_rank0(self, obj):
+        """Rank 0's obj on every process: under DDP they all take the same path (and need no shared disk)."""
+        box = [obj]
+        if self.ddp:
+            dist.broadcast_object_list(box, 0)
+        return box[0]
+
+    def schedule(self, ni):
+        """Sets the learning rates and momentum of iteration ni, returns the gradient accumulation: a linear warmup
+        (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum, accumulation from 1 to
+        nbs / batch) towards lf(epoch), then the linear or cosine decay lf."""
+        hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
+        epoch = ni // self.nb
+        # After warmup, epoch e trains at lf(e - 1): the original steps its LambdaLR at the end of each epoch, and
+        # warmup overrides the first epochs' rates, so the decay runs one epoch late. Kept: the same LR curve.
+        e = epoch if nw >= epoch * self.nb else epoch - 1
+        if opt.cos_lr:
+            lf = (1 - math.cos(e / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1
+        else:
+            lf = (1 - e / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']
+        ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
+        for j, g in enumerate(self.optimizer.param_groups):
+            g['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf)
+            if 'momentum' in g:  # SGD (Adam keeps its betas)
+                g['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
+        return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
+
+    def train_epoch(self, epoch):
+        """One pass over the training set; returns the mean (box, obj, cls) losses."""
+        opt, device = self.opt, self.device
+        self.model.train()
+        set_epoch(self.train_loader, epoch)
+        self.optimizer.zero_grad()
+        log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', *LOSSES, 'Instances', 'Size'))
+        mloss = torch.zeros(3, device=device)
+        t_epoch = time.time()
+        for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
+            ni = i + self.nb * epoch  # iterations since the start of training
+            accumulate = self.schedule(ni)
+            imgs = imgs.to(device, non_blocking=True).float() / 255
+            if opt.multi_scale:
+                imgs = self.rescale(imgs, ni)
+            with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
+                preds = self.model(imgs)
+            loss, items = self.loss_fn(preds, targets.to(device))  # in fp32: Detect returns fp32 maps
+            if not self.finite(loss, paths):
+                continue
+            self.scaler.scale(loss * WORLD_SIZE).backward()  # DDP averages gradients; YOLOv5's loss is per global batch
+            if ni - self.last_opt_step >= accumulate:
+                self.optimizer_step()
+                self.last_opt_step = ni
+            mloss = (mloss * i + items) / (i + 1)
+            if MAIN:
+                self.progress(epoch, i, mloss, len(targets), imgs.shape[-1], t_epoch)
+            if MAIN and epoch == 0 and i == 0:
+                plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
+        return mloss
+
+    def rescale(self, imgs, ni):
+        """--multi-scale: the batch resized to a random size in [0.5, 1.5] x --img, a multiple of 32."""
+        rng = np.random.default_rng([self.opt.seed, ni])  # seeded by iteration: a resumed run draws the same
+        size = int(rng.integers(self.opt.img * 0.5, self.opt.img * 1.5 + 32)) // 32 * 32
+        f = size / max(imgs.shape[2:])
+        if f == 1:
+            return imgs
+        new_shape = [math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]]
+        return nn.functional.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
+
+    def progress(self, epoch, i, mloss, instances, size, t_epoch):
+        """The epoch's line: live on a terminal, else printed once at the end of the epoch."""
+        last = i == self.nb - 1
+        if not (sys.stdout.isatty() or last):
+            return
+        device = self.device
+        mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
+        speed = (i + 1) / (time.time() - t_epoch)
+        eta = f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
+        line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{self.opt.epochs - 1}', mem, *mloss, instances, size) + eta
+        start = '\r' if sys.stdout.isatty() else ''
+        print(start + line, end='\n' if last else '', flush=True)
+
+    def finite(self, loss, paths):
+        """Whether the step may go on. A non-finite loss on any process skips it on all of them (else the gradient
+        all-reduce of DDP would hang), with a warning naming the files; 3 in a row stop the run."""
+        bad = (~loss.detach().isfinite()).float()
+        if bad:  # this process's batch (before the other processes' verdicts are added)
+            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
+        if self.ddp:
+            dist.all_reduce(bad)
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if self.bad_steps >= 3:
+            raise FloatingPointError(f'{self.bad_steps} steps in a row with a non-finite loss')
+        return not bad
+
+    def optimizer_step(self):
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)  # with fp16, the scaler skips a step whose gradients are not finite
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        self.updates += 1
+        ema_update(self.ema, self.raw, self.updates)
+
+    def end_epoch(self, epoch, mloss):
+        """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early.
+        An epoch that may end the run is validated and saved even with --noval or --nosave, so that the run's last
+        results and weights are real; fitness equal to the best counts as better; --patience 0 never stops."""
+        opt = self.opt
+        patience = opt.patience or float('inf')
+        final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
+        if not opt.noval or final:  # else the last results are carried forward
+            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, dtype=self.amp)
+        fitness = 0.1 * self.results['metrics/mAP_0.5'] + 0.9 * self.results['metrics/mAP_0.5:0.95']
+        if fitness >= self.best_fitness:
+            self.best_fitness = fitness
+            self.best_epoch = epoch
+        stop = epoch - self.best_epoch >= patience
+        if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
+            raise FloatingPointError('the weights are no longer finite')  # nothing written: last.pt keeps good ones
+        row = {'epoch': epoch, **dict(zip([f'train/{k}' for k in LOSSES], mloss.tolist(), strict=True)),
+               **self.results, **{f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}}
+        write_results(self.save_dir / 'results.csv', row)
+        plot_results(self.save_dir / 'results.csv')
+        state = self.checkpoint(epoch)
+        if not opt.nosave or final:
+            save_atomic(state, self.weights_dir / 'last.pt')
+            if self.best_epoch == epoch:
+                save_atomic(state, self.weights_dir / 'best.pt')
+            self.saved = epoch
+            self.unsaved = None
+        else:  # --nosave: a copy (the live tensors move on), written only if the run stops before its end
+            self.unsaved = deepcopy(state)
+        if stop:
+            log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
+        return stop
+
+    def checkpoint(self, epoch):
+        """Everything --resume needs to continue exactly, and what load_model needs."""
+        return dict(epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch),
+                    updates=self.updates, last_opt_step=self.last_opt_step, model=self.raw.state_dict(),
+                    ema=self.ema.state_dict(), hyp=self.hyp, optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict(), opt=vars(self.opt) | {'resume': False},
+                    date=datetime.now().isoformat(), **self.raw.meta())
+
+    def finish(self):
+        """Strip last.pt and best.pt to the fp16 EMA weights people ship, then validate best.pt once more, fused,
+        with the per-class table: that is the run's result."""
+        best = self.weights_dir / 'best.pt'
+        strip_checkpoint(self.weights_dir / 'last.pt')
+        if not best.exists():  # with --nosave it may never have been saved
+            return self.results
+        strip_checkpoint(best)
+        log(f'\nValidating {best}...')
+        model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
+        model.load_state_dict(read_checkpoint(best)[1])
+        coco = '/coco/images/val2017/' in str(self.val_loader.dataset.files[0]).replace(os.sep, '/')
+        half = torch.float16 if self.amp == torch.float16 else None  # fp16 on CUDA; fp32 on CPU
+        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6,
+                        loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
+
+    def fit(self):
+        opt = self.opt
+        log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
+            f'{WORLD_SIZE} process(es); results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
+        epoch = self.start_epoch
+        t0 = time.time()
+        try:
+            for epoch in range(self.start_epoch, opt.epochs):
+                mloss = self.train_epoch(epoch)
+                stop = self.end_epoch(epoch, mloss) if MAIN else False
+                if self.from_rank0(stop):  # every process must leave the loop together
+                    break
+        except (KeyboardInterrupt, FloatingPointError) as e:
+            self.stopped(e)
+        except torch.OutOfMemoryError:
+            raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
+                             f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
+        finally:
+            if self.ddp:
+                dist.destroy_process_group()
+        if MAIN:
+            log(f'\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
+            self.finish()
+            log(f'Results saved to {self.save_dir}')
+        return self.save_dir
+
+    def stopped(self, e):
+        """Ctrl-C or a run that cannot go on: last.pt holds the last complete epoch, so that --resume continues."""
+        last = self.weights_dir / 'last.pt'
+        done = self.unsaved['epoch'] if self.unsaved else self.saved
+        if MAIN and self.unsaved:
+            save_atomic(self.unsaved, last)
+        held = f'{last} holds epoch {done}' if done is not None else 'no epoch completed'
+        if isinstance(e, KeyboardInterrupt):
+            log(f'\nInterrupted: {held}; continue with --resume')
+            raise SystemExit(130)
+        raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
+
+
+def build_model(opt, resumed=None, data_names=None):
+    """The model saved in last.pt; or --cfg's scale (else the weights') with --weights transferred into it by name
+    and shape. Its classes: --names, else the data YAML's, else the weights', else COCO's."""
+    if resumed:
+        model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'names')})
+        model.load_state_dict(resumed['model'])
+        return model
+    meta, sd = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
+    names = read_names(opt.names) if opt.names else data_names or (meta['names'] if meta else read_names())
+    if opt.single_cls and len(names) != 1:  # every class trains as one
+        names = ['item']
+    model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
+    if meta:  # with --cfg the model keeps its own anchors
+        own = model.state_dict()
+        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape
+                and not (opt.cfg and 'anchors' in k)}
+        model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
+        log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
+    return model
+
+
+def build_datasets(opt, data, names, hyp, train=True):
+    """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
+    common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
+    batch = opt.batch // WORLD_SIZE
+    val, tr = None, None
+    if MAIN:  # validation needs no gradients: twice the batch fits
+        val = or_exit(YOLODataset, data['val'], opt.img, batch * 2 if train else batch, rect=True, pad=0.5,
+                      split='val', prefix='val: ', **common)
+    if train:
+        tr = or_exit(YOLODataset, data['train'], opt.img, batch, augment=True, hyp=hyp, rect=opt.rect,
+                     seed=opt.seed, prefix='train: ', **common)
+        if not sum(len(x) for x in tr.labels):
+            raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s '
+                             f'labels are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
+    return tr, val
+
+
+def make_optimizer(model, name, lr, momentum, decay):
+    """Three groups: biases (no decay), conv/linear weights (decay), normalization weights (no decay)."""
+    groups = [dict(params=[], weight_decay=d) for d in (0.0, decay, 0.0)]
+    for m in model.modules():
+        is_norm = isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for pname, p in m.named_parameters(recurse=False):
+            groups[0 if pname == 'bias' else 2 if is_norm else 1]['params'].append(p)
+    if name == 'SGD':
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    return getattr(torch.optim, name)(groups, lr=lr, betas=(momentum, 0.999))  # Adam or AdamW: momentum is beta1
+
+
+def ema_update(ema, model, updates, decay=0.9999, tau=2000):
+    """Exponential moving average of the weights; the decay ramps up from 0 so early epochs count less."""
+    d = decay * (1 - math.exp(-updates / tau))
+    msd = model.state_dict()
+    with torch.no_grad():
+        for k, v in ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+
+def amp_agrees(model, image, size, dtype):
+    """Do all mixed-precision outputs of model (in eval mode; all, not the detections that come and go) agree with
+    fp32 on a real image to 10% (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: train in fp32 there."""
+    x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
+    a, b = (next(predict(model, x, d))[0] for d in (None, dtype))
+    scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
+    return bool(((a - b).abs() / scale).max() < 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- validation
 def box_iou(a, b, eps=1e-7):
     """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
     (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
@@ -55,12 +427,13 @@ def box_iou(a, b, eps=1e-7):
 
 def match_predictions(pred, label_cls, label_boxes, iouv):
     """(n_pred, n_iou) bool: true positive at each IoU threshold; one label matches one prediction, best IoU first."""
-    correct, iou = np.zeros((len(pred), len(iouv)), bool), box_iou(label_boxes, pred[:, :4])
+    correct = np.zeros((len(pred), len(iouv)), bool)
+    iou = box_iou(label_boxes, pred[:, :4])
     for i, t in enumerate(iouv):
         li, pi = torch.where((iou >= t) & (label_cls[:, None] == pred[:, 5]))
         m = torch.stack((li, pi, iou[li, pi]), 1).cpu().numpy()  # [label, prediction, iou]
         m = m[m[:, 2].argsort()[::-1]]
-        m = m[np.unique(m[:, 1], return_index=True)[1]]  # (as the original: not sorted again before the next)
+        m = m[np.unique(m[:, 1], return_index=True)[1]]  # not sorted again before the next line: the original's mAP
         correct[m[np.unique(m[:, 0], return_index=True)[1], 1].astype(int), i] = True
     return correct
 
@@ -77,21 +450,25 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
     order = np.argsort(-conf)
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)
-    px, ap = np.linspace(0, 1, 1000), np.zeros((len(classes), tp.shape[1]))
+    px = np.linspace(0, 1, 1000)  # confidence thresholds (and recall values) where the curves are sampled
+    ap = np.zeros((len(classes), tp.shape[1]))
     p, r, pr = np.zeros((3, len(classes), 1000))
     for ci, c in enumerate(classes):
         i = pred_cls == c
         if not i.any():
             continue
-        tpc, fpc = tp[i].cumsum(0), (1 - tp[i]).cumsum(0)
-        recall, precision = tpc / (n_labels[ci] + eps), tpc / (tpc + fpc)
+        tpc = tp[i].cumsum(0)
+        fpc = (1 - tp[i]).cumsum(0)
+        recall = tpc / (n_labels[ci] + eps)
+        precision = tpc / (tpc + fpc)
         r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # as functions of the confidence threshold
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
         for j in range(tp.shape[1]):  # COCO's 101-point interpolated area under the precision envelope
             mrec = np.concatenate(([0.0], recall[:, j], [1.0]))
             mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision[:, j], [0.0])))))
             ap[ci, j] = np.trapezoid(np.interp(np.linspace(0, 1, 101), mrec, mpre), np.linspace(0, 1, 101))
-            pr[ci] = np.interp(px, mrec, mpre) if j == 0 else pr[ci]  # the curve of IoU 0.5, for the plot
+            if j == 0:  # the curve of IoU 0.5, for the plot
+                pr[ci] = np.interp(px, mrec, mpre)
     f1 = 2 * p * r / (p + r + eps)
     best = smooth(f1.mean(0), 0.1).argmax()
     return p[:, best], r[:, best], ap, classes.astype(int), n_labels, dict(px=px, pr=pr, f1=f1)
@@ -99,16 +476,19 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
 
 def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
     """One image into the original's confusion matrix (rows predicted, columns true, background last): detections
-    above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best first. As in the original, a
-    detection is counted as background only in an image where something was paired."""
-    bg, det = len(matrix) - 1, det[det[:, 4] > conf]
+    above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best first. A detection counts as
+    background only in an image where something was paired: the original's counts, kept comparable."""
+    bg = len(matrix) - 1
+    det = det[det[:, 4] > conf]
     iou = box_iou(labels[:, 1:], det[:, :4])
     li, di = torch.where(iou > iou_thres)
     m = torch.stack((li, di, iou[li, di]), 1).cpu().numpy()
     for k in (1, 0):  # one label per detection, then one detection per label, best IoU first
         m = m[m[:, 2].argsort()[::-1]]
         m = m[np.unique(m[:, k], return_index=True)[1]]
-    li, di, classes = m[:, 0].astype(int), m[:, 1].astype(int), det[:, 5].int().tolist()
+    li = m[:, 0].astype(int)
+    di = m[:, 1].astype(int)
+    classes = det[:, 5].int().tolist()
     for i, c in enumerate(labels[:, 0].int().tolist()):
         matrix[classes[di[li == i][0]] if (li == i).sum() == 1 else bg, c] += 1
     for k, c in enumerate(classes if len(m) else []):
@@ -118,18 +498,22 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
 def summarize(stats, names, verbose, plots_dir=None):
     """YOLOv5's table (all classes, and each class with verbose) of the images' stats, the PR and F1 curves into
     plots_dir if given; returns mean P, R, mAP50, mAP50-95."""
-    pf, seen = '%22s' + '%11i' * 2 + '%11.3g' * 4, len(stats)
+    pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
+    seen = len(stats)
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')
         return [0.0] * 4
     p, r, ap, classes, n_labels, curves = ap_per_class(*stats)
-    ap50, ap = ap[:, 0], ap.mean(1)
+    ap50 = ap[:, 0]
+    ap = ap.mean(1)
     log(pf % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
     for i, c in enumerate(classes if verbose and len(names) > 1 else []):
         log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
     if plots_dir:
-        px, present, f1 = curves['px'], [names[c] for c in classes], smooth(curves['f1'].mean(0), 0.05)
+        px = curves['px']
+        present = [names[c] for c in classes]
+        f1 = smooth(curves['f1'].mean(0), 0.05)
         plot_curve(px, curves['pr'], curves['pr'].mean(0), present, plots_dir / 'PR_curve.png', 'Recall',
                    'Precision', f'all classes {ap50.mean():.3f} mAP@0.5')
         plot_curve(px, curves['f1'], f1, present, plots_dir / 'F1_curve.png', 'Confidence', 'F1',
@@ -145,18 +529,25 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-    stats, dt, loss = [], [0.0, 0.0, 0.0], torch.zeros(3, device=device)
+    stats = []  # per image: (true positives at each IoU, confidences, predicted classes, label classes)
+    dt = [0.0, 0.0, 0.0]  # seconds: pre-processing, inference, NMS
+    loss = torch.zeros(3, device=device)
     confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
     for bi, (imgs, targets, paths, to_orig) in enumerate(loader):
         t0 = time.perf_counter()
-        imgs, targets = imgs.to(device, non_blocking=True).float() / 255, targets.to(device)
+        imgs = imgs.to(device, non_blocking=True).float() / 255
+        targets = targets.to(device)
         t1 = time.perf_counter()
-        preds, raws, t_nms = [], [], 0.0
+        preds = []
+        raws = []
+        t_nms = 0.0
         for pred, raw in predict(model, imgs, dtype):  # NMS chunk by chunk: only a chunk's outputs are ever held
             t = time.perf_counter()
             preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True, max_det=max_det)
-            raws, t_nms = raws + [raw] * bool(loss_fn), t_nms + time.perf_counter() - t
+            t_nms += time.perf_counter() - t
+            if loss_fn:
+                raws.append(raw)
         dt = [a + b for a, b in zip(dt, (t1 - t0, time.perf_counter() - t1 - t_nms, t_nms))]
         if loss_fn:
             loss += loss_fn([torch.cat(r) for r in zip(*raws)], targets)[1]
@@ -181,200 +572,10 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
     pre, inf, nms = (t * 1e3 / max(len(stats), 1) for t in dt)
     log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
         f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
-    return dict(zip(METRICS, [*map(float, results), *(loss.cpu() / max(len(loader), 1)).tolist()]))
+    return dict(zip(METRICS, [*map(float, results), *(loss.cpu() / max(len(loader), 1)).tolist()], strict=True))
 
 
-# ---------------------------------------------------------------------------------------- pictures of a run (OpenCV)
-FONT, AA, BLACK, BLUE, ORANGE = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (0, 0, 0), (180, 100, 20), (20, 130, 255)
-HUES = cv2.cvtColor(np.uint8([[(i * 47 % 180, 230, 210) for i in range(180)]]), cv2.COLOR_HSV2BGR)[0].tolist()
-
-
-def put(img, s, x, y, ax=0.0, ay=0.0, scale=0.5, color=BLACK, vertical=False):
-    """Text whose box has its (ax, ay) fraction at (x, y); vertical reads bottom-up (OpenCV can't: a mask turns)."""
-    (w, h), b = cv2.getTextSize(s, FONT, scale, 1)
-    m = np.rot90(cv2.putText(np.zeros((h + b, w), np.uint8), s, (0, h), FONT, scale, 255, 1, AA), vertical)[..., None]
-    y0, x0 = (min(max(int(p - f * n), 0), N - n) for p, f, n, N in zip((y, x), (ay, ax), m.shape, img.shape))  # inside
-    roi = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
-    roi[:] = roi * (1 - m / 255) + np.array(color) * (m / 255)  # blending keeps the antialiasing on any background
-
-
-def chart(img, box, xlim, ylim, title='', xlabel='', ylabel='', xticks=None, yticks=None, z=None):
-    """Frame box=(x0, y0, x1, y1): title, axis labels, ticks [(value, name)] or round numbers, heatmap z (0..1)."""
-    def to(x, y):  # data to pixels; chart returns it
-        return np.int_(np.stack([x0 + (x - a) / (b - a) * (x1 - x0), y1 - (y - c) / (d - c) * (y1 - y0)], -1) + 0.5)
-    (x0, y0, x1, y1), (a, b), (c, d) = box, xlim, ylim
-    sx, sy = (float(f'{10 ** (round(3 * math.log10(abs(hi - lo) / 5)) / 3):.0e}') for lo, hi in (xlim, ylim))  # 1-2-5
-    if z is not None:  # white to dark blue; interpolation 0 (nearest) keeps the cells sharp
-        img[y0:y1, x0:x1] = cv2.resize(255 - z[..., None] * [75, 185, 245], (x1 - x0, y1 - y0), interpolation=0)
-    for t, s in xticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(a / sx - 1e-9), b / sx + 1e-9) * sx + 0.0]:
-        put(img, s[:14], to(t, c)[0], y1 + 6, 0.5, 0, vertical=bool(xticks))  # names run down the x axis
-    for t, s in yticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(c / sy - 1e-9), d / sy + 1e-9) * sy + 0.0]:
-        put(img, s[:14], x0 - 6, to(a, t)[1], 1, 0.5)
-    cv2.rectangle(img, (x0, y0), (x1, y1), BLACK)
-    put(img, title, (x0 + x1) / 2, y0 - 8, 0.5, 1, 0.65)
-    put(img, xlabel, (x0 + x1) / 2, y1 + (170 if xticks else 28), 0.5, 0, 0.6)  # under the numbers or the names
-    put(img, ylabel, x0 - 6, y0 - 8, 1, 1, 0.6)  # over the y axis' numbers or names, left of the title
-    return to
-
-
-def plot_results(csv_path):
-    """results.png beside csv_path: each loss and metric against epoch, as blue dots and smoothed (orange line)."""
-    data = np.genfromtxt(csv_path, delimiter=',', names=True, deletechars='', autostrip=True, ndmin=1)
-    x, head, img = data['epoch'], data.dtype.names, np.full((1000, 2000, 3), 255, np.uint8)
-    for k, j in enumerate((1, 2, 3, 4, 5, 8, 9, 10, 6, 7)):  # top: train losses, P, R; bottom: val losses, mAPs
-        y, m, x0, y0 = data[head[j]], np.ptp(data[head[j]]) / 20 or 0.01, k % 5 * 400 + 85, k // 5 * 500 + 45
-        to = chart(img, (x0, y0, x0 + 300, y0 + 395), (x[0] - 0.3, x[-1] + 0.3), (y.min() - m, y.max() + m), head[j])
-        cv2.polylines(img, list(to(x, y)[:, None]), True, BLUE, 6 if len(x) < 100 else 4, AA)  # 1-point lines: dots
-        trend = cv2.GaussianBlur(y[:, None], (1, 0), 3, borderType=cv2.BORDER_REFLECT)[:, 0]  # = the original's
-        cv2.polylines(img, [to(x, trend)], False, ORANGE, 2, AA)  # scipy.ndimage.gaussian_filter1d(y, sigma=3)
-    cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
-
-
-def plot_confusion_matrix(matrix, names, path):
-    """Column-normalized heatmap: where each true class (column) ended up; the last row and column are background."""
-    n, m = len(matrix), matrix / np.maximum(matrix.sum(0), 1e-9)
-    m, S = m * (m >= 0.005), min(120, 1600 // n) * n  # cells under 0.005 stay blank; values fit while n < 30
-    tick = [(i + 0.5, s) for i, s in enumerate([*names, 'background'])][::math.ceil(16 * n / S)]  # 16 pixels apart
-    img = np.full((S + 300, S + 290, 3), 255, np.uint8)
-    to = chart(img, (240, 50, 240 + S, 50 + S), (0, n), (n, 0), 'Confusion matrix', 'True', 'Predicted', tick, tick, m)
-    for i, j in np.argwhere(m > 0) if n < 30 else []:  # white on the dark cells
-        put(img, f'{m[i, j]:.2f}', *to(j + 0.5, i + 0.5), 0.5, 0.5, S / n / 110, (255 * (m[i, j] > 0.5),) * 3)
-    cv2.imwrite(str(path), img)
-
-
-def plot_curve(px, curves, mean, names, path, xlabel, ylabel, mean_label):
-    """One thin line per class (named up to 20 classes, else grey) and their mean as a thick blue line."""
-    img, named = np.full((900, 1200, 3), 255, np.uint8), len(curves) < 21
-    to = chart(img, (110, 50, 850, 810), (0, 1), (0, 1), f'{ylabel}-{xlabel} curve', xlabel, ylabel)
-    for i, y in enumerate(curves):
-        cv2.polylines(img, [to(px, y)], False, HUES[i % 180] if named else (170, 170, 170), 1, AA)
-    cv2.polylines(img, [to(px, mean)], False, BLUE, 4, AA)
-    for k, s in enumerate([mean_label] + (names[:len(curves)] if named else [])):  # the legend: its lines' colours
-        put(img, s, 870, 60 + 26 * k, 0, 0.5, 0.55, HUES[(k - 1) % 180] if k else BLUE)
-    cv2.imwrite(str(path), img)
-
-
-def plot_labels(labels, names, path):
-    """labels.jpg: instances per class, and 2-D histograms of box centres and of box sizes (darker = more)."""
-    n, img = np.bincount(labels[:, 0].astype(int), minlength=len(names)), np.full((1330, 1600, 3), 255, np.uint8)
-    ticks = [*enumerate(names)][::math.ceil(16 * len(n) / 1460)]  # names at least 16 pixels apart
-    to = chart(img, (100, 50, 1560, 600), (-0.5, len(n) - 0.5), (0, n.max() * 1.05 + 1), 'instances', xticks=ticks)
-    for i, count in enumerate(n):
-        cv2.rectangle(img, tuple(to(i - 0.4, 0)), tuple(to(i + 0.4, count)), HUES[i % 180], -1)
-    for x0, (i, j, a, b) in ((150, (1, 2, 'x', 'y')), (900, (3, 4, 'width', 'height'))):
-        h = np.log1p(np.histogram2d(labels[:, i], labels[:, j], 50, [[0, 1], [0, 1]])[0]).T[::-1]  # rows: y, 1 on top
-        chart(img, (x0, 820, x0 + 450, 1270), (0, 1), (0, 1), f'{b} vs {a}', a, b, z=h / max(h.max(), 1e-9))
-    cv2.imwrite(str(path), img)
-
-
-# ---------------------------------------------------------------------------------------------- autoanchor
-def label_wh(dataset, img_size, jitter=None):
-    """Label widths and heights in pixels, for images resized so that the long side is img_size."""
-    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True) * (1 if jitter is None else jitter)
-    return np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, dataset.labels)]).astype(np.float32)
-
-
-def anchor_metric(anchors, wh, thr):
-    """Per label and anchor, the ratio match; per label the best one; the best possible recall (labels some anchor
-    matches within thr) and the mean number of anchors within thr."""
-    r = wh[:, None] / anchors[None]
-    x = torch.min(r, 1 / r).min(2)[0]
-    best = x.max(1)[0]
-    return x, best, (best > 1 / thr).float().mean(), (x > 1 / thr).float().sum(1).mean()
-
-
-def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
-    """k-means on label wh (whitened), then a genetic search that maximises the anchor fitness."""
-    rng, small = np.random.default_rng(seed), (wh0 < 3.0).any(1).sum()
-    if small:
-        log(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
-    wh = wh0[(wh0 >= 2.0).any(1)]
-    s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
-    x, wh = wh / s, torch.tensor(wh)
-    k = x[rng.choice(len(x), n, replace=len(x) < n)]
-    for _ in range(30):  # Lloyd's iterations
-        nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
-        k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
-
-    def fit(k):  # mean ratio match of the labels that some anchor matches within thr
-        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
-        return (best * (best > 1 / thr).float()).mean()
-    k, f = k * s, fit(k * s)
-    for _ in range(gen):
-        v = np.ones(k.shape)
-        while (v == 1).all():  # mutate until something changes
-            v = ((rng.random(k.shape) < 0.9) * rng.random() * rng.standard_normal(k.shape) * 0.1 + 1).clip(0.3, 3.0)
-        kg = (k * v).clip(min=2.0)
-        fg = fit(kg)
-        if fg > f:
-            f, k = fg, kg
-    return k[np.argsort(k.prod(1))]
-
-
-def check_anchors(dataset, model, thr, img_size, seed=0):
-    """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
-    det, rng = model.detect, np.random.default_rng(seed)
-    wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
-    _, _, bpr, aat = anchor_metric(det.pixel_anchors().view(-1, 2).cpu(), wh, thr)
-    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
-    if bpr > 0.98:
-        return log(msg + 'Current anchors are a good fit to dataset')
-    log(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
-    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, thr, seed=seed)
-    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
-    log(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
-        f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
-    if new_bpr > bpr:
-        det.anchors[:] = torch.tensor(new, device=det.anchors.device).view_as(det.anchors) / det.stride.view(-1, 1, 1)
-        log('AutoAnchor: Done, new anchors saved to the model')
-    else:
-        log('AutoAnchor: Done, original anchors are better and are kept')
-
-
-# ---------------------------------------------------------------------------------------------- training helpers
-def make_optimizer(model, name, lr, momentum, decay):
-    """Three groups: biases (no decay), conv/linear weights (decay), normalization weights (no decay)."""
-    groups = [dict(params=[], weight_decay=d) for d in (0.0, decay, 0.0)]
-    for m in model.modules():
-        is_norm = isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for pname, p in m.named_parameters(recurse=False):
-            groups[0 if pname == 'bias' else 2 if is_norm else 1]['params'].append(p)
-    if name == 'SGD':
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    return getattr(torch.optim, name)(groups, lr=lr, betas=(momentum, 0.999))  # Adam or AdamW: momentum is beta1
-
-
-def ema_update(ema, model, updates, decay=0.9999, tau=2000):
-    """Exponential moving average of the weights; the decay ramps up from 0 so early epochs count less."""
-    d, msd = decay * (1 - math.exp(-updates / tau)), model.state_dict()
-    with torch.no_grad():
-        for k, v in ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
-
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash or a full disk never leaves a truncated checkpoint."""
-    tmp = Path(f'{path}.tmp')
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        kept = 'it still holds the last epoch saved' if path.exists() else 'nothing was saved'
-        raise SystemExit(f'ERROR: cannot write {path} ({e}); {kept}') from None
-
-
-def hyp_entry(text):  # an argparse type for --hyp: KEY=NUMBER, KEY one of HYP's
-    key, _, value = text.partition('=')
-    if key not in HYP:
-        raise argparse.ArgumentTypeError(f'{text!r}: unknown key {key!r}; known: {", ".join(HYP)}')
-    try:
-        return key, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER') from None
-
-
+# ---------------------------------------------------------------------------------------------- command line
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
@@ -384,7 +585,7 @@ def parse_args(argv=None):
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
     p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
     p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
-    p.add_argument('--hyp', nargs='*', type=hyp_entry, default=[], metavar='KEY=VALUE', help='override HYP entries')
+    p.add_argument('--hyp', nargs='*', type=key_number(HYP), default=[], metavar='KEY=VALUE', help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
     p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
@@ -423,18 +624,6 @@ def parse_args(argv=None):
     return opt
 
 
-def build_datasets(opt, data, names, hyp, train=True):
-    """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
-    common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
-    val = or_exit(YOLODataset, data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1),
-                  rect=True, pad=0.5, split='val', prefix='val: ', **common) if MAIN else None
-    tr = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
-                 seed=opt.seed, prefix='train: ', **common) if train else None
-    if train and not sum(len(x) for x in tr.labels):
-        raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s labels '
-                         f'are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
-    return tr, val
-
 
 def run_val_only(opt):
     device = select_device(opt.device)
@@ -452,320 +641,10 @@ def run_val_only(opt):
     log(f'Results saved to {save_dir}')
 
 
-def amp_agrees(model, image, size, dtype):
-    """As the original checks on CUDA: do all mixed-precision outputs of model (in eval mode; all, not the detections
-    that come and go) agree with fp32 on a real image to 10% (boxes as fractions of the image)?"""
-    x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
-    a, b = (next(predict(model, x, d))[0] for d in (None, dtype))
-    scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
-    return bool(((a - b).abs() / scale).max() < 0.1)
-
-
-def build_model(opt, resumed=None, data_names=None):
-    """The model saved in last.pt; or --cfg's scale (else the weights') with --weights transferred into it by name
-    and shape, as in the original. Its classes: --names, else the data YAML's, else the weights', else COCO's."""
-    if resumed:
-        model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'anchors', 'names')})
-        model.load_state_dict(resumed['model'])
-        return model
-    meta, sd = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
-    names = read_names(opt.names) if opt.names else data_names or (meta['names'] if meta else read_names())
-    names = ['item'] if opt.single_cls and len(names) != 1 else names  # --single-cls trains every class as one
-    model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
-    if meta:  # with --cfg the model keeps its own anchors, as in the original
-        own = model.state_dict()
-        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape
-                and not (opt.cfg and 'anchors' in k)}
-        model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
-        log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
-    return model
-
-
-class Trainer:
-    """One training run. __init__ sets everything up, or restores it from last.pt with --resume; fit() runs the
-    epochs: train_epoch() then end_epoch() (validate, results.csv, checkpoints, early stopping)."""
-
-    def __init__(self, opt):
-        self.ddp, self.device = LOCAL_RANK != -1, select_device(opt.device)
-        if self.ddp:  # one process per GPU (NCCL), or per CPU share (gloo)
-            if self.device.type == 'cuda':
-                self.device = torch.device('cuda', LOCAL_RANK)
-                torch.cuda.set_device(self.device)
-            store, rank, world = next(dist.rendezvous('env://'))  # each torchrun restart gets keys of its own:
-            store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)  # stale ones hang
-            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo', store=store, rank=rank,
-                                    world_size=world)
-        opt, resumed, self.save_dir = self.from_rank0(pick_run(opt) if MAIN else None)  # checkpoint included
-        self.opt, self.weights_dir = opt, self.save_dir / 'weights'
-        self.start_epoch = resumed['epoch'] + 1 if resumed else 0
-        csv = self.save_dir / 'results.csv'
-        if MAIN and csv.exists():  # rows of epochs that run again: a crash came between a row and its checkpoint
-            head, *rows = csv.read_text().splitlines(True)
-            csv.write_text(head + ''.join(r for r in rows if float(r.split(',')[0]) < self.start_epoch))
-        torch.manual_seed(opt.seed + max(RANK, 0))
-        self.hyp = hyp = dict(HYP, **dict(opt.hyp))
-        hyp['label_smoothing'] = opt.label_smoothing or hyp['label_smoothing']
-        if LOCAL_RANK > 0:
-            dist.barrier()  # local rank 0 fetches a missing dataset first
-        data = or_exit(data_spec, opt.data)
-        if LOCAL_RANK == 0:
-            dist.barrier()
-        # channels-last (as the loader's images are): bf16 training steps ~25% faster on CPU, and fp16 ones on GPUs
-        model = build_model(opt, resumed, data['names']).to(self.device, memory_format=torch.channels_last)
-        frozen = tuple(f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0])))
-        for k, p in model.named_parameters():  # --freeze 10: the backbone keeps its starting weights, resumed too
-            p.requires_grad_(not k.startswith(frozen))
-        self.names = model.names
-        self.train_set, val_set = build_datasets(opt, data, self.names, hyp)
-        batch, cpu = opt.batch // WORLD_SIZE, self.device.type == 'cpu'
-        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect, cpu=cpu,
-                                              rank=max(RANK, 0), world_size=WORLD_SIZE)
-        self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu) if MAIN else None
-        if MAIN and not resumed:
-            plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
-            if not opt.noautoanchor:
-                check_anchors(self.train_set, model, hyp['anchor_t'], opt.img, opt.seed)
-        self.nb = len(self.train_loader)
-        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)  # as the original: at least 100
-        decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
-        self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
-        self.ema = deepcopy(model).eval().requires_grad_(False)
-        self.amp = None if opt.no_amp else half_dtype(self.device)  # fp16 on CUDA, bf16 on CPUs that have it
-        if self.amp and not amp_agrees(self.ema, self.train_set.files[0], opt.img, self.amp):
-            log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
-            self.amp = None
-        log(f'AMP: mixed precision training in {self.amp}' if self.amp else 'AMP: off, training in fp32')
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp == torch.float16)  # bf16 needs no loss scaling
-        self.best_fitness, self.best_epoch, self.updates, self.last_opt_step = 0.0, 0, 0, -1
-        if resumed:
-            self.ema.load_state_dict(resumed['ema'])
-            self.optimizer.load_state_dict(resumed['optimizer'])
-            if self.scaler.is_enabled() and resumed.get('scaler'):
-                self.scaler.load_state_dict(resumed['scaler'])
-            self.best_fitness, self.best_epoch, self.updates, self.last_opt_step = (
-                resumed[k] for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'))
-        if opt.sync_bn and self.ddp and self.device.type == 'cuda':
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            log('Using SyncBatchNorm')
-        self.raw = model  # DDP below copies rank 0's weights and buffers (anchors included) to every process
-        self.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None) if self.ddp else model
-        nl = model.detect.nl  # the loss gains in HYP are for 3 levels, 80 classes and 640 px
-        self.loss_fn = YOLOLoss(model, dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * model.nc / 80 * 3 / nl,
-                                            obj=hyp['obj'] * (opt.img / 640) ** 2 * 3 / nl))
-        self.saved, self.unsaved = resumed['epoch'] if resumed else None, None  # the epoch last.pt holds; --nosave's
-        self.bad_steps = 0  # non-finite steps in a row
-        self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
-
-    def from_rank0(self, obj):
-        """Rank 0's obj on every process: under DDP they all take the same path (and need no shared disk)."""
-        box = [obj]
-        if self.ddp:
-            dist.broadcast_object_list(box, 0)
-        return box[0]
-
-    def schedule(self, ni):
-        """Sets the learning rates and momentum of iteration ni, returns the gradient accumulation: a linear warmup
-        (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum, accumulation from 1 to
-        nbs / batch) towards lf(epoch), then the linear or cosine decay lf; after warmup epoch e trains at lf(e - 1)."""
-        hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
-        epoch = ni // self.nb
-        e = epoch if nw >= epoch * self.nb else epoch - 1  # lf(e - 1): the original's LambdaLR steps at epoch ends
-        lf = ((1 - math.cos(e / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1 if opt.cos_lr
-              else (1 - e / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf'])
-        ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
-        for j, g in enumerate(self.optimizer.param_groups):
-            g['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf)
-            if 'momentum' in g:  # SGD (Adam keeps its betas)
-                g['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
-        return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
-
-    def train_epoch(self, epoch):
-        """One pass over the training set; returns the mean (box, obj, cls) losses."""
-        opt, device = self.opt, self.device
-        self.model.train()
-        set_epoch(self.train_loader, epoch)
-        self.optimizer.zero_grad()
-        log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
-        mloss, t_epoch = torch.zeros(3, device=device), time.time()
-        for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
-            ni = i + self.nb * epoch  # iterations since the start of training
-            accumulate = self.schedule(ni)
-            imgs = imgs.to(device, non_blocking=True).float() / 255
-            if opt.multi_scale:
-                rng = np.random.default_rng([opt.seed, ni])  # seeded by iteration: a resumed run draws the same
-                size = int(rng.integers(opt.img * 0.5, opt.img * 1.5 + 32)) // 32 * 32
-                f = size / max(imgs.shape[2:])
-                if f != 1:
-                    imgs = nn.functional.interpolate(imgs, size=[math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]],
-                                                     mode='bilinear', align_corners=False)
-            with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
-                preds = self.model(imgs)
-            loss, items = self.loss_fn(preds, targets.to(device))  # in fp32: Detect returns fp32 maps
-            if not self.finite(loss, paths):
-                continue
-            self.scaler.scale(loss * WORLD_SIZE).backward()  # DDP averages gradients; YOLOv5's loss is per global batch
-            if ni - self.last_opt_step >= accumulate:
-                self.optimizer_step()
-                self.last_opt_step = ni
-            mloss = (mloss * i + items) / (i + 1)
-            if MAIN and (sys.stdout.isatty() or i == self.nb - 1):  # a live line on a terminal, else one an epoch
-                mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
-                speed = (i + 1) / (time.time() - t_epoch)
-                stats = f'{epoch}/{opt.epochs - 1}', mem, *mloss, len(targets), imgs.shape[-1]
-                eta = f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
-                line = ('%11s' * 2 + '%11.4g' * 5) % stats + eta
-                print('\r' * sys.stdout.isatty() + line, end='\n' * (i == self.nb - 1), flush=True)
-            if MAIN and epoch == 0 and i == 0:
-                plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
-        return mloss
-
-    def finite(self, loss, paths):
-        """Whether the step may go on. A non-finite loss on any process skips it on all of them (else the gradient
-        all-reduce of DDP would hang), with a warning naming the files; 3 in a row stop the run."""
-        bad = (~loss.detach().isfinite()).float()
-        if bad:  # this process's batch (before the other processes' verdicts are added)
-            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
-        if self.ddp:
-            dist.all_reduce(bad)
-        self.bad_steps = self.bad_steps + 1 if bad else 0
-        if self.bad_steps >= 3:
-            raise FloatingPointError(f'{self.bad_steps} steps in a row with a non-finite loss')
-        return not bad
-
-    def optimizer_step(self):
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        self.scaler.step(self.optimizer)  # with fp16, the scaler skips a step whose gradients are not finite
-        self.scaler.update()
-        self.optimizer.zero_grad()
-        self.updates += 1
-        ema_update(self.ema, self.raw, self.updates)
-
-    def end_epoch(self, epoch, mloss):
-        """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early.
-        As the original's: an epoch that may stop the run is validated and saved even with --noval or --nosave;
-        fitness equal to the best counts as an improvement; --patience 0 never stops."""
-        opt, patience = self.opt, self.opt.patience or float('inf')
-        final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
-        if not opt.noval or final:  # else the last results are carried forward, as the original does
-            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, dtype=self.amp)
-        fi = 0.1 * self.results['metrics/mAP_0.5'] + 0.9 * self.results['metrics/mAP_0.5:0.95']  # YOLOv5's fitness
-        if fi >= self.best_fitness:
-            self.best_fitness, self.best_epoch = fi, epoch
-        stop = epoch - self.best_epoch >= patience
-        if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
-            raise FloatingPointError('the weights are no longer finite')  # nothing written: last.pt keeps good ones
-        row = dict(epoch=epoch, **dict(zip(['train/box_loss', 'train/obj_loss', 'train/cls_loss'], mloss.tolist())),
-                   **self.results, **{f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)})
-        csv, header = self.save_dir / 'results.csv', ','.join(f'{k:>20}' for k in row) + '\n'
-        with open(csv, 'a') as f:
-            f.write(header * (f.tell() == 0) + ','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
-        plot_results(csv)
-        state = dict(  # everything --resume needs to continue exactly, and what load_model needs
-            epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch), updates=self.updates,
-            last_opt_step=self.last_opt_step, model=self.raw.state_dict(), ema=self.ema.state_dict(), hyp=self.hyp,
-            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-            opt=vars(self.opt) | {'resume': False}, date=datetime.now().isoformat(), **self.raw.meta())
-        if not opt.nosave or final:
-            save_atomic(state, self.weights_dir / 'last.pt')
-            if self.best_epoch == epoch:
-                save_atomic(state, self.weights_dir / 'best.pt')
-            self.saved, self.unsaved = epoch, None
-        else:  # --nosave: a copy (the live tensors move on), written only if the run stops before its end
-            self.unsaved = deepcopy(state)
-        if stop:
-            log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
-        return stop
-
-    def finish(self):
-        """As the original: strip last.pt and best.pt, then validate best.pt once more, fused, with the per-class
-        table; that is the run's result."""
-        best = self.weights_dir / 'best.pt'
-        strip_checkpoint(self.weights_dir / 'last.pt')
-        if not best.exists():  # with --nosave it may never have been saved
-            return self.results
-        strip_checkpoint(best)
-        log(f'\nValidating {best}...')
-        model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
-        model.load_state_dict(read_checkpoint(best)[1])
-        coco = '/coco/images/val2017/' in str(self.val_loader.dataset.files[0]).replace(os.sep, '/')
-        half = torch.float16 if self.amp == torch.float16 else None  # fp16 on CUDA, as the original; fp32 on CPU
-        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6,
-                        loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
-
-    def fit(self):
-        opt = self.opt
-        log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
-            f'{WORLD_SIZE} process(es); results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
-        epoch, t0 = self.start_epoch, time.time()
-        try:
-            for epoch in range(self.start_epoch, opt.epochs):
-                mloss = self.train_epoch(epoch)
-                stop = self.end_epoch(epoch, mloss) if MAIN else False
-                if self.from_rank0(stop):  # every process must leave the loop together
-                    break
-        except (KeyboardInterrupt, FloatingPointError) as e:
-            last, done = self.weights_dir / 'last.pt', self.unsaved['epoch'] if self.unsaved else self.saved
-            if MAIN and self.unsaved:  # the last complete epoch, so that --resume continues exactly
-                save_atomic(self.unsaved, last)
-            held = f'{last} holds epoch {done}' if done is not None else 'no epoch completed'
-            if isinstance(e, KeyboardInterrupt):
-                log(f'\nInterrupted: {held}; continue with --resume')
-                raise SystemExit(130)
-            raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
-        except torch.OutOfMemoryError:
-            raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
-                             f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
-        finally:
-            if self.ddp:
-                dist.destroy_process_group()
-        if MAIN:
-            log(f'\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
-            self.finish()
-            log(f'Results saved to {self.save_dir}')
-        return self.save_dir
-
-
-def strip_checkpoint(path):
-    """As the original at the end of a run: only the EMA's weights, in fp16, and no optimizer: the file people ship."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.pop('ema').items()}
-    save_atomic({k: v for k, v in ckpt.items() if k not in ('optimizer', 'scaler', 'updates')}, path)
-
-
-def pick_run(opt):
-    """(options, checkpoint to resume or None, run folder). --resume continues a run; so does a restart by torchrun
-    (TORCHELASTIC_RESTART_COUNT > 0): the run this torchrun job began, marked with its run id, from its last.pt,
-    or from the beginning if it saved none yet. Else a new run folder, refused now if it cannot be written."""
-    run_id, restarted = os.getenv('TORCHELASTIC_RUN_ID'), int(os.getenv('TORCHELASTIC_RESTART_COUNT', 0))
-    markers = sorted(Path(opt.project).glob('*/.torchrun_id'), key=os.path.getmtime)  # a reused id: the newest run
-    mine = [m.parent for m in markers if restarted and m.read_text() == run_id][-1:]
-    if mine and (mine[0] / 'weights/last.pt').exists():
-        opt.resume = str(mine[0] / 'weights/last.pt')
-    if opt.resume:  # everything, options included, comes from the checkpoint: --resume PATH, or the latest last.pt
-        runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'),
-                                                                           key=os.path.getmtime)
-        if not runs:
-            raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
-        last = Path(runs[-1])
-        ckpt = torch.load(last, map_location='cpu', weights_only=True)
-        keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
-        opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt']['batch'])])), **ckpt['opt'], **keep})
-        if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
-            done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
-            raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
-        log(f'Resuming {last} from epoch {ckpt["epoch"] + 1}')
-        return opt, ckpt, last.parent.parent
-    save_dir = mine[0] if mine else run_dir(opt.project, opt.name, opt.exist_ok)
-    try:
-        (save_dir / 'weights').mkdir(parents=True, exist_ok=True)
-        (save_dir / '.torchrun_id').write_text(run_id or '')
-    except OSError as e:
-        raise SystemExit(f'ERROR: cannot write the run folder {save_dir} ({e.strerror})') from None
-    return opt, None, save_dir
-
 
 if __name__ == '__main__':
     args = parse_args()
-    run_val_only(args) if args.val_only else Trainer(args).fit()
+    if args.val_only:
+        run_val_only(args)
+    else:
+        Trainer(args).fit()

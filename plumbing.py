@@ -1,0 +1,821 @@
+"""
+The plumbing under the five stages: nothing here is needed to understand YOLOv5. Read data.py, model.py, loss.py,
+train.py and detect.py first; come here for how a file, a download or a picture is handled.
+Owns: image and label files (their checks and cache), class names, box formats, data YAMLs (a small reader), known
+datasets and downloads (mirrors, resume, zips), checkpoints on disk (the original's pickles read without its code,
+atomic saves), run folders (and the torchrun restart bookkeeping), pictures (boxes, batches, charts), and the
+command line (argparse types, devices, exits). It imports no file of the project.
+"""
+import argparse
+import functools
+import glob
+import hashlib
+import http.client
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
+VIDEO_EXTS = {'.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts', '.wmv'}
+CACHE_VERSION = 1
+COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
+COCO_NAMES = ('person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, '
+    'stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, backpack, '
+    'umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, sports ball, kite, baseball bat, baseball glove, '
+    'skateboard, surfboard, tennis racket, bottle, wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich, '
+    'orange, broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv, '
+    'laptop, mouse, remote, keyboard, cell phone, microwave, oven, toaster, sink, refrigerator, book, clock, vase, '
+    'scissors, teddy bear, hair drier, toothbrush').split(', ')
+PALETTE = [tuple(int(h[i:i + 2], 16) for i in (4, 2, 0)) for h in (  # BGR, the original's 20 colours
+    'FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',
+    '2C99A8', '00C2FF', '344593', '6473FF', '0018EC', '8438FF', '520085', 'CB38FF', 'FF95C8', 'FF37C7')]
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+def xywh2xyxy(x):
+    cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
+    return cat((x[..., :2] - x[..., 2:4] / 2, x[..., :2] + x[..., 2:4] / 2), -1)
+
+
+def xyxy2xywh(x):
+    cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
+    return cat(((x[..., :2] + x[..., 2:4]) / 2, x[..., 2:4] - x[..., :2]), -1)
+
+
+# ---------------------------------------------------------------------------------------------- image and label files
+def find_images(source, split='train'):
+    """Image paths from a folder, a .txt list of paths, a dataset root holding images/<split>/, or a list of these."""
+    if isinstance(source, (list, tuple)):
+        return sorted({f for src in source for f in find_images(src, split)})
+    p = Path(source)
+    if p.is_dir() and (p / 'images').is_dir():  # dataset root: pick the split, else the only one there
+        splits = sorted(d.name for d in (p / 'images').iterdir() if d.is_dir())
+        wanted = [s for s in splits if s.startswith(split)] or (splits if len(splits) == 1 else [])
+        if not wanted:
+            raise FileNotFoundError(f'{p}: no images/{split}* folder (found: {", ".join(splits) or "none"})')
+        p = p / 'images' / wanted[0]
+    if p.is_dir():
+        files = glob.glob(str(p / '**' / '*.*'), recursive=True)
+    elif p.suffix == '.txt' and p.is_file():  # one path a line, relative to the list file
+        files = [x if os.path.isabs(x) else str(p.parent / x) for x in map(str.strip, p.read_text().splitlines()) if x]
+    else:
+        raise FileNotFoundError(f'{source}: not a data YAML, a dataset root, a folder of images or a .txt list')
+    files = sorted(f for f in files if Path(f).suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f'{source}: no images found')
+    return files
+
+
+def label_path(img_path):
+    """.../images/x/a.jpg -> .../labels/x/a.txt (the last /images/ only)."""
+    head, sep, tail = img_path.rpartition(f'{os.sep}images{os.sep}')
+    return os.path.splitext(f'{head}{os.sep}labels{os.sep}{tail}' if sep else img_path)[0] + '.txt'
+
+
+def read_labels(path):
+    """Checked label rows (k, 5) float32 (none without a label file) and warnings naming file and line. A row is a box
+    `class xc yc w h` or a polygon `class x1 y1 x2 y2 ...` (COCO segments), read as the box around its points. A
+    malformed row raises ValueError: its image is left out (as in the original) lest its objects train as background."""
+    rows, msgs = [], []
+    for n, line in enumerate(Path(path).read_text().splitlines() if os.path.isfile(path) else [], 1):
+        if not line.split():
+            continue
+        try:
+            v = np.array([float(x) for x in line.split()])
+        except ValueError:
+            raise ValueError(f'{path}:{n}: not numbers: {line.strip()[:60]!r}') from None
+        polygon = len(v) >= 7 and len(v) % 2 == 1
+        if len(v) != 5 and not polygon:
+            raise ValueError(f'{path}:{n}: {len(v)} numbers: a row is class xc yc w h, or class and 3+ x y points')
+        if not (v[0] >= 0 and v[0] % 1 == 0):  # (nan and inf fail too)
+            raise ValueError(f'{path}:{n}: class {v[0]:g} is not a non-negative integer')
+        xy, outside = v[1:], (v[1:] < 0) | (v[1:] > 1)
+        if not ((xy >= -COORD_TOLERANCE) & (xy <= 1 + COORD_TOLERANCE)).all():
+            raise ValueError(f'{path}:{n}: coordinates not normalized to [0, 1]: {line.strip()[:60]}')
+        if outside.any():
+            msgs.append(f'{path}:{n}: {" ".join(f"{x:g}" for x in xy[outside])} clipped to [0, 1]')
+            xy = xy.clip(0, 1)
+        if polygon:
+            lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
+            xy = np.concatenate(((lo + hi) / 2, hi - lo))
+        if xy[2] <= 0 or xy[3] <= 0:
+            raise ValueError(f'{path}:{n}: width and height must be positive')
+        rows.append([v[0], *xy])
+    labels = np.array(rows, np.float32).reshape(-1, 5)
+    if len({r.tobytes() for r in labels}) < len(labels):  # (np.unique is slow enough to matter on 100k files)
+        _, first = np.unique(labels, axis=0, return_index=True)
+        msgs.append(f'{path}: {len(labels) - len(first)} duplicate rows removed')
+        labels = labels[np.sort(first)]
+    return labels, msgs
+
+
+def _scan_one(args):
+    """(path, (w, h) as decoded (EXIF rotation applied), labels, warnings) of an image; None, None if corrupt."""
+    img, lab = args
+    try:
+        with Image.open(img) as im:
+            im.verify()  # (after it the pixels are unusable, the header still is)
+            w, h = im.size[::-1] if im.getexif().get(274) in (5, 6, 7, 8) else im.size  # EXIF: turned 90 degrees
+        if w < 10 or h < 10:
+            raise ValueError(f'image size {w}x{h} is smaller than 10 pixels')
+        with open(img, 'rb') as f:
+            f.seek(-2, 2)
+            truncated = Path(img).suffix.lower() in ('.jpg', '.jpeg') and f.read() != b'\xff\xd9'
+        if truncated and cv2.imread(img) is None:  # a JPEG without its end marker is kept if it still decodes
+            raise ValueError('truncated JPEG that does not decode')
+        labels, msgs = read_labels(lab)
+    except Exception as e:  # PIL raises many kinds for a corrupt file
+        return img, None, None, [f'{img}: ignoring corrupt image/label: {e}']
+    return img, (w, h), labels, [f'{img}: truncated JPEG, it decodes and is kept'] * truncated + msgs
+
+
+def files_hash(paths):
+    stats = [os.stat(p) if os.path.exists(p) else None for p in paths]
+    text = ''.join(f'{p}|{s.st_size if s else -1}|{s.st_mtime_ns if s else -1}\n' for p, s in zip(paths, stats))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def available_memory():
+    """Bytes the system can still give (Linux's MemAvailable); None where it does not say."""
+    meminfo = Path('/proc/meminfo')
+    return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else None
+
+
+def load_labels(img_files, nc, prefix='', single_cls=False):
+    """Checks every image and label file, with a cache beside the labels (labels/<split>.cache) that is
+    reused while no file changed. Returns kept image paths, their (w, h) sizes and label arrays."""
+    label_files = [label_path(f) for f in img_files]
+    cache_path = Path(label_files[0]).parent.with_suffix('.cache')
+    key = files_hash(img_files + label_files)
+    try:
+        c = np.load(cache_path, allow_pickle=False)
+        if int(c['version']) != CACHE_VERSION or str(c['hash']) != key:
+            raise ValueError('stale cache')
+        files, sizes, msgs, n_corrupt = list(c['files']), c['sizes'], list(c['msgs']), int(c['corrupt'])
+        labels, how = np.split(c['labels'], np.cumsum(c['counts'])[:-1]), 'Cached'
+    except Exception:  # no cache, stale or unreadable: scan again
+        with multiprocessing.Pool(min(8, os.cpu_count())) as pool:  # processes: the checks are Python, threads wait
+            results = pool.map(_scan_one, zip(img_files, label_files), chunksize=64)  # on each other (the GIL)
+        kept = [r for r in results if r[1] is not None]
+        files, sizes, labels = [r[0] for r in kept], np.array([r[1] for r in kept]).reshape(-1, 2), [r[2] for r in kept]
+        msgs, n_corrupt, how = [m for r in results for m in r[3]], len(results) - len(kept), 'Scanned'
+        try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
+            if not os.stat(cache_path.parent).st_mode & 0o222:
+                raise PermissionError(13, 'folder is read-only')
+            tmp = f'{cache_path}.{os.getpid()}.tmp.npz'  # one per process: DDP ranks may scan at the same time
+            np.savez(tmp, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes, msgs=np.array(msgs, str),
+                     labels=np.concatenate(labels or [np.zeros((0, 5), np.float32)]), counts=[len(x) for x in labels],
+                     corrupt=n_corrupt)
+            os.replace(tmp, cache_path)
+        except OSError as e:
+            print(f'{prefix}WARNING: cache {cache_path} not written ({e.strerror})', file=sys.stderr)
+    for m in msgs:
+        print(f'{prefix}WARNING: {m}', file=sys.stderr)
+    print(f'{prefix}{how} {Path(label_files[0]).parent}: {len(files)} images, {sum(len(x) == 0 for x in labels)} '
+          f'backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
+    for f, lb in zip(files, labels):
+        lb[:, 0] *= not single_cls  # --single-cls: every object is class 0
+        if len(lb) and lb[:, 0].max() >= nc:
+            raise ValueError(f'{label_path(f)}: class {int(lb[:, 0].max())} is out of range: the dataset has '
+                             f'{nc} classes (0-{nc - 1}); fix the label or give the right --names')
+    if not files:
+        raise ValueError(f'{prefix}no usable images in {Path(img_files[0]).parent}')
+    return files, sizes, labels
+
+
+def read_names(path=None):
+    names = list(COCO_NAMES) if path is None else [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
+    if not names:
+        raise ValueError(f'{path}: no class names (one per line)')
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- data YAMLs and known datasets
+def _uncomment(line):
+    """The line without its comment: a # at the start or after a blank, outside quotes."""
+    quote = None
+    for i, c in enumerate(line):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in '\'"' and (i == 0 or line[i - 1] in ' \t[,:'):
+            quote = c
+        elif c == '#' and (i == 0 or line[i - 1] in ' \t'):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def _scalar(text, where):
+    """A quoted or plain scalar, or a flow list [a, 'b c'] of them; plain ones may be null, int or float."""
+    s = text.strip()
+    if s[:1] == '[' and s[-1:] == ']':
+        return [_scalar(x, where) for x in re.findall(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^,\s][^,]*""", s[1:-1])]
+    if len(s) > 1 and s[0] == s[-1] and s[0] in '\'"':
+        return s[1:-1].replace("''", "'") if s[0] == "'" else json.loads(s)
+    if s[:1] and s[0] in '[]{}&*!%@`\'"|>':
+        raise ValueError(f'{where}: {s[:40]!r} is not in the YAML read here (no flow mappings, anchors, tags)')
+    if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s):
+        return int(s) if re.fullmatch(r'[-+]?\d+', s) else float(s)
+    return None if s in ('', '~', 'null', 'Null', 'NULL') else s
+
+
+def _key_value(line, where):
+    m = re.fullmatch(r"""\s*('[^']*'|"[^"]*"|[^\s'"#:][^:#]*?)\s*:(?:\s+(.*))?""", line)
+    if not m:
+        raise ValueError(f'{where}: not a `key: value` line: {line.strip()[:60]!r}')
+    return _scalar(m[1], where), (m[2] or '').strip()
+
+
+def read_yaml(path):
+    """The YAML that dataset files use: `key: value` lines with plain or quoted scalars and flow lists, block
+    lists (- a) and one nested mapping level (names: 0: person; or an export service's roboflow: block, read and
+    unused), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
+    lines, out = Path(path).read_text().splitlines(), {}
+    tops = [i for i, x in enumerate(lines) if i == 0 or x.strip() and x[0] not in ' \t' and not x.startswith('- ')]
+    for i, end in zip(tops, tops[1:] + [len(lines)]):
+        line, where = _uncomment(lines[i]), f'{path}:{i + 1}'
+        block = [(f'{path}:{j + 1}', lines[j]) for j in range(i + 1, end)]  # the lines under this one: a nested block
+        if line.strip() in ('', '---', '...'):
+            continue
+        if line[0] in ' \t':  # only the first line can be: any other is in the block of the line above
+            raise ValueError(f'{where}: unexpected indentation')
+        key, value = _key_value(line, where)
+        if value.rstrip('-+') in ('|', '>'):  # a block scalar: the text of the lines under it
+            text = textwrap.dedent('\n'.join(text for _, text in block)).strip('\n')
+            out[key] = text + '\n' if value[0] == '|' else ' '.join(text.split())
+            continue
+        items, mapping = [], {}  # else a scalar, or a block list or a mapping one level deep
+        block = [(where, _uncomment(text)) for where, text in block if _uncomment(text).strip()]
+        for where, text in block:
+            if len(text) - len(text.lstrip()) != len(block[0][1]) - len(block[0][1].lstrip()) or value:
+                raise ValueError(f'{where}: ' + ('unexpected indentation' if value else 'one nested level only'))
+            if text.strip()[:2] in ('- ', '-'):
+                items.append(_scalar(text.strip()[1:], where))
+            else:
+                k, v = _key_value(text, where)
+                mapping[k] = _scalar(v, where)
+        if items and mapping:
+            raise ValueError(f'{path}: {key}: a list and a mapping mixed')
+        out[key] = _scalar(value, where) if value else items or mapping or None
+    return out
+
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent / 'datasets'  # ../datasets beside the repository, as the original
+ASSETS = 'https://github.com/ultralytics/assets/releases/download/v0.0.0/'
+KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds without a file: (url, extract into) pairs
+    'coco128': dict(path='coco128', train='images/train2017', val='images/train2017',
+                    download=[(ASSETS + 'coco128.zip', '.')]),
+    'coco': dict(path='coco', train='train2017.txt', val='val2017.txt',  # not test2017.zip (7 GB): training needs none
+                 download=[(ASSETS + 'coco2017labels.zip', '.'), ('http://images.cocodataset.org/zips/train2017.zip',
+                           'coco/images'), ('http://images.cocodataset.org/zips/val2017.zip', 'coco/images')]),
+}
+
+
+def data_spec(data):
+    """--data as {'train': sources, 'val': sources, 'names': list or None}, from a data YAML (paths resolved by
+    _resolve, its dataset downloaded when missing), a dataset known by name (coco128, coco: fetched into ../datasets),
+    or a dataset root, an image folder or a .txt list (validated on its val split, or its only one, or its images)."""
+    p = Path(data)
+    if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
+        cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), DATASETS_DIR
+    elif p.suffix in ('.yaml', '.yml'):
+        if not p.is_file():
+            raise FileNotFoundError(f'{data}: no such file (known without one: {", ".join(KNOWN_DATA)})')
+        cfg, base = read_yaml(p), p.parent
+    else:
+        return dict(train=str(data), val=str(data), names=None)
+    names = cfg.get('names')
+    if isinstance(names, dict):  # {index: name}
+        names = [names.get(i, f'class{i}') for i in range(max(names) + 1)] if names else None
+    if names is not None and cfg.get('nc', len(names)) != len(names):
+        raise ValueError(f'{data}: nc is {cfg["nc"]} but {len(names)} names are given')
+    names = names or ([f'class{i}' for i in range(cfg['nc'])] if cfg.get('nc') else None)
+    root = base / str(cfg.get('path') or '')  # relative to the YAML's folder; an absolute path stays absolute
+    markers = [done_marker(url, dest) for url, dest in _zips(cfg.get('download'), root, base)]
+    if 0 < sum(m.exists() for m in markers) < len(markers):  # a download that stopped halfway goes on first
+        _download_dataset(data, cfg['download'], root, base)
+    for attempt in range(2):  # the second after the download
+        try:
+            return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
+        except FileNotFoundError:
+            if attempt or not cfg.get('download'):
+                raise
+            _download_dataset(data, cfg['download'], root, base)
+
+
+def _resolve(cfg, split, root, base):
+    """The sources of a split: each relative to `path`, else the YAML's folder; `../x` also as `x` (the form of
+    export services, whose data.yaml sits in the dataset root beside train/ and valid/)."""
+    found = []
+    for entry in cfg.get(split) if isinstance(cfg.get(split), list) else [cfg.get(split)] * bool(cfg.get(split)):
+        tried = [root / entry] + [root / entry[3:]] * entry.startswith('../') + [base / entry]
+        found += [str(next((t for t in tried if t.exists()), ''))]
+        if not found[-1]:
+            raise FileNotFoundError(f'{split}: {entry} not found; tried ' + ', '.join(str(t.resolve()) for t in tried))
+    if not found:
+        raise ValueError(f'no {split}: in the data YAML')
+    return found
+
+
+def _download_dataset(data, download, root, base):
+    """A missing dataset, fetched: the zips of a known dataset or of a YAML `download: URL`. A download: that is a
+    Python script is never run (the original exec()s it): the error names what to fetch and where to put it."""
+    if isinstance(download, str) and not re.fullmatch(r'https?://\S+\.zip', download.strip()):
+        urls = ', '.join(re.findall(r'https?://[^\s\'"]+', download)) or 'the dataset'
+        raise FileNotFoundError(f'{data}: dataset not found, and its download: is a script, which is never run '
+                                f'here. Fetch {urls} by hand and unpack it to {root.resolve()}')
+    errors = []
+    for url, dest in _zips(download, root, base):
+        try:
+            download_zip(url, dest)
+        except FileNotFoundError as e:
+            errors.append(str(e))
+    if errors:
+        raise FileNotFoundError(f'{data}: dataset not found and not downloaded:\n  ' + '\n  '.join(errors))
+
+
+def _zips(download, root, base):
+    """The (url, folder) pairs of a download: a known dataset's zips, or a YAML's URL of one, into path's parent."""
+    if isinstance(download, str):
+        url = download.strip()
+        return [(url, root.parent.resolve())] if re.fullmatch(r'https?://\S+\.zip', url) else []
+    return [(url, base / dest) for url, dest in download or []]
+
+
+# ---------------------------------------------------------------------------------------------- downloads
+def download(url, path):
+    """url fetched to path with progress (bytes, rate, ETA), resuming an interrupted path.part (HTTP Range); path
+    appears only when complete. YOLO_MIRROR (an http(s) URL or a folder) serves the same file name instead: for
+    mirrors, and for machines without internet. Raises FileNotFoundError naming the URL and where to put the file."""
+    path, name, mirror = Path(path), url.rsplit('/', 1)[-1], os.getenv('YOLO_MIRROR', '')
+    src, part = f'{mirror.rstrip("/")}/{name}' if mirror else url, Path(f'{path}.part')
+    print(f'Downloading {src} to {path} ...', file=sys.stderr)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, part) if mirror and not re.match(r'https?://', mirror) else _fetch(src, part)
+        os.replace(part, path)
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        hint = '' if mirror else f', or set YOLO_MIRROR to a folder or an http(s) URL that serves {name}'
+        raise FileNotFoundError(f'{src}: download failed ({e}). Download it by hand and put it at {path.resolve()}'
+                                + hint) from None
+
+
+def _fetch(url, part):
+    have = part.stat().st_size if part.exists() else 0
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(url, headers={'Range': f'bytes={have}-'}), timeout=60)
+    except urllib.error.HTTPError:
+        part.unlink(missing_ok=True)  # e.g. 416 for a .part the server cannot continue: the next try starts over
+        raise
+    have *= r.status == 206  # a server that ignores Range sends everything again
+    length = r.headers.get('Content-Length')
+    total, done, t0 = have + int(length) if length else -1, have, time.time()
+    with r, open(part, 'ab' if have else 'wb') as f:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            done += len(chunk)
+            rate = (done - have) / max(time.time() - t0, 1e-9)
+            eta = f'ETA {(total - done) / max(rate, 1):.0f}s' if total > 0 else ''
+            print(f'\r  {done / 1e6:.1f}/{max(total, done) / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  {eta}   ', end='',
+                  file=sys.stderr)
+    print(file=sys.stderr)
+    if total >= 0 and done != total:
+        raise OSError(f'got {done} of {total} bytes, the rest resumes on the next try')
+
+
+def done_marker(url, dest):  # the file that says the zip at url is in dest, whole
+    return dest / f'.{url.rsplit("/", 1)[-1]}.done'
+
+
+def download_zip(url, dest):
+    """A zip fetched into dest (or put there by hand), checked, extracted into a temporary folder and moved into
+    place, then deleted: a crash never leaves a half dataset that looks whole. done_marker() then says it is."""
+    name = url.rsplit('/', 1)[-1]
+    zip_path, tmp, done = dest / name, dest / f'.{name}.tmp', done_marker(url, dest)
+    if done.exists():
+        return
+    if not zip_path.exists():
+        download(url, zip_path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            print(f'Unzipping {zip_path} ...', file=sys.stderr)
+            z.extractall(tmp)  # which checks every member's CRC
+    except zipfile.BadZipFile as e:
+        zip_path.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileNotFoundError(f'{url}: not a valid zip ({e}); deleted, nothing extracted') from None
+    shutil.copytree(tmp, dest, dirs_exist_ok=True, copy_function=os.replace)  # moved in, merged with folders that exist
+    shutil.rmtree(tmp)
+    done.touch()
+    zip_path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints on disk
+OFFICIAL = {f'yolov5{s}.pt' for s in 'nsmlx'}  # the release's files, fetched by name
+RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/'
+
+
+class _Stub:
+    """Stands in for every class of the original code and every torch module it pickles: an attribute dict only."""
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else state[0] or {})
+
+
+_NP = (getattr(np, '_core', None) or np.core).multiarray
+# harmless globals beside the classes: the numpy arrays and numbers that the original's training runs leave behind
+_NUMPY = {f'numpy.{m}multiarray.{k}': getattr(_NP, k) for m in ('core.', '_core.') for k in ('_reconstruct', 'scalar')}
+_NUMPY.update({'numpy.ndarray': np.ndarray, 'numpy.dtype': np.dtype},
+              **{f'numpy.dtypes.{k}': v for k, v in vars(np.dtypes).items() if isinstance(v, type)})
+
+
+def _unpickle_official(path):
+    """The checkpoint through torch's weights-only unpickler, the original's classes read as attribute holders:
+    every other global it names is refused before anything is read, so a malicious pickle cannot run code."""
+    allowed = dict(_NUMPY)  # all numpy's dtype classes: the unpickler also checks the types of the dtypes it builds
+    for g in torch.serialization.get_unsafe_globals_in_checkpoint(path):  # read from the pickle, nothing run
+        if g.startswith(('models.', 'torch.nn.modules.')):
+            allowed[g] = _Stub
+        elif g not in _NUMPY:
+            raise ValueError(f'refused to load global {g}')
+    with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _state_dict_of(stub, prefix=''):
+    """The state dict of a stub module tree, with the same keys that nn.Module.state_dict() gives."""
+    tensors = {**vars(stub).get('_parameters', {}), **vars(stub).get('_buffers', {})}
+    sd = {prefix + k: v for k, v in tensors.items() if v is not None}
+    for k, child in vars(stub).get('_modules', {}).items():
+        if child is not None:
+            sd.update(_state_dict_of(child, f'{prefix}{k}.'))
+    return sd
+
+
+def read_official(path):
+    """(meta, state dict) of an official checkpoint: what model.YOLOv5(**meta) needs, and the weights by name."""
+    ckpt = _unpickle_official(path)
+    stub = ckpt.get('ema') or ckpt.get('model') if isinstance(ckpt, dict) else None
+    if not isinstance(stub, _Stub) or not isinstance(getattr(stub, 'yaml', None), dict):
+        raise ValueError('no YOLOv5 model inside')
+    cfg = stub.yaml
+    if len(cfg.get('backbone', [])) != 10 or len(cfg.get('head', [])) != 15:
+        raise ValueError('not a YOLOv5 v6+ P5 model (yolov5n/s/m/l/x architecture)')
+    detect = stub._modules['model']._modules['24']
+    names = stub.names if isinstance(stub.names, list) else [stub.names[i] for i in sorted(stub.names)]
+    meta = dict(scale=(cfg['depth_multiple'], cfg['width_multiple']), nc=int(detect.nc), names=names)
+    return meta, _state_dict_of(stub)  # the anchors are among the weights
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash or a full disk never leaves a truncated checkpoint."""
+    tmp = Path(f'{path}.tmp')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = 'it still holds the last epoch saved' if path.exists() else 'nothing was saved'
+        raise SystemExit(f'ERROR: cannot write {path} ({e}); {kept}') from None
+
+
+def strip_checkpoint(path):
+    """As the original at the end of a run: only the EMA's weights, in fp16, and no optimizer: the file people ship."""
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.pop('ema').items()}
+    save_atomic({k: v for k, v in ckpt.items() if k not in ('optimizer', 'scaler', 'updates')}, path)
+
+
+# ---------------------------------------------------------------------------------------------- run folders
+def run_dir(project, name, exist_ok=False):
+    """The folder of a new run: project/name, or if that exists (and not exist_ok) name2, name3, ..."""
+    path, n = Path(project) / name, 2
+    while path.exists() and not exist_ok:
+        path, n = Path(project) / f'{name}{n}', n + 1
+    return path
+
+
+def pick_run(opt, parse_args):
+    """(options, checkpoint to resume or None, run folder). --resume continues a run; so does a restart by torchrun
+    (TORCHELASTIC_RESTART_COUNT > 0): the run this torchrun job began, marked with its run id, from its last.pt,
+    or from the beginning if it saved none yet. Else a new run folder, refused now if it cannot be written.
+    parse_args(argv) gives the options of today's command line: a checkpoint's own options override them."""
+    run_id, restarted = os.getenv('TORCHELASTIC_RUN_ID'), int(os.getenv('TORCHELASTIC_RESTART_COUNT', 0))
+    markers = sorted(Path(opt.project).glob('*/.torchrun_id'), key=os.path.getmtime)  # a reused id: the newest run
+    mine = [m.parent for m in markers if restarted and m.read_text() == run_id][-1:]
+    if mine and (mine[0] / 'weights/last.pt').exists():
+        opt.resume = str(mine[0] / 'weights/last.pt')
+    if opt.resume:  # everything, options included, comes from the checkpoint: --resume PATH, or the latest last.pt
+        runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'),
+                                                                           key=os.path.getmtime)
+        if not runs:
+            raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
+        last = Path(runs[-1])
+        ckpt = torch.load(last, map_location='cpu', weights_only=True)
+        keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
+        opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt']['batch'])])), **ckpt['opt'], **keep})
+        if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
+            done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
+            raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
+        print(f'Resuming {last} from epoch {ckpt["epoch"] + 1}')
+        return opt, ckpt, last.parent.parent
+    save_dir = mine[0] if mine else run_dir(opt.project, opt.name, opt.exist_ok)
+    try:
+        (save_dir / 'weights').mkdir(parents=True, exist_ok=True)
+        (save_dir / '.torchrun_id').write_text(run_id or '')
+    except OSError as e:
+        raise SystemExit(f'ERROR: cannot write the run folder {save_dir} ({e.strerror})') from None
+    return opt, None, save_dir
+
+
+@functools.lru_cache(maxsize=None)
+def torchvision_nms():
+    # `import torchvision` costs ~1.5 s (it imports every model and dataset); its compiled ops alone are free
+    try:
+        lib = glob.glob(os.path.join(importlib.util.find_spec('torchvision').submodule_search_locations[0], '_C*.*'))
+        torch.ops.load_library(sorted(lib)[0])
+        return torch.ops.torchvision.nms
+    except Exception:
+        import torchvision
+        return torchvision.ops.nms
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def draw_box(img, xyxy, label, color, thickness):
+    p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
+    cv2.rectangle(img, p1, p2, color, thickness, cv2.LINE_AA)
+    if label:
+        font_thickness = max(thickness - 1, 1)
+        w, h = cv2.getTextSize(label, 0, thickness / 3, font_thickness)[0]
+        above = p1[1] - h >= 3  # the label sits above the box unless that leaves the image
+        cv2.rectangle(img, p1, (p1[0] + w, p1[1] - h - 3 if above else p1[1] + h + 3), color, -1, cv2.LINE_AA)
+        cv2.putText(img, label, (p1[0], p1[1] - 2 if above else p1[1] + h + 2), 0, thickness / 3,
+                    (0, 0, 0) if sum(color) > 450 else (255, 255, 255), font_thickness, cv2.LINE_AA)
+
+
+def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
+    """A grid of a batch with its label boxes (and predictions with confidence, if given) as a JPEG."""
+    imgs, labels = imgs[:max_images].numpy(), labels.numpy()
+    b, _, h, w = imgs.shape
+    cols = math.ceil(b ** 0.5)
+    scale = min(1.0, 1920 / (cols * max(h, w)))  # the grid is at most 1920 px wide
+    th, tw = int(h * scale), int(w * scale)
+    grid = np.full((math.ceil(b / cols) * th, cols * tw, 3), 255, np.uint8)
+    for i in range(b):
+        y0, x0 = (i // cols) * th, (i % cols) * tw
+        tile = np.ascontiguousarray(cv2.resize(imgs[i].transpose(1, 2, 0)[:, :, ::-1], (tw, th)))
+        boxes = [(lb[1], xywh2xyxy(lb[2:6]) * (tw, th, tw, th), names[int(lb[1])]) for lb in labels[labels[:, 0] == i]]
+        if preds is not None:
+            boxes += [(p[5], np.array(p[:4]) * scale, f'{names[int(p[5])]} {p[4]:.1f}') for p in preds[i].tolist()]
+        for c, xyxy, text in boxes:
+            draw_box(tile, xyxy, text, PALETTE[int(c) % len(PALETTE)], 1)
+        grid[y0:y0 + th, x0:x0 + tw] = tile
+        cv2.rectangle(grid, (x0, y0), (x0 + tw - 1, y0 + th - 1), (255, 255, 255), 2)
+    cv2.imwrite(str(path), grid)
+
+
+FONT, AA, BLACK, BLUE, ORANGE = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (0, 0, 0), (180, 100, 20), (20, 130, 255)
+HUES = cv2.cvtColor(np.uint8([[(i * 47 % 180, 230, 210) for i in range(180)]]), cv2.COLOR_HSV2BGR)[0].tolist()
+
+
+def put(img, s, x, y, ax=0.0, ay=0.0, scale=0.5, color=BLACK, vertical=False):
+    """Text whose box has its (ax, ay) fraction at (x, y); vertical reads bottom-up (OpenCV can't: a mask turns)."""
+    (w, h), b = cv2.getTextSize(s, FONT, scale, 1)
+    m = np.rot90(cv2.putText(np.zeros((h + b, w), np.uint8), s, (0, h), FONT, scale, 255, 1, AA), vertical)[..., None]
+    y0, x0 = (min(max(int(p - f * n), 0), N - n) for p, f, n, N in zip((y, x), (ay, ax), m.shape, img.shape))  # inside
+    roi = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+    roi[:] = roi * (1 - m / 255) + np.array(color) * (m / 255)  # blending keeps the antialiasing on any background
+
+
+def chart(img, box, xlim, ylim, title='', xlabel='', ylabel='', xticks=None, yticks=None, z=None):
+    """Frame box=(x0, y0, x1, y1): title, axis labels, ticks [(value, name)] or round numbers, heatmap z (0..1)."""
+    def to(x, y):  # data to pixels; chart returns it
+        return np.int_(np.stack([x0 + (x - a) / (b - a) * (x1 - x0), y1 - (y - c) / (d - c) * (y1 - y0)], -1) + 0.5)
+    (x0, y0, x1, y1), (a, b), (c, d) = box, xlim, ylim
+    sx, sy = (float(f'{10 ** (round(3 * math.log10(abs(hi - lo) / 5)) / 3):.0e}') for lo, hi in (xlim, ylim))  # 1-2-5
+    if z is not None:  # white to dark blue; interpolation 0 (nearest) keeps the cells sharp
+        img[y0:y1, x0:x1] = cv2.resize(255 - z[..., None] * [75, 185, 245], (x1 - x0, y1 - y0), interpolation=0)
+    for t, s in xticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(a / sx - 1e-9), b / sx + 1e-9) * sx + 0.0]:
+        put(img, s[:14], to(t, c)[0], y1 + 6, 0.5, 0, vertical=bool(xticks))  # names run down the x axis
+    for t, s in yticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(c / sy - 1e-9), d / sy + 1e-9) * sy + 0.0]:
+        put(img, s[:14], x0 - 6, to(a, t)[1], 1, 0.5)
+    cv2.rectangle(img, (x0, y0), (x1, y1), BLACK)
+    put(img, title, (x0 + x1) / 2, y0 - 8, 0.5, 1, 0.65)
+    put(img, xlabel, (x0 + x1) / 2, y1 + (170 if xticks else 28), 0.5, 0, 0.6)  # under the numbers or the names
+    put(img, ylabel, x0 - 6, y0 - 8, 1, 1, 0.6)  # over the y axis' numbers or names, left of the title
+    return to
+
+
+# results.png's panels, in the original's layout: top train losses, P and R; bottom val losses and mAPs. Other columns
+# of results.csv follow them, five a row; the learning rates are not drawn.
+RESULT_PANELS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
+                 'val/box_loss', 'val/obj_loss', 'val/cls_loss', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95']
+
+
+def read_results(path):
+    """results.csv as (column names, rows of numbers); a row cut short or garbled by a crash is left out."""
+    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    head = [h.strip() for h in lines[0].split(',')] if lines else []
+    rows = []
+    for line in lines[1:]:
+        try:
+            row = [float(v) for v in line.split(',')]
+        except ValueError:
+            continue
+        if len(row) == len(head):
+            rows.append(row)
+    return head, rows
+
+
+def _rewrite_results(path, head, rows):
+    text = ','.join(f'{k:>20}' for k in head) + '\n' + ''.join(','.join(f'{v:>20.5g}' for v in r) + '\n' for r in rows)
+    tmp = Path(f'{path}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
+
+
+def write_results(path, row):
+    """Appends row {column: value} to results.csv, columns matched by name. If the columns changed (a metric added
+    or removed), the file is written anew with the new header first, each old value under its name (nan if none)."""
+    head, rows = read_results(path)
+    if head != list(row):
+        _rewrite_results(path, list(row), [[dict(zip(head, r)).get(k, math.nan) for k in row] for r in rows])
+    with open(path, 'a') as f:
+        f.write(','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
+
+
+def trim_results(path, start_epoch):
+    """Drops the rows of epochs that will run again: a crash came between a row and its checkpoint."""
+    head, rows = read_results(path)
+    if head:
+        _rewrite_results(path, head, [r for r in rows if r[head.index('epoch')] < start_epoch])
+
+
+def plot_results(csv_path):
+    """results.png beside csv_path: each loss and metric against epoch, as blue dots and smoothed (orange line)."""
+    head, rows = read_results(csv_path)
+    data = dict(zip(head, np.array(rows, dtype=np.float64).reshape(-1, len(head)).T))
+    panels = [k for k in RESULT_PANELS if k in data]
+    panels += [k for k in head if k not in panels and k != 'epoch' and not k.startswith('x/lr')]
+    x = data['epoch']
+    img = np.full((500 * math.ceil(len(panels) / 5), 2000, 3), 255, np.uint8)
+    for k, name in enumerate(panels):
+        y = data[name]
+        margin = np.nanmax(y) - np.nanmin(y) if np.isfinite(y).any() else 0
+        margin = margin / 20 or 0.01
+        x0 = k % 5 * 400 + 85
+        y0 = k // 5 * 500 + 45
+        ylim = (np.nanmin(y) - margin, np.nanmax(y) + margin) if np.isfinite(y).any() else (0, 1)
+        to = chart(img, (x0, y0, x0 + 300, y0 + 395), (x[0] - 0.3, x[-1] + 0.3), ylim, name)
+        ok = np.isfinite(y)  # a column added during a run has no values before
+        cv2.polylines(img, list(to(x[ok], y[ok])[:, None]), True, BLUE, 6 if len(x) < 100 else 4, AA)  # dots
+        if ok.any():  # smoothed as the original's scipy.ndimage.gaussian_filter1d(y, sigma=3)
+            trend = cv2.GaussianBlur(y[ok][:, None], (1, 0), 3, borderType=cv2.BORDER_REFLECT)[:, 0]
+            cv2.polylines(img, [to(x[ok], trend)], False, ORANGE, 2, AA)
+    cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
+
+
+def plot_confusion_matrix(matrix, names, path):
+    """Column-normalized heatmap: where each true class (column) ended up; the last row and column are background."""
+    n, m = len(matrix), matrix / np.maximum(matrix.sum(0), 1e-9)
+    m, S = m * (m >= 0.005), min(120, 1600 // n) * n  # cells under 0.005 stay blank; values fit while n < 30
+    tick = [(i + 0.5, s) for i, s in enumerate([*names, 'background'])][::math.ceil(16 * n / S)]  # 16 pixels apart
+    img = np.full((S + 300, S + 290, 3), 255, np.uint8)
+    to = chart(img, (240, 50, 240 + S, 50 + S), (0, n), (n, 0), 'Confusion matrix', 'True', 'Predicted', tick, tick, m)
+    for i, j in np.argwhere(m > 0) if n < 30 else []:  # white on the dark cells
+        put(img, f'{m[i, j]:.2f}', *to(j + 0.5, i + 0.5), 0.5, 0.5, S / n / 110, (255 * (m[i, j] > 0.5),) * 3)
+    cv2.imwrite(str(path), img)
+
+
+def plot_curve(px, curves, mean, names, path, xlabel, ylabel, mean_label):
+    """One thin line per class (named up to 20 classes, else grey) and their mean as a thick blue line."""
+    img, named = np.full((900, 1200, 3), 255, np.uint8), len(curves) < 21
+    to = chart(img, (110, 50, 850, 810), (0, 1), (0, 1), f'{ylabel}-{xlabel} curve', xlabel, ylabel)
+    for i, y in enumerate(curves):
+        cv2.polylines(img, [to(px, y)], False, HUES[i % 180] if named else (170, 170, 170), 1, AA)
+    cv2.polylines(img, [to(px, mean)], False, BLUE, 4, AA)
+    for k, s in enumerate([mean_label] + (names[:len(curves)] if named else [])):  # the legend: its lines' colours
+        put(img, s, 870, 60 + 26 * k, 0, 0.5, 0.55, HUES[(k - 1) % 180] if k else BLUE)
+    cv2.imwrite(str(path), img)
+
+
+def plot_labels(labels, names, path):
+    """labels.jpg: instances per class, and 2-D histograms of box centres and of box sizes (darker = more)."""
+    n, img = np.bincount(labels[:, 0].astype(int), minlength=len(names)), np.full((1330, 1600, 3), 255, np.uint8)
+    ticks = [*enumerate(names)][::math.ceil(16 * len(n) / 1460)]  # names at least 16 pixels apart
+    to = chart(img, (100, 50, 1560, 600), (-0.5, len(n) - 0.5), (0, n.max() * 1.05 + 1), 'instances', xticks=ticks)
+    for i, count in enumerate(n):
+        cv2.rectangle(img, tuple(to(i - 0.4, 0)), tuple(to(i + 0.4, count)), HUES[i % 180], -1)
+    for x0, (i, j, a, b) in ((150, (1, 2, 'x', 'y')), (900, (3, 4, 'width', 'height'))):
+        h = np.log1p(np.histogram2d(labels[:, i], labels[:, j], 50, [[0, 1], [0, 1]])[0]).T[::-1]  # rows: y, 1 on top
+        chart(img, (x0, 820, x0 + 450, 1270), (0, 1), (0, 1), f'{b} vs {a}', a, b, z=h / max(h.max(), 1e-9))
+    cv2.imwrite(str(path), img)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def key_number(known):
+    """An argparse type: KEY=NUMBER with KEY one of known's (--hyp lr0=0.02)."""
+    def parse(text):
+        key, _, value = text.partition('=')
+        if key not in known:
+            raise argparse.ArgumentTypeError(f'{text!r}: unknown key {key!r}; known: {", ".join(known)}')
+        try:
+            return key, float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER') from None
+    return parse
+
+
+def number(kind, low, high=math.inf):
+    """An argparse type: an int or float in [low, high]; a bad value exits (code 2) naming the flag, before any work."""
+    what = ('an integer' if kind is int else 'a number') + (f' >= {low}' if high == math.inf else f' in [{low},{high}]')
+
+    def parse(text):
+        try:
+            if low <= kind(text) <= high:
+                return kind(text)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f'{text!r} is not {what}')
+    return parse
+
+
+def existing_file(text):  # an argparse type
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f'{text}: no such file')
+    return text
+
+
+def or_exit(fn, *args, **kwargs):
+    """fn(*args, **kwargs), where a bad input (FileNotFoundError, ValueError) ends the program with its message."""
+    try:
+        return fn(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'ERROR: {e}')
+
+
+def check_img_size(img, floor=0, stride=32):
+    """img rounded up to a multiple of the stride (the 3 levels' feature maps must align), and at least floor."""
+    new = max(-(-img // stride) * stride, floor)
+    if new != img:
+        at_least = f' and >= {floor}' if floor else ''
+        print(f'WARNING: --img {img} must be a multiple of {stride}{at_least}, using {new}')
+    return new
+
+
+def half_dtype(device):
+    """The 16-bit type this device computes fast: fp16 on CUDA, bf16 on a CPU that has it natively (AVX512-BF16 or
+    AMX, as PyTorch reports them); None elsewhere, where 16 bits would only be slower."""
+    flags = '_is_avx512_bf16_supported', '_is_amx_tile_supported'
+    native = device.type == 'cpu' and any(getattr(torch.cpu, f, lambda: False)() for f in flags)
+    return torch.float16 if device.type == 'cuda' else torch.bfloat16 if native else None
+
+
+def select_device(device=''):
+    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1' (the first; more GPUs need torchrun).
+    Raises ValueError for a device that is not here."""
+    device = str(device).strip().lower().replace('cuda:', '').replace('cuda', '0')  # cuda: cuda:0
+    if device == 'cpu' or (not device and not torch.cuda.is_available()):
+        return torch.device('cpu')
+    ids = device.split(',') if device else ['0']
+    if not all(i.isdigit() for i in ids):
+        raise ValueError(f'{device!r} is not cpu, a GPU index (0, 1, ...) or a list of them (0,1)')
+    if max(map(int, ids)) >= torch.cuda.device_count():
+        raise ValueError(f'{device!r}: no such CUDA device here ({torch.cuda.device_count()} found); try cpu')
+    return torch.device('cuda', int(ids[0]))
+
+
+# argparse types of the scripts' flags: a bad value ends the program with a message naming the flag, exit code 2
+def device_name(text):
+    try:
+        select_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def checkpoint_file(text):
+    if not zipfile.is_zipfile(text):  # every PyTorch checkpoint is a zip archive
+        why = 'not a checkpoint (.pt)' if os.path.exists(text) else 'no such file'
+        raise argparse.ArgumentTypeError(f'{text}: {why}')
+    return text
+
+
+def weights_file(text):
+    """'' (none), an official name (downloaded if missing) or a checkpoint."""
+    return text if not text or os.path.basename(text) in OFFICIAL else checkpoint_file(text)
