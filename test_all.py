@@ -1404,3 +1404,54 @@ def test_a_stripped_checkpoint_validates_as_before(tmp_path):
                       cwd=tmp_path)
         rows.append([float(v) for v in next(x for x in r.stdout.splitlines() if x.split()[:1] == ['all']).split()[3:]])
     assert np.abs(np.array(rows[0]) - rows[1]).max() <= 0.001, rows
+
+
+# ---------- results.csv by column name (issue 17)
+
+def test_results_csv_is_matched_by_name_when_a_column_is_added():
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        csv = Path(d) / 'results.csv'
+        P.write_results(csv, {'epoch': 0, 'train/box_loss': 0.5, 'metrics/mAP_0.5': 0.1, 'x/lr0': 0.01})
+        P.write_results(csv, {'epoch': 1, 'train/box_loss': 0.4, 'metrics/new': 7.0, 'metrics/mAP_0.5': 0.2,
+                              'x/lr0': 0.01})  # a column added in the middle
+        head, rows = P.read_results(csv)
+        assert head == ['epoch', 'train/box_loss', 'metrics/new', 'metrics/mAP_0.5', 'x/lr0']
+        assert rows[0][:2] == [0, 0.5] and np.isnan(rows[0][2]) and rows[0][3:] == [0.1, 0.01]
+        assert rows[1] == [1, 0.4, 7.0, 0.2, 0.01]
+        P.plot_results(csv)  # by name: the new column gets its own panel, the nan before it is no line
+        assert cv2.imread(str(Path(d) / 'results.png')).shape == (500, 2000, 3)
+        csv.write_text(csv.read_text() + '   2, 0.3, 7')  # a row cut short by a crash
+        P.trim_results(csv, 1)
+        assert P.read_results(csv)[1] == [[0, 0.5, rows[0][2], 0.1, 0.01]] or np.isnan(P.read_results(csv)[1][0][2])
+        assert len(P.read_results(csv)[1]) == 1
+
+
+def test_a_resumed_run_takes_a_metric_added_in_the_middle(tmp_path, monkeypatch):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=16, n_val=8, size=128)
+    real_set_epoch = T.set_epoch
+
+    def interrupt_at_epoch_1(loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        real_set_epoch(loader, epoch)
+    monkeypatch.setattr(T, 'set_epoch', interrupt_at_epoch_1)
+    with pytest.raises(SystemExit):
+        T.Trainer(tiny_args(root, tmp_path / 'runs', '--epochs', '2')).fit()
+    monkeypatch.setattr(T, 'set_epoch', real_set_epoch)
+    real_validate = T.validate
+
+    def with_a_new_metric(*args, **kwargs):
+        results = real_validate(*args, **kwargs)
+        keys = list(results)
+        i = keys.index('metrics/mAP_0.5')
+        return {k: results[k] for k in keys[:i]} | {'metrics/new': 42.0} | {k: results[k] for k in keys[i:]}
+    monkeypatch.setattr(T, 'validate', with_a_new_metric)
+    run = tmp_path / 'runs' / 'exp'
+    T.Trainer(T.parse_args(['--resume', str(run / 'weights/last.pt'), '--workers', '0'])).fit()
+    head, rows = P.read_results(run / 'results.csv')
+    new = head.index('metrics/new')
+    assert head[new + 1] == 'metrics/mAP_0.5' and [r[0] for r in rows] == [0, 1]
+    assert np.isnan(rows[0][new]) and rows[1][new] == 42.0
+    assert rows[0][head.index('metrics/mAP_0.5')] == last_results(run)[0]['metrics/mAP_0.5']
+    assert cv2.imread(str(run / 'results.png')).shape == (1500, 2000, 3)  # 11 panels, five a row
