@@ -59,7 +59,8 @@ class YOLOLoss:
         device = next(model.parameters()).device
         bce = lambda pw: (FocalBCE(torch.tensor([pw], device=device), hyp['fl_gamma']) if hyp['fl_gamma'] > 0
                           else nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw], device=device)))
-        self.bce_cls, self.bce_obj = bce(hyp['cls_pw']), bce(hyp['obj_pw'])
+        self.bce_cls = bce(hyp['cls_pw'])
+        self.bce_obj = bce(hyp['obj_pw'])
         self.cls_pos = 1.0 - 0.5 * hyp['label_smoothing']  # class targets, smoothed
         self.cls_neg = 0.5 * hyp['label_smoothing']
         self.nc = model.detect.nc
@@ -84,14 +85,17 @@ class YOLOLoss:
                     t[range(len(b)), tcls[i]] = self.cls_pos
                     lcls += self.bce_cls(pcls, t)
             lobj += self.bce_obj(p[..., 4], tobj) * self.balance[i]
-        lbox, lobj, lcls = lbox * self.hyp['box'], lobj * self.hyp['obj'], lcls * self.hyp['cls']
+        lbox = lbox * self.hyp['box']
+        lobj = lobj * self.hyp['obj']
+        lcls = lcls * self.hyp['cls']
         return (lbox + lobj + lcls) * preds[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, preds, targets):
         """For each level: the (image, anchor, cell y, cell x) of every positive sample, its class, its box
         as (offset from the cell corner, wh) in grid units, and its anchor."""
-        na, device = self.na, targets.device
-        tcls, tbox, indices, anch = [], [], [], []
+        na = self.na
+        device = targets.device
+        tcls, tbox, indices, anch = [], [], [], []  # per level
         anchor_index = torch.arange(na, device=device).float().view(na, 1).repeat(1, targets.shape[0])
         targets = torch.cat((targets.repeat(na, 1, 1), anchor_index[..., None]), 2)  # (na, nt, 7), one copy per anchor
         g = 0.5  # a centre this close to a cell border also makes the neighbour cell a positive
@@ -104,13 +108,16 @@ class YOLOLoss:
             t = t[torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']]
             gxy = t[:, 2:4]
             gxi = gain[[2, 3]] - gxy  # distance from the far borders
+            # Each label trains its own cell and the two neighbours nearest to its centre: a centre in the left half
+            # of its cell also trains the cell on the left, and so on (a cell's prediction reaches 0.5 beyond it).
             left, top = ((gxy % 1 < g) & (gxy > 1)).T  # near the left / top border (and not in the first cell)
             right, bottom = ((gxi % 1 < g) & (gxi > 1)).T  # near the right / bottom border
-            use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # the cell itself, its neighbours
-            t = t.repeat((5, 1, 1))[use]
-            offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[use]
+            use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # (5, n): which of the 5 cells
+            t = t.repeat((5, 1, 1))[use]  # one row per (label, cell) pair
+            offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[use]  # each row's step to its cell
             bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
-            a, (b, c) = a.long().view(-1), bc.long().T
+            a = a.long().view(-1)
+            b, c = bc.long().T  # image in the batch, class
             gij = (gxy - offsets).long().clamp(min=0).minimum(gain[[2, 3]].long() - 1)  # inside the grid
             indices.append((b, a, gij[:, 1], gij[:, 0]))
             tbox.append(torch.cat((gxy - gij, gwh), 1))  # the box relative to the (clamped) cell it is assigned to
@@ -152,7 +159,7 @@ def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
 
     def fit(k):  # mean ratio match of the labels that some anchor matches within thr
         best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
-        return (best * (best > 1 / thr).float()).mean()
+        return torch.where(best > 1 / thr, best, 0.0).mean()
     k = k * s
     f = fit(k)
     for _ in range(gen):
