@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from model import decode_boxes
+from plumbing import kmean_anchors
 
 
 def bbox_ciou(box1, box2, eps=1e-7):
@@ -142,41 +143,6 @@ def anchor_metric(anchors, wh, thr):
     return x, best, (best > 1 / thr).float().mean(), (x > 1 / thr).float().sum(1).mean()
 
 
-def kmean_anchors(wh0, n, thr, gen=1000, seed=0):
-    """k-means on label wh (whitened), then a genetic search that maximises the anchor fitness."""
-    rng = np.random.default_rng(seed)
-    small = (wh0 < 3.0).any(1).sum()
-    if small:
-        print(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
-    wh = wh0[(wh0 >= 2.0).any(1)]
-    s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
-    x = wh / s
-    wh = torch.tensor(wh)
-    k = x[rng.choice(len(x), n, replace=len(x) < n)]
-    for _ in range(30):  # Lloyd's iterations
-        nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
-        k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
-
-    def fit(k):  # mean ratio match of the labels that some anchor matches within thr
-        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
-        return torch.where(best > 1 / thr, best, 0.0).mean()
-    k = k * s
-    f = fit(k)
-    for _ in range(gen):
-        v = np.ones(k.shape)
-        while (v == 1).all():  # mutate until something changes
-            mutated = rng.random(k.shape) < 0.9  # which values change, and by how much:
-            sigma = rng.random()
-            noise = rng.standard_normal(k.shape)
-            v = np.where(mutated, sigma * noise * 0.1 + 1, 1.0).clip(0.3, 3.0)
-        kg = (k * v).clip(min=2.0)
-        fg = fit(kg)
-        if fg > f:
-            f = fg
-            k = kg
-    return k[np.argsort(k.prod(1))]
-
-
 def check_anchors(dataset, model, thr, img_size, seed=0):
     """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
     det = model.detect
@@ -188,7 +154,11 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
         print(msg + 'Current anchors are a good fit to dataset')
         return
     print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
-    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, thr, seed=seed)
+
+    def fitness(k, wh):  # the mean shape match of the labels that some anchor matches within thr
+        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
+        return torch.where(best > 1 / thr, best, 0.0).mean()
+    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, fitness, seed=seed)
     _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
     print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
           f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))

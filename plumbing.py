@@ -555,6 +555,40 @@ def torchvision_nms():
         return torchvision.ops.nms
 
 
+# ---------------------------------------------------------------------------------------------- anchors
+def kmean_anchors(wh0, n, fitness, gen=1000, seed=0):
+    """n anchors (w, h) for the label sizes wh0 (pixels): k-means on them (whitened), then a genetic search that
+    maximises fitness(anchors, label sizes); sorted by area."""
+    rng = np.random.default_rng(seed)
+    small = (wh0 < 3.0).any(1).sum()
+    if small:
+        print(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
+    wh = wh0[(wh0 >= 2.0).any(1)]
+    s = np.maximum(wh.std(0), 1e-6)  # whiten, so that width and height count alike
+    x = wh / s
+    wh = torch.tensor(wh)
+    k = x[rng.choice(len(x), n, replace=len(x) < n)]
+    for _ in range(30):  # Lloyd's iterations
+        nearest = ((x[:, None] - k[None]) ** 2).sum(2).argmin(1)
+        k = np.array([x[nearest == j].mean(0) if (nearest == j).any() else k[j] for j in range(n)])
+
+    k = k * s
+    f = fitness(k, wh)
+    for _ in range(gen):
+        v = np.ones(k.shape)
+        while (v == 1).all():  # mutate until something changes
+            mutated = rng.random(k.shape) < 0.9  # which values change, and by how much:
+            sigma = rng.random()
+            noise = rng.standard_normal(k.shape)
+            v = np.where(mutated, sigma * noise * 0.1 + 1, 1.0).clip(0.3, 3.0)
+        kg = (k * v).clip(min=2.0)
+        fg = fitness(kg, wh)
+        if fg > f:
+            f = fg
+            k = kg
+    return k[np.argsort(k.prod(1))]
+
+
 # ---------------------------------------------------------------------------------------------- pictures
 def draw_box(img, xyxy, label, color, thickness):
     p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
