@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from data import COCO_NAMES, download, xywh2xyxy
+from data import COCO_NAMES, download, existing_file, xywh2xyxy
 
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
@@ -370,5 +370,7 @@ def checkpoint_file(text):
 
 
 def weights_file(text):
-    """'' (none), an official name (downloaded if missing) or a checkpoint."""
+    """'' (none), an official name (downloaded if missing), a checkpoint, or an exported .torchscript or .onnx."""
+    if text.endswith(('.torchscript', '.onnx')):
+        return existing_file(text)
     return text if not text or os.path.basename(text) in OFFICIAL else checkpoint_file(text)

@@ -1,5 +1,5 @@
 """
-Train or validate YOLOv5: an entry point beside detect.py, on top of data.py, model.py and loss.py.
+Train or validate YOLOv5: an entry point beside detect.py, on top of data.py, model.py, loss.py, export.py.
   python train.py --data ../shared/datasets/coco128 --weights yolov5n.pt --img 320 --epochs 3
   torchrun --nproc_per_node 2 train.py --data ... --device 0,1          (DDP: NCCL on GPUs, gloo on CPU)
   python train.py --val-only --weights yolov5n.pt --data ../shared/datasets/coco128 --batch 32
@@ -23,8 +23,9 @@ import torch.nn as nn
 
 from data import (AUG, YOLODataset, create_dataloader, data_spec, existing_file, label_path, letterbox, number, or_exit,
                   plot_batch, read_names, run_dir, set_epoch, to_tensor, xywh2xyxy)
+from export import load_any
 from loss import YOLOLoss
-from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, half_dtype, load_model,
+from model import (SCALES, STRIDES, YOLOv5, check_img_size, checkpoint_file, device_name, half_dtype,
                    non_max_suppression, predict, read_checkpoint, scale_boxes, select_device, weights_file)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
@@ -423,11 +424,11 @@ def parse_args(argv=None):
     return opt
 
 
-def build_datasets(opt, data, names, hyp, train=True):
+def build_datasets(opt, data, names, hyp, train=True, rect=True):  # rect False: square, for a fixed-size ONNX
     """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
     common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
     val = or_exit(YOLODataset, data['val'], opt.img, opt.batch // WORLD_SIZE * (2 if train else 1),
-                  rect=True, pad=0.5, split='val', prefix='val: ', **common) if MAIN else None
+                  rect=rect, pad=0.5, split='val', prefix='val: ', **common) if MAIN else None
     tr = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True, hyp=hyp, rect=opt.rect,
                  seed=opt.seed, prefix='train: ', **common) if train else None
     if train and not sum(len(x) for x in tr.labels):
@@ -438,12 +439,12 @@ def build_datasets(opt, data, names, hyp, train=True):
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    model = or_exit(load_model, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
+    model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
     if len(names) != model.nc:  # as the original refuses: the boxes would carry classes the names don't have
         raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
-    _, val = build_datasets(opt, data, names, None, train=False)
+    _, val = build_datasets(opt, data, names, None, train=False, rect=getattr(model, 'fixed', None) is None)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
