@@ -43,6 +43,7 @@ class Traceable(nn.Module):
         # the grids made from the traced sizes, not taken from Detect's cache (a cached grid would be traced as a
         # constant of the export size): the traced TorchScript file then runs at any input size
         model.detect.make_grid = Detect.make_grid.__wrapped__
+        self.eval()  # and so it stays: torch.onnx.export leaves a model in the mode it found it in
 
     def forward(self, x):
         return self.model(x)[0]

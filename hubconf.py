@@ -74,6 +74,7 @@ class AutoShape(nn.Module):
             return self.model(ims.to(device))
         t0 = time.perf_counter()
         ims, files = zip(*(read_image(im, i) for i, im in enumerate(ims if isinstance(ims, (list, tuple)) else [ims])))
+        files = [f if files.count(f) == 1 else f'{Path(f).stem}_{i}.jpg' for i, f in enumerate(files)]  # no clashes
         size = check_img_size(max(size) if isinstance(size, tuple) else size)
         boxed = [letterbox(im, size)[0] for im in ims]  # each as detect.py letterboxes it
         batches = {}  # the images of one letterbox shape run as one batch: none is padded for another's sake
