@@ -12,7 +12,8 @@ and checked against the PyTorch model before the export says it succeeded.
 load_any(path) reads a checkpoint or an exported file behind the model's call interface: detect.py, train.py
 --val-only and hubconf.py run all three alike, at the same input sizes, with the same detections. TorchScript needs
 torch alone. ONNX runs through OpenCV's DNN module; the onnx package is needed to write it (pip install onnx), never
-to read it. Both files compute their sizes from their input: they run at any image size and batch.
+to read it. Both files compute their sizes from their input: they run at any image size and batch. A TorchScript
+file runs on the device it was exported on (--device): its traced grids are made there.
 On top of model.py and data.py; never imports detect.py or train.py.
 """
 import argparse
@@ -71,8 +72,8 @@ class Exported(nn.Module):
                              f'use --img {max(h, w)} or export again with --img {x.shape[2]} {x.shape[3]}')
         top, left = (h - x.shape[2]) // 2, (w - x.shape[3]) // 2
         x = nn.functional.pad(x, (left, w - x.shape[3] - left, top, h - x.shape[2] - top), value=114 / 255)
-        blank = lambda c: c.new_zeros(((b or len(c)) - len(c), *c.shape[1:]))  # fills up the file's fixed batch
-        y = torch.cat([self.run(torch.cat((c, blank(c))))[:len(c)] for c in x.split(b or len(x))])
+        blank = lambda c: c.new_zeros((b - len(c), *c.shape[1:]))  # fills up the file's fixed batch
+        y = torch.cat([self.run(torch.cat((c, blank(c))))[:len(c)] for c in x.split(b)])
         y[..., 0] -= left  # box centres back to x's pixels
         y[..., 1] -= top
         return y, None
@@ -95,10 +96,11 @@ def load_torchscript(path, device):
     return Exported(ts, class_names(path, meta.get('names')), next(ts.parameters()).dtype)
 
 
-# ONNX through OpenCV's DNN module. OpenCV works out every size in the graph once, as it reads the file, from the
-# input shape the file declares, and it reads neither a free (dynamic) size nor the metadata. So the file is read here
-# off protobuf's wire format by hand (a few lines: with the onnx package, running a file would need it too), and given
-# to OpenCV once per input shape, declared as that shape: export.py's graphs compute their sizes from their input.
+# ONNX through OpenCV's DNN module, on the CPU. OpenCV works out every size in the graph once, as it reads the file,
+# from the input shape the file declares, and it reads neither a free (dynamic) size nor the metadata. So the file is
+# read here off protobuf's wire format by hand (a few lines: with the onnx package, running a file would need it too),
+# and given to OpenCV once per input shape, declared as that shape: export.py's graphs compute their sizes from their
+# input.
 def _varint(buf, i):
     value, shift = 0, 0
     while True:
@@ -178,7 +180,7 @@ class OpenCVNet:
         if shape not in self.nets:
             dims = b''.join(_ld(1, _encode(1 << 3) + _encode(n)) for n in shape)  # dims with a dim_value (a varint)
             model = _replaced(self.model, INPUT_SHAPE, dims) if self.any_size else self.model
-            self.nets[shape] = cv2.dnn.readNetFromONNX(np.frombuffer(model, np.uint8))  # (given bytes, it crashes)
+            self.nets[shape] = cv2.dnn.readNetFromONNX(np.frombuffer(model, np.uint8))  # (bytes crash OpenCV 4.14)
         self.nets[shape].setInput(x.detach().float().cpu().numpy())  # OpenCV computes in fp32 on the CPU
         return torch.tensor(self.nets[shape].forward(), device=x.device)  # a copy: OpenCV may reuse its buffer
 
@@ -301,10 +303,10 @@ def parse_args(argv=None):
     p.add_argument('--include', nargs='+', choices=SUFFIXES, default=['torchscript'], help='formats to write')
     p.add_argument('--img', '--img-size', '--imgsz', nargs='+', type=number(int, 1), default=[640],
                    help='input size: h w, or one number for both')
-    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=1, help='batch size (fixed in ONNX)')
+    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=1, help='batch size (ONNX declares it)')
     p.add_argument('--device', type=device_name, default='cpu', help='cpu, 0, cuda:0 ... (TorchScript runs there)')
-    p.add_argument('--half', action='store_true', help='16-bit weights and input')
-    p.add_argument('--dynamic', action='store_true', help='ONNX: any batch and size (not for OpenCV\'s DNN)')
+    p.add_argument('--half', action='store_true', help='fp16 weights and input (OpenCV computes them in fp32)')
+    p.add_argument('--dynamic', action='store_true', help='ONNX: declare free batch and sizes (OpenCV runs either)')
     p.add_argument('--opset', type=number(int, 7), default=17, help='ONNX opset version')
     opt = p.parse_args(argv)
     if len(opt.img) > 2:
