@@ -251,16 +251,18 @@ def difference(a, b, shape):
     return float(((a.float() - b.float()).abs() / scale).max())
 
 
-def export(weights, include=('torchscript',), img=(640, 640), batch=1, device='cpu', half=False, dynamic=False,
-           opset=17):
+def run(weights='yolov5n.pt', include=('torchscript',), imgsz=(640, 640), batch_size=1, device='cpu', half=False,
+        dynamic=False, opset=17):
     """Writes the checkpoint's model in each format of include beside it, loads each back and checks it on a random
-    image against the fp32 PyTorch model; returns the files written. Raises ValueError if a file disagrees."""
+    image against the fp32 PyTorch model; returns the files written. The original's export.run, with its names.
+    imgsz: (h, w) or one number for both. Raises ValueError if a file disagrees, ImportError without onnx."""
     t0 = time.time()
     if 'onnx' in include:
         import_onnx()  # before any work: a missing package is known at once
-    device = select_device(device)
+    device, sizes = select_device(device), [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    img = [check_img_size(s) for s in (sizes * 2)[:2]]  # (h, w), multiples of the stride
     net = Traceable(load_model(weights, device, fuse=True))
-    im = torch.rand(batch, 3, *img, generator=torch.Generator().manual_seed(0)).to(device)
+    im = torch.rand(batch_size, 3, *img, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         ref = net(im)
     if half:  # 16-bit weights and input: half the file; the check below measures what it costs
@@ -283,7 +285,7 @@ def export(weights, include=('torchscript',), img=(640, 640), batch=1, device='c
             raise ValueError(f'{file} does not reproduce the model: outputs differ by {diff:.3g} > {tolerance}')
         print(f'{fmt}: loaded back, outputs within {diff:.2g} of PyTorch (boxes as fractions of the image)')
         print(f'{fmt}: saved {file} ({file.stat().st_size / 1e6:.1f} MB) in {time.time() - t:.1f}s')
-        files.append(file)
+        files.append(str(file))
     print(f'Export complete ({time.time() - t0:.1f}s). Run it with:\n'
           f'  python detect.py img.jpg --weights {files[-1]}\n'
           f'  python train.py --val-only --weights {files[-1]} --data coco128.yaml\n'
@@ -311,14 +313,13 @@ def parse_args(argv=None):
     opt = p.parse_args(argv)
     if len(opt.img) > 2:
         p.error(f'argument --img: one or two numbers (h w), not {len(opt.img)}')
-    opt.img = [check_img_size(x) for x in (opt.img * 2)[:2]]  # (h, w)
     return opt
 
 
 def main(opt):
     for weights in opt.weights:
         try:
-            export(weights, opt.include, opt.img, opt.batch, opt.device, opt.half, opt.dynamic, opt.opset)
+            run(weights, opt.include, opt.img, opt.batch, opt.device, opt.half, opt.dynamic, opt.opset)
         except (ImportError, ValueError, FileNotFoundError) as e:
             raise SystemExit(f'ERROR: {e}')
     return 0
