@@ -1619,3 +1619,31 @@ def test_bad_export_flags_and_files(tmp_path, capsys):
     (tmp_path / 'notes.onnx').write_text('hello, not a model')
     with pytest.raises(ValueError, match='not an ONNX model'):
         E.load_any(tmp_path / 'notes.onnx')
+
+
+def test_hub_reads_urls(exported, tmp_path):
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shared(BUS).parent))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hub = torch.hub.load(str(ROOT), 'custom', str(exported['pt']), source='local')
+        r = hub(f'http://127.0.0.1:{server.server_port}/bus.jpg')
+    finally:
+        server.shutdown()
+    assert r.files == ['bus.jpg'] and torch.equal(r.xyxy[0], hub(str(BUS)).xyxy[0])
+
+
+def test_hub_official_entry_points(exported, tmp_path, monkeypatch):
+    monkeypatch.chdir(exported['pt'].parent)  # where yolov5n.pt is (elsewhere it is downloaded, as in the original)
+    hub = torch.hub.load(str(ROOT), 'yolov5n', source='local', device='cpu')
+    assert torch.equal(hub(str(shared(BUS))).xyxy[0], torch.hub.load(str(ROOT), 'custom', 'yolov5n.pt',
+                                                                        source='local')(str(BUS)).xyxy[0])
+    bare = torch.hub.load(str(ROOT), 'yolov5n', source='local', classes=3, autoshape=False)
+    official = M.load_model('yolov5n.pt').state_dict()
+    assert bare.nc == 3 and torch.equal(bare.state_dict()['model.0.conv.weight'], official['model.0.conv.weight'])
+    assert bare.detect.m[0].weight.shape[0] == 3 * 8  # a new head: 3 anchors x (5 + 3 classes)
+    with pytest.raises(ValueError, match='3-channel'):
+        torch.hub.load(str(ROOT), 'yolov5n', source='local', channels=1)
