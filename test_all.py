@@ -1403,13 +1403,15 @@ def test_a_stripped_checkpoint_validates_as_before(tmp_path):
 
 
 # ---------- export.py and hubconf.py (issue 21)
+import importlib.util  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
 import export as E  # noqa: E402
 
-HAVE_ONNX = __import__('importlib').util.find_spec('onnx') is not None
+HAVE_ONNX = importlib.util.find_spec('onnx') is not None
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason='writing ONNX needs the onnx package: pip install onnx')
 COCO_IMG = COCO128 / 'images/train2017/000000000009.jpg'  # 640x480: another letterbox shape than bus.jpg's
 
@@ -1427,7 +1429,7 @@ def exported(tmp_path_factory):
 
 
 def detect_labels(weights, tmp_path, *sources):
-    """detect.py in this process: {image stem: its label rows (cls xc yc w h conf)}, and what it printed."""
+    """detect.py in this process: {image stem: its label rows (cls xc yc w h conf)}."""
     out = tmp_path / Path(weights).suffix[1:]
     args = [*map(str, sources), '--weights', str(weights), '--save-txt', '--save-conf', '--nosave',
             '--project', str(out), '--name', 'exp']
@@ -1453,7 +1455,7 @@ def test_exported_files_give_the_pt_detections(exported, tmp_path, capsys, fmt):
 def test_exported_files_hold_one_output_and_the_metadata(exported):
     files = {'config.txt': ''}
     ts = torch.jit.load(str(exported['torchscript']), _extra_files=files)
-    meta = __import__('json').loads(files['config.txt'])
+    meta = json.loads(files['config.txt'])
     assert meta['names'] == list(data.COCO_NAMES) and meta['stride'] == 32 and meta['shape'] == [1, 3, 640, 640]
     with torch.no_grad():
         y = ts(torch.rand(2, 3, 320, 192))  # any batch and size: the original's layout, (batch, anchors, 85)
