@@ -1,7 +1,7 @@
 """
 Run a YOLOv5 model on images, folders, globs or videos:  python detect.py img.jpg [more ...]
 Annotated results go to runs/detect/exp (then exp2, exp3, ...), YOLO labels with --save-txt.
-An entry point beside train.py, on top of data.py and model.py; it never imports train.py.
+An entry point beside train.py, on top of data.py, model.py and export.py; it never imports train.py.
 """
 import argparse
 import glob
@@ -14,7 +14,8 @@ import cv2
 import torch
 
 from data import letterbox, to_tensor
-from model import load_model, non_max_suppression, predict, scale_boxes
+from export import load_any
+from model import non_max_suppression, predict, scale_boxes
 from plumbing import (IMAGE_EXTS, PALETTE, VIDEO_EXTS, check_img_size, device_name, draw_box, half_dtype, number,
                       or_exit, run_dir, select_device, weights_file, xyxy2xywh)
 
@@ -58,7 +59,7 @@ def read_frames(path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('source', nargs='+', help='images, videos, folders or globs')
-    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help='official yolov5*.pt or ours')
+    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help='yolov5*.pt, ours, or .torchscript/.onnx')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640, help='inference size (pixels)')
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.25)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.45)
@@ -84,7 +85,7 @@ def parse_args(argv=None):
 @torch.inference_mode()
 def run(opt):
     device = select_device(opt.device)
-    model = or_exit(load_model, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)  # faster convs
+    model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)  # faster convs
     dtype, names = half_dtype(device) if opt.half else None, model.names  # fp32 unless --half, as in the original
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
         print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '

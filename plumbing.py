@@ -851,5 +851,7 @@ def checkpoint_file(text):
 
 
 def weights_file(text):
-    """'' (none), an official name (downloaded if missing) or a checkpoint."""
+    """'' (none), an official name (downloaded if missing), a checkpoint, or an exported .torchscript or .onnx."""
+    if text.endswith(('.torchscript', '.onnx')):
+        return existing_file(text)
     return text if not text or os.path.basename(text) in OFFICIAL else checkpoint_file(text)

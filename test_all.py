@@ -1455,3 +1455,250 @@ def test_a_resumed_run_takes_a_metric_added_in_the_middle(tmp_path, monkeypatch)
     assert np.isnan(rows[0][new]) and rows[1][new] == 42.0
     assert rows[0][head.index('metrics/mAP_0.5')] == last_results(run)[0]['metrics/mAP_0.5']
     assert cv2.imread(str(run / 'results.png')).shape == (1500, 2000, 3)  # 11 panels, five a row
+# ---------- export.py and hubconf.py (issue 21)
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+import export as E  # noqa: E402
+
+HAVE_ONNX = importlib.util.find_spec('onnx') is not None
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason='writing ONNX needs the onnx package: pip install onnx')
+COCO_IMG = COCO128 / 'images/train2017/000000000009.jpg'  # 640x480: another letterbox shape than bus.jpg's
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """The shared yolov5n.pt exported once, by the issue's command, beside a copy of it (../shared stays as it is)."""
+    pt = tmp_path_factory.mktemp('export') / 'yolov5n.pt'
+    shutil.copy(shared(WEIGHTS), pt)
+    r = subprocess.run([sys.executable, str(ROOT / 'export.py'), '--weights', str(pt), '--include', 'torchscript',
+                        *['onnx'] * HAVE_ONNX], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'torchscript: loaded back, outputs within 0 of PyTorch' in r.stdout, r.stdout
+    return dict(pt=pt, torchscript=pt.with_suffix('.torchscript'), onnx=pt.with_suffix('.onnx'))
+
+
+def detect_labels(weights, tmp_path, *sources):
+    """detect.py in this process: {image stem: its label rows (cls xc yc w h conf)}."""
+    out = tmp_path / Path(weights).suffix[1:]
+    args = [*map(str, sources), '--weights', str(weights), '--save-txt', '--save-conf', '--nosave',
+            '--project', str(out), '--name', 'exp']
+    assert detect.run(detect.parse_args(args)) == 0
+    return {f.stem: read_labels(f) for f in (out / 'exp/labels').glob('*.txt')}
+
+
+@pytest.mark.parametrize('fmt', ['torchscript', pytest.param('onnx', marks=needs_onnx)])
+def test_exported_files_give_the_pt_detections(exported, tmp_path, capsys, fmt):
+    pt = detect_labels(exported['pt'], tmp_path, shared(BUS), COCO_IMG)
+    capsys.readouterr()
+    ours = detect_labels(exported[fmt], tmp_path, BUS, COCO_IMG)  # exported at 640x640, run at 640x480 and 480x640
+    out = capsys.readouterr().out
+    assert 'bus.jpg: 640x480 4 persons, 1 bus, ' in out and '000000000009.jpg: 480x640 ' in out, out
+    assert sorted(ours) == sorted(pt) == ['000000000009', 'bus']
+    for stem in pt:
+        if fmt == 'torchscript':  # the same graph, traced: the same numbers
+            assert np.array_equal(ours[stem], pt[stem]), stem
+        else:  # OpenCV's convolutions: the same detections, boxes and confidences to 0.005
+            assert match_rows(ours[stem], pt[stem]) < 0.005, stem
+
+
+def test_exported_files_hold_one_output_and_the_metadata(exported):
+    files = {'config.txt': ''}
+    ts = torch.jit.load(str(exported['torchscript']), _extra_files=files)
+    meta = json.loads(files['config.txt'])
+    assert meta['names'] == list(data.COCO_NAMES) and meta['stride'] == 32 and meta['shape'] == [1, 3, 640, 640]
+    with torch.no_grad():
+        y = ts(torch.rand(2, 3, 320, 192))  # any batch and size: the original's layout, (batch, anchors, 85)
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 3 * (40 * 24 + 20 * 12 + 10 * 6), 85)
+    if not HAVE_ONNX:
+        pytest.skip('reading ONNX metadata with the onnx package: pip install onnx')
+    import onnx
+    proto = onnx.load(str(exported['onnx']))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert eval(props['names']) == list(data.COCO_NAMES) and int(props['stride']) == 32  # as the original reads them
+    dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]
+    assert [o.name for o in proto.graph.output] == ['output0'] and dims(proto.graph.output[0]) == [1, 25200, 85]
+    assert dims(proto.graph.input[0]) == [1, 3, 640, 640]  # declared: the export size
+    net = E.OpenCVNet(exported['onnx'])  # our hand-made protobuf reader agrees with the onnx package
+    assert net.meta == props and net.shape == [1, 3, 640, 640]
+
+
+@needs_onnx
+def test_export_flags(exported, tmp_path, capsys):
+    import onnx
+    pt = tmp_path / 'small.pt'
+    shutil.copy(exported['pt'], pt)
+    E.main(E.parse_args(['--weights', str(pt), '--include', 'onnx', 'torchscript', '--img', '256', '320', '--batch',
+                         '2', '--half', '--opset', '13']))
+    assert 'within' in capsys.readouterr().out
+    proto = onnx.load(str(tmp_path / 'small.onnx'))
+    assert proto.opset_import[0].version == 13
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 256, 320]
+    assert proto.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
+    ts = E.load_any(tmp_path / 'small.torchscript')
+    assert ts.dtype == next(ts.run.parameters()).dtype == torch.float16
+    ref = detect_labels(exported['pt'], tmp_path, shared(BUS))['bus']
+    for fmt in ('torchscript', 'onnx'):  # fp16 weights, run at another size than exported: close to the fp32 .pt
+        assert match_rows(detect_labels(tmp_path / f'small.{fmt}', tmp_path, BUS)['bus'], ref) < 0.01, fmt
+    E.main(E.parse_args(['--weights', str(pt), '--include', 'onnx', '--dynamic']))
+    shape = onnx.load(str(tmp_path / 'small.onnx')).graph.input[0].type.tensor_type.shape
+    assert [d.dim_param for d in shape.dim] == ['batch', '', 'height', 'width']
+    assert detect_labels(tmp_path / 'small.onnx', tmp_path, BUS)['bus'].shape == ref.shape  # OpenCV runs it too
+
+
+def test_missing_onnx_is_named_with_its_pip_command(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'onnx', None)  # `import onnx` now fails, as where it is not installed
+    pt = tmp_path / 'yolov5n.pt'
+    shutil.copy(exported['pt'], pt)
+    with pytest.raises(SystemExit, match='pip install onnx'):
+        E.main(E.parse_args(['--weights', str(pt), '--include', 'torchscript', 'onnx']))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['yolov5n.pt'], 'nothing written before the message'
+    if exported['onnx'].exists():  # reading an ONNX file never needs the package
+        model = E.load_any(exported['onnx'])
+        assert model.names == list(data.COCO_NAMES)
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch's legacy ONNX exporter, as export.py uses it
+def test_an_onnx_file_of_fixed_sizes_is_run_as_the_original_runs_it(exported, tmp_path):
+    """A file whose sizes are fixed inside (the original's export without --dynamic; its names as a dict) gets each
+    image centred in its size: the .pt's detections on detect.py's letterbox of the original, square."""
+    onnx = pytest.importorskip('onnx')
+    net = E.Traceable(M.load_model(exported['pt'], fuse=True))
+    file = tmp_path / 'static.onnx'
+    torch.onnx.export(net, torch.zeros(1, 3, 640, 640), str(file), input_names=['images'], output_names=['output0'],
+                      dynamo=False)
+    proto = onnx.load(str(file))
+    proto.metadata_props.add(key='names', value=str(dict(enumerate(data.COCO_NAMES))))
+    onnx.save(proto, str(file))
+    model = E.load_any(file)
+    assert model.fixed == [1, 3, 640, 640] and model.names == list(data.COCO_NAMES)
+    img = cv2.imread(str(shared(BUS)))
+    square = data.to_tensor(data.letterbox(img, 640, auto=False)[0]).float()[None] / 255
+    rect = data.to_tensor(data.letterbox(img, 640)[0]).float()[None] / 255
+    with torch.no_grad():
+        want = M.non_max_suppression(net(square))[0]
+        got = M.non_max_suppression(model(rect)[0])[0]
+    want[:, :4] = M.scale_boxes(want[:, :4], square.shape[2:], img.shape[:2])
+    got[:, :4] = M.scale_boxes(got[:, :4], rect.shape[2:], img.shape[:2])
+    assert len(got) == len(want) == 4  # (the rect image finds 5: another input, other detections)
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match='takes images up to 640x640'):
+        model(torch.zeros(1, 3, 672, 640))
+
+
+def test_val_only_runs_exported_files(exported, tmp_path, capsys):
+    root = tmp_path / 'coco8'
+    for sub, ext in (('images', 'jpg'), ('labels', 'txt')):
+        (root / sub / 'val').mkdir(parents=True)
+        for f in sorted((shared(COCO128) / sub / 'train2017').glob(f'*.{ext}'))[:8]:
+            shutil.copy(f, root / sub / 'val')
+    rows = {}
+    for fmt in ['pt', 'torchscript'] + ['onnx'] * HAVE_ONNX:  # 2 batches of 4, each of its own rect shape
+        T.run_val_only(T.parse_args(['--val-only', '--weights', str(exported[fmt]), '--data', str(root), '--img', '256',
+                                     '--batch', '4', '--project', str(tmp_path / fmt)]))
+        out = capsys.readouterr().out
+        rows[fmt] = np.array(next(x for x in out.splitlines() if x.split()[:1] == ['all']).split()[1:], float)
+    assert rows['pt'][0] == 8 and rows['pt'][4] > 0.3, rows  # images, mAP50
+    for fmt, row in rows.items():
+        assert np.abs(row - rows['pt']).max() <= (0 if fmt == 'torchscript' else 0.002), (fmt, rows)
+
+
+def test_hub_custom_takes_files_arrays_pil_images_and_lists(exported, tmp_path, capsys):
+    hub = torch.hub.load(str(ROOT), 'custom', path=str(exported['pt']), source='local', device='cpu')
+    want = detect_labels(exported['pt'], tmp_path, shared(BUS), COCO_IMG)
+    capsys.readouterr()
+    rgb = cv2.imread(str(BUS))[..., ::-1]  # RGB, as the original documents its arrays
+    inputs = {'file': str(BUS), 'array': rgb, 'pil': Image.open(BUS), 'path': BUS}
+    for kind, im in inputs.items():
+        r = hub(im)
+        assert match_rows(xywhn_rows(r, 0), want['bus']) < 0.002, kind  # detect.py rounds its boxes to pixels
+    r = hub([str(BUS), str(COCO_IMG), rgb, Image.open(COCO_IMG)], size=640)
+    assert len(r) == r.n == 4 and r.names == list(data.COCO_NAMES)
+    for i, stem in enumerate(['bus', '000000000009'] * 2):
+        assert match_rows(xywhn_rows(r, i), want[stem]) < 0.002, i
+        wh = torch.tensor([r.ims[i].shape[1], r.ims[i].shape[0]] * 2)
+        torch.testing.assert_close(r.xyxyn[i][:, :4] * wh, r.xyxy[i][:, :4])
+        torch.testing.assert_close(r.xywh[i][:, :4], data.xyxy2xywh(r.xyxy[i][:, :4]))
+        assert torch.equal(r.xywhn[i][:, 4:], r.xyxy[i][:, 4:])
+    r.print()
+    out = capsys.readouterr().out
+    assert 'image 1/4: 1080x810 4 persons, 1 bus' in out and 'image 2/4: 480x640 ' in out and 'Speed: ' in out, out
+    pictures = r.render()
+    assert len(pictures) == 4 and pictures[0].shape == rgb.shape and (pictures[0] != rgb).any()
+    save_dir = r.save(save_dir=tmp_path / 'hub/exp')
+    assert sorted(p.name for p in save_dir.iterdir()) == ['000000000009_1.jpg', '000000000009_3.jpg', 'bus.jpg',
+                                                          'image2.jpg']  # one file per image
+    crops = r.crop(save_dir=tmp_path / 'hub/exp')
+    assert len(crops) == sum(len(p) for p in r.xyxy) and crops[0]['label'].split()[0] in data.COCO_NAMES
+    assert len(list((tmp_path / 'hub/exp2/crops').rglob('*.jpg'))) == len(crops)
+    hub.conf, hub.classes = 0.5, [5]  # the original's NMS attributes
+    assert hub(str(BUS)).xyxy[0][:, 5].tolist() == []  # the bus is at 0.49
+
+
+def xywhn_rows(results, i):
+    """Image i of hub results as detect.py's label rows: cls xc yc w h conf."""
+    x = results.xywhn[i]
+    return torch.cat((x[:, 5:], x[:, :5]), 1).numpy()
+
+
+@pytest.mark.parametrize('fmt', ['torchscript', pytest.param('onnx', marks=needs_onnx)])
+def test_hub_custom_runs_exported_files(exported, tmp_path, capsys, fmt):
+    hub = torch.hub.load(str(ROOT), 'custom', path=str(exported[fmt]), source='local')
+    want = detect_labels(exported['pt'], tmp_path, shared(BUS))['bus']
+    assert match_rows(xywhn_rows(hub(Image.open(BUS)), 0), want) < 0.005
+
+
+def test_export_and_hub_sit_on_top_of_model_and_data():
+    import ast
+    for name, allowed in (('export', {'data', 'model'}), ('hubconf', {'data', 'model', 'export'}),
+                          ('model', {'data'}), ('data', set())):
+        tree = ast.parse((ROOT / f'{name}.py').read_text())
+        imported = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        ours = imported & {'data', 'model', 'loss', 'train', 'detect', 'export', 'hubconf'}
+        assert ours <= allowed, (name, ours)
+
+
+def test_bad_export_flags_and_files(tmp_path, capsys):
+    for args, why in ((['--weights', 'yolov5n.onnx'], 'already exported'), (['--img', '1', '2', '3'], 'one or two'),
+                      (['--include', 'tflite'], 'invalid choice')):
+        with pytest.raises(SystemExit) as e:
+            E.parse_args(args)
+        assert e.value.code == 2 and why in capsys.readouterr().err, args
+    with pytest.raises(SystemExit):
+        detect.parse_args(['x.jpg', '--weights', str(tmp_path / 'missing.onnx')])
+    assert 'missing.onnx: no such file' in capsys.readouterr().err
+    (tmp_path / 'notes.onnx').write_text('hello, not a model')
+    with pytest.raises(ValueError, match='not an ONNX model'):
+        E.load_any(tmp_path / 'notes.onnx')
+
+
+def test_hub_reads_urls(exported, tmp_path):
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shared(BUS).parent))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hub = torch.hub.load(str(ROOT), 'custom', str(exported['pt']), source='local')
+        r = hub(f'http://127.0.0.1:{server.server_port}/bus.jpg')
+    finally:
+        server.shutdown()
+    assert r.files == ['bus.jpg'] and torch.equal(r.xyxy[0], hub(str(BUS)).xyxy[0])
+
+
+def test_hub_official_entry_points(exported, tmp_path, monkeypatch):
+    monkeypatch.chdir(exported['pt'].parent)  # where yolov5n.pt is (elsewhere it is downloaded, as in the original)
+    hub = torch.hub.load(str(ROOT), 'yolov5n', source='local', device='cpu')
+    assert torch.equal(hub(str(shared(BUS))).xyxy[0], torch.hub.load(str(ROOT), 'custom', 'yolov5n.pt',
+                                                                        source='local')(str(BUS)).xyxy[0])
+    bare = torch.hub.load(str(ROOT), 'yolov5n', source='local', classes=3, autoshape=False)
+    official = M.load_model('yolov5n.pt').state_dict()
+    assert bare.nc == 3 and torch.equal(bare.state_dict()['model.0.conv.weight'], official['model.0.conv.weight'])
+    assert bare.detect.m[0].weight.shape[0] == 3 * 8  # a new head: 3 anchors x (5 + 3 classes)
+    with pytest.raises(ValueError, match='3-channel'):
+        torch.hub.load(str(ROOT), 'yolov5n', source='local', channels=1)

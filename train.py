@@ -23,8 +23,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
+from export import load_any
 from loss import YOLOLoss, check_anchors
-from model import SCALES, STRIDES, YOLOv5, load_model, non_max_suppression, predict, read_checkpoint, scale_boxes
+from model import SCALES, STRIDES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
 from plumbing import (checkpoint_file, check_img_size, data_spec, device_name, existing_file, half_dtype, key_number,
                       label_path, number, or_exit, pick_run, plot_batch, plot_confusion_matrix, plot_curve,
                       plot_labels, plot_results, read_names, run_dir, save_atomic, select_device, strip_checkpoint,
@@ -369,13 +370,13 @@ def build_model(opt, resumed=None, data_names=None):
     return model
 
 
-def build_datasets(opt, data, names, hyp, train=True):
+def build_datasets(opt, data, names, hyp, train=True, rect=True):  # rect False: square, for a fixed-size ONNX
     """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
     common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
     batch = opt.batch // WORLD_SIZE
     val, tr = None, None
     if MAIN:  # validation needs no gradients: twice the batch fits
-        val = or_exit(YOLODataset, data['val'], opt.img, batch * 2 if train else batch, rect=True, pad=0.5,
+        val = or_exit(YOLODataset, data['val'], opt.img, batch * 2 if train else batch, rect=rect, pad=0.5,
                       split='val', prefix='val: ', **common)
     if train:
         tr = or_exit(YOLODataset, data['train'], opt.img, batch, augment=True, hyp=hyp, rect=opt.rect,
@@ -627,12 +628,12 @@ def parse_args(argv=None):
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    model = or_exit(load_model, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
+    model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
     if len(names) != model.nc:  # as the original refuses: the boxes would carry classes the names don't have
         raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
-    _, val = build_datasets(opt, data, names, None, train=False)
+    _, val = build_datasets(opt, data, names, None, train=False, rect=getattr(model, 'fixed', None) is None)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')

@@ -1,0 +1,216 @@
+"""
+YOLOv5 through torch.hub, the original's Python API:
+
+    model = torch.hub.load('path/to/nano-yolov5', 'custom', path='best.pt', source='local')  # .torchscript, .onnx too
+    model = torch.hub.load('OWNER/nano-yolov5', 'yolov5s')  # source='github'; official weights, downloaded if missing
+    results = model(['bus.jpg', Image.open('zidane.jpg'), cv2.imread('dog.jpg')[..., ::-1]], size=640)
+    results.print()  # image 1/3: 1080x810 4 persons, 1 bus ...
+    results.xyxy[0]  # (n, 6) tensor of the first image: x1, y1, x2, y2, confidence, class (pixels)
+
+The model takes a file name, a URL, a PIL image, a numpy array (h, w, 3) in RGB order as the original documents it
+(an array from cv2.imread is BGR: pass img[..., ::-1]), or a list of them; a torch tensor goes to the model as it is.
+Each image is letterboxed as detect.py does, and gets detect.py's detections: the images of a list that share a
+letterbox shape run as one batch, the others in batches of their own (the original pads all to the largest).
+This file owns that batching and the results object; the rest is model.py's predict, NMS and boxes, and export.py's
+load_any. No .pandas() (pandas is not a dependency: .xyxy and the others hold the same numbers), no
+.show() (OpenCV here is headless: .render() gives the pictures, .save() writes them).
+On top of data.py, model.py and export.py.
+"""
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image, ImageOps
+
+from data import letterbox, to_tensor
+from export import load_any
+from model import YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
+from plumbing import PALETTE, check_img_size, draw_box, half_dtype, run_dir, select_device, xyxy2xywh
+
+dependencies = ['cv2', 'numpy', 'PIL', 'torch']  # torch.hub checks that these import
+
+
+def read_image(im, i):
+    """(an RGB array (h, w, 3), the file name its picture is saved under) of one input, the i-th."""
+    name = f'image{i}'
+    if isinstance(im, (str, Path)):
+        name = str(im)
+        if name.startswith(('http://', 'https://')):
+            with urllib.request.urlopen(name, timeout=30) as r:
+                im = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+        else:
+            im = cv2.imread(name)  # as detect.py reads it (EXIF orientation applied)
+        if im is None:
+            raise ValueError(f'{name}: cannot read an image there')
+        im = im[..., ::-1]  # BGR -> RGB
+    elif isinstance(im, Image.Image):
+        name = getattr(im, 'filename', '') or name
+        im = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+    im = np.asarray(im)
+    if im.ndim == 2:  # grey
+        im = np.repeat(im[..., None], 3, 2)
+    elif im.shape[0] < 5 < im.shape[2]:  # (c, h, w), as a loader gives it
+        im = im.transpose(1, 2, 0)
+    return np.ascontiguousarray(im[..., :3]), Path(name).with_suffix('.jpg').name
+
+
+class AutoShape(nn.Module):
+    """A model that takes images as they come (see the top of this file): model(images, size=640) -> Detections.
+    The NMS settings are attributes, with the original's names and defaults; amp: 16-bit inference (--half)."""
+    conf, iou, classes, agnostic, multi_label, max_det, amp = 0.25, 0.45, None, False, False, 1000, False
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.names = model.eval(), model.names
+
+    @torch.inference_mode()
+    def forward(self, ims, size=640):
+        device = next(self.model.parameters()).device
+        if isinstance(ims, torch.Tensor):  # a batch already letterboxed: the model's own outputs, as in the original
+            return self.model(ims.to(device))
+        t0 = time.perf_counter()
+        ims, files = zip(*(read_image(im, i) for i, im in enumerate(ims if isinstance(ims, (list, tuple)) else [ims])))
+        files = [f if files.count(f) == 1 else f'{Path(f).stem}_{i}.jpg' for i, f in enumerate(files)]  # no clashes
+        size = check_img_size(max(size) if isinstance(size, tuple) else size)
+        boxed = [letterbox(im, size)[0] for im in ims]  # each as detect.py letterboxes it
+        batches = {}  # the images of one letterbox shape run as one batch: none is padded for another's sake
+        for i, b in enumerate(boxed):
+            batches.setdefault(b.shape[:2], []).append(i)
+        dets, shapes, dt = [None] * len(ims), [], [time.perf_counter() - t0, 0.0, 0.0]  # pre-process, inference, NMS
+        for shape, idx in batches.items():
+            t1 = time.perf_counter()
+            x = torch.stack([to_tensor(boxed[i], rgb=True) for i in idx]).to(device).float() / 255
+            t2 = time.perf_counter()
+            pred = torch.cat([p for p, _ in predict(self.model, x, half_dtype(device) if self.amp else None)])
+            t3 = time.perf_counter()
+            nms = non_max_suppression(pred, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
+                                      max_det=self.max_det)
+            for i, det in zip(idx, nms):
+                det[:, :4] = scale_boxes(det[:, :4], shape, ims[i].shape[:2])
+                dets[i] = det
+            dt = [a + b for a, b in zip(dt, (t2 - t1, t3 - t2, time.perf_counter() - t3))]
+            shapes.append(tuple(x.shape))
+        return Detections(ims, dets, files, dt, self.names, shapes[0] if len(shapes) == 1 else shapes)
+
+
+class Detections:
+    """The results of one call, with the original's names. xyxy, xywh (pixels), xyxyn, xywhn (fractions of the image):
+    lists of (n, 6) tensors per image, [box, confidence, class]; names, ims (RGB arrays), files, n (images), t (ms per
+    image: pre-process, inference, NMS), s (the batch's shape; a list of them where the images' letterbox shapes
+    differ, each shape a batch of its own). print(), save(), render(), crop(), len(), str()."""
+    def __init__(self, ims, pred, files, times, names, shape):
+        self.ims, self.pred, self.files, self.names = list(ims), pred, list(files), names
+        self.n, self.s = len(ims), tuple(shape)
+        self.t = tuple(t * 1e3 / self.n for t in times)
+        gains = [torch.tensor([im.shape[1], im.shape[0]] * 2 + [1, 1], device=p.device) for im, p in zip(ims, pred)]
+        self.xyxy = pred
+        self.xywh = [torch.cat((xyxy2xywh(p[:, :4]), p[:, 4:]), 1) for p in pred]
+        self.xyxyn = [p / g for p, g in zip(self.xyxy, gains)]
+        self.xywhn = [p / g for p, g in zip(self.xywh, gains)]
+
+    def __len__(self):
+        return self.n
+
+    def __str__(self):
+        lines = []
+        for i, (im, p) in enumerate(zip(self.ims, self.pred)):
+            counts = [(self.names[int(c)], int((p[:, 5] == c).sum())) for c in p[:, 5].unique()]
+            found = ', '.join(f'{n} {name}{"s" * (n > 1)}' for name, n in counts) or '(no detections)'
+            lines.append(f'image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {found}')
+        return '\n'.join(lines) + ('\nSpeed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape '
+                                   % self.t) + str(self.s)
+
+    def print(self):
+        print(self)
+
+    def render(self, labels=True):
+        """The images with their boxes drawn as detect.py draws them: new RGB arrays (self.ims stay as they were)."""
+        out = []
+        for im, p in zip(self.ims, self.pred):
+            bgr = np.ascontiguousarray(im[..., ::-1])
+            for *xyxy, conf, cls in reversed(p.tolist()):
+                label = f'{self.names[int(cls)]} {conf:.2f}' if labels else None
+                draw_box(bgr, xyxy, label, PALETTE[int(cls) % len(PALETTE)], 3)
+            out.append(bgr[..., ::-1])
+        return out
+
+    def save(self, labels=True, save_dir='runs/detect/exp', exist_ok=False):
+        """Writes the rendered images to save_dir (exp2, exp3, ... if it exists, unless exist_ok); returns it."""
+        save_dir = run_dir(Path(save_dir).parent, Path(save_dir).name, exist_ok)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for im, f in zip(self.render(labels), self.files):
+            cv2.imwrite(str(save_dir / f), im[..., ::-1])
+        print(f'Saved {self.n} image{"s" * (self.n > 1)} to {save_dir}')
+        return save_dir
+
+    def crop(self, save=True, save_dir='runs/detect/exp', exist_ok=False):
+        """Each detection's picture, as the original cuts it (the box 2% larger plus 10 pixels, clipped): a list of
+        dicts box (xyxy), conf, cls, label, im (a BGR array); with save, also written to save_dir/crops/<class>/."""
+        save_dir = run_dir(Path(save_dir).parent, Path(save_dir).name, exist_ok) if save else None
+        crops = []
+        for im, p, f in zip(self.ims, self.pred, self.files):
+            for *xyxy, conf, cls in reversed(p.tolist()):
+                xc, yc, w, h = xyxy2xywh(np.array(xyxy))
+                w, h = w * 1.02 + 10, h * 1.02 + 10
+                x1, y1, x2, y2 = (int(np.clip(v, 0, n)) for v, n in zip(
+                    (xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2), (im.shape[1], im.shape[0]) * 2))
+                name = self.names[int(cls)]
+                crop = np.ascontiguousarray(im[y1:y2, x1:x2, ::-1])
+                if save:
+                    folder = save_dir / 'crops' / name
+                    folder.mkdir(parents=True, exist_ok=True)
+                    file, k = folder / f, 2
+                    while file.exists():  # bus.jpg, bus2.jpg, ...: one file per detection
+                        file, k = folder / f'{Path(f).stem}{k}.jpg', k + 1
+                    cv2.imwrite(str(file), crop)
+                crops.append(dict(box=xyxy, conf=conf, cls=int(cls), label=f'{name} {conf:.2f}', im=crop))
+        if save:
+            print(f'Saved {len(crops)} crops to {save_dir / "crops"}')
+        return crops
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.hub's entry points
+def custom(path='yolov5n.pt', autoshape=True, device=None):
+    """A checkpoint (ours, or an official yolov5*.pt) or an exported .torchscript / .onnx file. device: '' or None
+    (CUDA if there is one), 'cpu', 0, 'cuda:1', a torch.device. autoshape=False: the bare model, on tensors."""
+    model = load_any(path, select_device('' if device is None else str(device)), fuse=True)
+    return AutoShape(model) if autoshape else model
+
+
+def _official(scale, pretrained=True, channels=3, classes=80, autoshape=True, device=None):
+    if channels != 3:
+        raise ValueError('this YOLOv5 takes 3-channel images')
+    if pretrained and classes == 80:
+        return custom(f'yolov5{scale}.pt', autoshape, device)
+    model = YOLOv5(scale, classes)  # new classes: the official weights wherever their shapes fit (all but the head)
+    if pretrained:
+        own = model.state_dict()
+        sd = {k: v for k, v in read_checkpoint(f'yolov5{scale}.pt')[1].items() if k in own and v.shape == own[k].shape}
+        model.load_state_dict(sd, strict=False)
+    model = model.to(select_device('' if device is None else str(device))).eval()
+    return AutoShape(model) if autoshape else model
+
+
+def yolov5n(pretrained=True, channels=3, classes=80, autoshape=True, device=None):
+    return _official('n', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s(pretrained=True, channels=3, classes=80, autoshape=True, device=None):
+    return _official('s', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5m(pretrained=True, channels=3, classes=80, autoshape=True, device=None):
+    return _official('m', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5l(pretrained=True, channels=3, classes=80, autoshape=True, device=None):
+    return _official('l', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5x(pretrained=True, channels=3, classes=80, autoshape=True, device=None):
+    return _official('x', pretrained, channels, classes, autoshape, device)
