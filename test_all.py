@@ -1509,7 +1509,7 @@ def test_exported_files_hold_one_output_and_the_metadata(exported):
     files = {'config.txt': ''}
     ts = torch.jit.load(str(exported['torchscript']), _extra_files=files)
     meta = json.loads(files['config.txt'])
-    assert meta['names'] == list(data.COCO_NAMES) and meta['stride'] == 32 and meta['shape'] == [1, 3, 640, 640]
+    assert meta['names'] == list(P.COCO_NAMES) and meta['stride'] == 32 and meta['shape'] == [1, 3, 640, 640]
     with torch.no_grad():
         y = ts(torch.rand(2, 3, 320, 192))  # any batch and size: the original's layout, (batch, anchors, 85)
     assert isinstance(y, torch.Tensor) and y.shape == (2, 3 * (40 * 24 + 20 * 12 + 10 * 6), 85)
@@ -1518,7 +1518,7 @@ def test_exported_files_hold_one_output_and_the_metadata(exported):
     import onnx
     proto = onnx.load(str(exported['onnx']))
     props = {p.key: p.value for p in proto.metadata_props}
-    assert eval(props['names']) == list(data.COCO_NAMES) and int(props['stride']) == 32  # as the original reads them
+    assert eval(props['names']) == list(P.COCO_NAMES) and int(props['stride']) == 32  # as the original reads them
     dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]
     assert [o.name for o in proto.graph.output] == ['output0'] and dims(proto.graph.output[0]) == [1, 25200, 85]
     assert dims(proto.graph.input[0]) == [1, 3, 640, 640]  # declared: the export size
@@ -1558,7 +1558,7 @@ def test_missing_onnx_is_named_with_its_pip_command(exported, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ['yolov5n.pt'], 'nothing written before the message'
     if exported['onnx'].exists():  # reading an ONNX file never needs the package
         model = E.load_any(exported['onnx'])
-        assert model.names == list(data.COCO_NAMES)
+        assert model.names == list(P.COCO_NAMES)
 
 
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch's legacy ONNX exporter, as export.py uses it
@@ -1571,10 +1571,10 @@ def test_an_onnx_file_of_fixed_sizes_is_run_as_the_original_runs_it(exported, tm
     torch.onnx.export(net, torch.zeros(1, 3, 640, 640), str(file), input_names=['images'], output_names=['output0'],
                       dynamo=False)
     proto = onnx.load(str(file))
-    proto.metadata_props.add(key='names', value=str(dict(enumerate(data.COCO_NAMES))))
+    proto.metadata_props.add(key='names', value=str(dict(enumerate(P.COCO_NAMES))))
     onnx.save(proto, str(file))
     model = E.load_any(file)
-    assert model.fixed == [1, 3, 640, 640] and model.names == list(data.COCO_NAMES)
+    assert model.fixed == [1, 3, 640, 640] and model.names == list(P.COCO_NAMES)
     img = cv2.imread(str(shared(BUS)))
     square = data.to_tensor(data.letterbox(img, 640, auto=False)[0]).float()[None] / 255
     rect = data.to_tensor(data.letterbox(img, 640)[0]).float()[None] / 255
@@ -1616,12 +1616,12 @@ def test_hub_custom_takes_files_arrays_pil_images_and_lists(exported, tmp_path, 
         r = hub(im)
         assert match_rows(xywhn_rows(r, 0), want['bus']) < 0.002, kind  # detect.py rounds its boxes to pixels
     r = hub([str(BUS), str(COCO_IMG), rgb, Image.open(COCO_IMG)], size=640)
-    assert len(r) == r.n == 4 and r.names == list(data.COCO_NAMES)
+    assert len(r) == r.n == 4 and r.names == list(P.COCO_NAMES)
     for i, stem in enumerate(['bus', '000000000009'] * 2):
         assert match_rows(xywhn_rows(r, i), want[stem]) < 0.002, i
         wh = torch.tensor([r.ims[i].shape[1], r.ims[i].shape[0]] * 2)
         torch.testing.assert_close(r.xyxyn[i][:, :4] * wh, r.xyxy[i][:, :4])
-        torch.testing.assert_close(r.xywh[i][:, :4], data.xyxy2xywh(r.xyxy[i][:, :4]))
+        torch.testing.assert_close(r.xywh[i][:, :4], P.xyxy2xywh(r.xyxy[i][:, :4]))
         assert torch.equal(r.xywhn[i][:, 4:], r.xyxy[i][:, 4:])
     r.print()
     out = capsys.readouterr().out
@@ -1632,7 +1632,7 @@ def test_hub_custom_takes_files_arrays_pil_images_and_lists(exported, tmp_path, 
     assert sorted(p.name for p in save_dir.iterdir()) == ['000000000009_1.jpg', '000000000009_3.jpg', 'bus.jpg',
                                                           'image2.jpg']  # one file per image
     crops = r.crop(save_dir=tmp_path / 'hub/exp')
-    assert len(crops) == sum(len(p) for p in r.xyxy) and crops[0]['label'].split()[0] in data.COCO_NAMES
+    assert len(crops) == sum(len(p) for p in r.xyxy) and crops[0]['label'].split()[0] in P.COCO_NAMES
     assert len(list((tmp_path / 'hub/exp2/crops').rglob('*.jpg'))) == len(crops)
     hub.conf, hub.classes = 0.5, [5]  # the original's NMS attributes
     assert hub(str(BUS)).xyxy[0][:, 5].tolist() == []  # the bus is at 0.49
