@@ -58,6 +58,13 @@ def xyxy2xywh(x):
     return cat(((x[..., :2] + x[..., 2:4]) / 2, x[..., 2:4] - x[..., :2]), -1)
 
 
+def box_iou(a, b, eps=1e-7):
+    """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
+    (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
+    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(2)
+    return inter / ((a2 - a1).prod(2) + (b2 - b1).prod(2) - inter + eps)
+
+
 # ---------------------------------------------------------------------------------------------- image and label files
 def find_images(source, split='train'):
     """Image paths from a folder, a .txt list of paths, a dataset root holding images/<split>/, or a list of these."""
@@ -722,6 +729,33 @@ def plot_results(csv_path):
             trend = cv2.GaussianBlur(y[ok][:, None], (1, 0), 3, borderType=cv2.BORDER_REFLECT)[:, 0]
             cv2.polylines(img, [to(x[ok], trend)], False, ORANGE, 2, AA)
     cv2.imwrite(str(Path(csv_path).with_name('results.png')), img)
+
+
+def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
+    """One image into train.validate's confusion matrix (rows predicted, columns true, background last): detections
+    above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best first. A detection counts as
+    background only in an image where something was paired: the original's counts, kept comparable."""
+    bg = len(matrix) - 1
+    det = det[det[:, 4] > conf]
+    iou = box_iou(labels[:, 1:], det[:, :4])
+    li, di = torch.where(iou > iou_thres)
+    m = torch.stack((li, di, iou[li, di]), 1).cpu().numpy()
+    for k in (1, 0):  # one label per detection, then one detection per label, best IoU first
+        m = m[m[:, 2].argsort()[::-1]]
+        m = m[np.unique(m[:, k], return_index=True)[1]]
+    li = m[:, 0].astype(int)
+    di = m[:, 1].astype(int)
+    classes = det[:, 5].int().tolist()
+    for i, c in enumerate(labels[:, 0].int().tolist()):
+        matrix[classes[di[li == i][0]] if (li == i).sum() == 1 else bg, c] += 1
+    for k, c in enumerate(classes if len(m) else []):
+        matrix[c, bg] += k not in di
+
+
+def save_confusion_matrix(matrix, names, folder):
+    plot_confusion_matrix(matrix, names, folder / 'confusion_matrix.png')
+    np.savetxt(folder / 'confusion_matrix.csv', matrix, '%d', ',', header='rows: predicted, columns: true class, in '
+               'the order: ' + ', '.join(names) + ', background (conf 0.25, IoU 0.45)')
 
 
 def plot_confusion_matrix(matrix, names, path):

@@ -26,10 +26,10 @@ from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_t
 from export import load_any
 from loss import YOLOLoss, check_anchors
 from model import SCALES, STRIDES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
-from plumbing import (checkpoint_file, check_img_size, data_spec, device_name, existing_file, half_dtype, key_number,
-                      label_path, number, or_exit, pick_run, plot_batch, plot_confusion_matrix, plot_curve,
-                      plot_labels, plot_results, read_names, run_dir, save_atomic, select_device, strip_checkpoint,
-                      trim_results, weights_file, write_results, xywh2xyxy)
+from plumbing import (box_iou, check_img_size, checkpoint_file, confusion_add, data_spec, device_name, existing_file,
+                      half_dtype, key_number, label_path, number, or_exit, pick_run, plot_batch, plot_curve,
+                      plot_labels, plot_results, read_names, run_dir, save_atomic, save_confusion_matrix,
+                      select_device, strip_checkpoint, trim_results, weights_file, write_results, xywh2xyxy)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -419,13 +419,6 @@ def amp_agrees(model, image, size, dtype):
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def box_iou(a, b, eps=1e-7):
-    """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
-    (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
-    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(2)
-    return inter / ((a2 - a1).prod(2) + (b2 - b1).prod(2) - inter + eps)
-
-
 def match_predictions(pred, label_cls, label_boxes, iouv):
     """(n_pred, n_iou) bool: true positive at each IoU threshold; one label matches one prediction, best IoU first."""
     correct = np.zeros((len(pred), len(iouv)), bool)
@@ -473,27 +466,6 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
     f1 = 2 * p * r / (p + r + eps)
     best = smooth(f1.mean(0), 0.1).argmax()
     return p[:, best], r[:, best], ap, classes.astype(int), n_labels, dict(px=px, pr=pr, f1=f1)
-
-
-def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
-    """One image into the original's confusion matrix (rows predicted, columns true, background last): detections
-    above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best first. A detection counts as
-    background only in an image where something was paired: the original's counts, kept comparable."""
-    bg = len(matrix) - 1
-    det = det[det[:, 4] > conf]
-    iou = box_iou(labels[:, 1:], det[:, :4])
-    li, di = torch.where(iou > iou_thres)
-    m = torch.stack((li, di, iou[li, di]), 1).cpu().numpy()
-    for k in (1, 0):  # one label per detection, then one detection per label, best IoU first
-        m = m[m[:, 2].argsort()[::-1]]
-        m = m[np.unique(m[:, k], return_index=True)[1]]
-    li = m[:, 0].astype(int)
-    di = m[:, 1].astype(int)
-    classes = det[:, 5].int().tolist()
-    for i, c in enumerate(labels[:, 0].int().tolist()):
-        matrix[classes[di[li == i][0]] if (li == i).sum() == 1 else bg, c] += 1
-    for k, c in enumerate(classes if len(m) else []):
-        matrix[c, bg] += k not in di
 
 
 def summarize(stats, names, verbose, plots_dir=None):
@@ -567,9 +539,7 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
             stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), lb[:, 0].cpu().numpy()))
     results = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
-        plot_confusion_matrix(confusion, names, plots_dir / 'confusion_matrix.png')
-        np.savetxt(plots_dir / 'confusion_matrix.csv', confusion, '%d', ',', header='rows: predicted, columns: '
-                   'true class, in the order: ' + ', '.join(names) + ', background (conf 0.25, IoU 0.45)')
+        save_confusion_matrix(confusion, names, plots_dir)
     pre, inf, nms = (t * 1e3 / max(len(stats), 1) for t in dt)
     log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
         f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
