@@ -1088,7 +1088,7 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     srv = serve(mini_coco_zips(tmp_path))
     repo = tmp_path / 'yolov5'  # a copy of the project: datasets go to ../datasets beside it, as in the original
     repo.mkdir()
-    for f in ('data.py', 'model.py', 'loss.py', 'train.py'):
+    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'train.py'):
         (repo / f).write_text((ROOT / f).read_text())
     cmd = [sys.executable, str(repo / 'train.py'), '--data', 'coco.yaml', '--epochs', '1', '--weights', '',
            '--cfg', 'yolov5n.yaml', '--batch-size', '8', '--img', '128', '--workers', '0']
@@ -1099,8 +1099,7 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     coco = tmp_path / 'datasets' / 'coco'
     assert len(list((coco / 'images' / 'train2017').glob('*.jpg'))) == 16 and not list(coco.rglob('*.zip'))
     assert 'train: Scanned' in r.stdout and '16 images' in r.stdout and 'val: Scanned' in r.stdout
-    __import__('shutil').rmtree(coco / 'images' / 'val2017')  # as if the download had stopped before the last zip
-    (coco / 'images' / '.val2017.zip.done').unlink()
+    __import__('shutil').rmtree(coco / 'images' / 'val2017')  # deleted: its marker no longer holds, fetched again
     r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and [name for name, _ in srv.requests[3:]] == ['val2017.zip'], r.stderr[-2000:]
     r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
@@ -1120,6 +1119,7 @@ def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch
     assert (tmp_path / 'blob.bin').read_bytes() == blob and not (tmp_path / 'blob.bin.part').exists()
     assert srv.requests[-1] == ('blob.bin', 'bytes=1500000-')  # the second request asked for the rest only
     dest = tmp_path / 'ds'
+    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)  # downloads only ever write inside the datasets folder
     with pytest.raises(FileNotFoundError, match='bad.zip: not a valid zip'):
         P.download_zip('https://example.com/bad.zip', dest)
     assert list(dest.iterdir()) == []
@@ -1133,11 +1133,17 @@ def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch
 
 def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv('YOLO_MIRROR', raising=False)
-    (tmp_path / 'ds.yaml').write_text('path: ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
-                                      'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
-    r = run_train('--data', tmp_path / 'ds.yaml', '--weights', '', cwd=tmp_path)
+    repo = tmp_path / 'yolov5'  # a copy of the project: downloads only ever write into ../datasets beside it
+    repo.mkdir()
+    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'train.py'):
+        (repo / f).write_text((ROOT / f).read_text())
+    (repo / 'ds.yaml').write_text('path: ../datasets/ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
+                                  'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
+    r = subprocess.run([sys.executable, str(repo / 'train.py'), '--data', str(repo / 'ds.yaml'), '--weights', ''],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
-    assert 'http://127.0.0.1:9/ds.zip: download failed' in r.stderr and f'put it at {tmp_path}/ds.zip' in r.stderr
+    assert 'http://127.0.0.1:9/ds.zip: download failed' in r.stderr
+    assert f'put it at {tmp_path}/datasets/ds.zip' in r.stderr
     (tmp_path / 'coco.yaml').write_text('path: coco\ntrain: train2017.txt\nval: val2017.txt\nnames: [a]\ndownload: |\n'
                                         "  urls = ['http://images.cocodataset.org/zips/val2017.zip']\n  download(urls)\n")
     with pytest.raises(FileNotFoundError, match='is a script, which is never run.*val2017.zip'):
