@@ -15,7 +15,8 @@ import zipfile
 import torch
 import torch.nn as nn
 
-from plumbing import COCO_NAMES, OFFICIAL, RELEASE_URL, download, read_official, torchvision_nms, xywh2xyxy
+from plumbing import (COCO_NAMES, OFFICIAL, RELEASE_URL, check_checkpoint, download, read_official, torchvision_nms,
+                      xywh2xyxy)
 
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
@@ -201,7 +202,7 @@ def read_checkpoint(path):
             meta, sd = read_official(path)
         except Exception as e:
             raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
-    return meta, {k: v.float() for k, v in sd.items()}
+    return check_checkpoint(path, meta, sd, SCALES)
 
 
 def load_model(path, device='cpu', fuse=False):

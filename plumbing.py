@@ -7,11 +7,14 @@ atomic saves), run folders (and the torchrun restart bookkeeping), pictures (box
 command line (argparse types, devices, exits). It imports no file of the project.
 """
 import argparse
+import contextlib
+import errno
 import functools
 import glob
 import hashlib
 import http.client
 import importlib.util
+import itertools
 import json
 import math
 import multiprocessing
@@ -29,11 +32,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
 VIDEO_EXTS = {'.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts', '.wmv'}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: PNG and TIFF images are no longer taken for corrupt, class indices are bounded
+# more classes than any real dataset has (LVIS: 1,203): a bound on what a hostile YAML or label file can make us build
+MAX_CLASSES = 100_000
 COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
 COCO_NAMES = ('person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, '
     'stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, backpack, '
@@ -110,8 +115,9 @@ def read_labels(path):
         polygon = len(v) >= 7 and len(v) % 2 == 1
         if len(v) != 5 and not polygon:
             raise ValueError(f'{path}:{n}: {len(v)} numbers: a row is class xc yc w h, or class and 3+ x y points')
-        if not (v[0] >= 0 and v[0] % 1 == 0):  # (nan and inf fail too)
-            raise ValueError(f'{path}:{n}: class {v[0]:g} is not a non-negative integer')
+        if not (0 <= v[0] < MAX_CLASSES and v[0] % 1 == 0):  # (nan and inf fail too; 1e40 would be inf in float32)
+            raise ValueError(f'{path}:{n}: class {v[0]:g} is not a class index: an integer from 0 to '
+                             f'{MAX_CLASSES - 1} (a bound no real dataset reaches)')
         xy, outside = v[1:], (v[1:] < 0) | (v[1:] > 1)
         if not ((xy >= -COORD_TOLERANCE) & (xy <= 1 + COORD_TOLERANCE)).all():
             raise ValueError(f'{path}:{n}: coordinates not normalized to [0, 1]: {line.strip()[:60]}')
@@ -132,13 +138,35 @@ def read_labels(path):
     return labels, msgs
 
 
+# formats whose header Pillow checks without decoding and OpenCV decodes to the same size (EXIF rotation applied)
+HEADER_FORMATS = {'BMP', 'JPEG', 'MPO', 'PNG', 'TIFF', 'WEBP'}
+
+
+def image_size(path):
+    """(w, h) of an image as cv2.imread decodes it. From the header where Pillow reads it as OpenCV does (fast), else
+    (a .pfm, a .jpg that is another format) by decoding it with OpenCV, as training will. Raises if it is corrupt."""
+    try:
+        with Image.open(path) as im:
+            # EXIF before verify(), after which PNG and TIFF cannot read it; a PNG's from its header only (getexif()
+            # would decode the whole PNG to look further)
+            exif = im.getexif() if im.format != 'PNG' or 'exif' in im.info else {}
+            turned = exif.get(274) in (5, 6, 7, 8)  # EXIF: turned 90 degrees
+            if im.format in HEADER_FORMATS and not (turned and im.format == 'TIFF'):  # (OpenCV fails on those TIFFs)
+                im.verify()  # (after it the pixels are unusable, the header still is)
+                return im.size[::-1] if turned else im.size
+    except UnidentifiedImageError:
+        pass
+    img = cv2.imread(path) if cv2.haveImageReader(path) else None
+    if img is None:
+        raise ValueError('not an image that OpenCV decodes')
+    return img.shape[1::-1]
+
+
 def _scan_one(args):
     """(path, (w, h) as decoded (EXIF rotation applied), labels, warnings) of an image; None, None if corrupt."""
     img, lab = args
     try:
-        with Image.open(img) as im:
-            im.verify()  # (after it the pixels are unusable, the header still is)
-            w, h = im.size[::-1] if im.getexif().get(274) in (5, 6, 7, 8) else im.size  # EXIF: turned 90 degrees
+        w, h = image_size(img)
         if w < 10 or h < 10:
             raise ValueError(f'image size {w}x{h} is smaller than 10 pixels')
         with open(img, 'rb') as f:
@@ -168,6 +196,7 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
     """Checks every image and label file, with a cache beside the labels (labels/<split>.cache) that is
     reused while no file changed. Returns kept image paths, their (w, h) sizes and label arrays."""
     label_files = [label_path(f) for f in img_files]
+    warn_shared_labels(img_files, label_files, prefix)
     cache_path = Path(label_files[0]).parent.with_suffix('.cache')
     key = files_hash(img_files + label_files)
     try:
@@ -175,7 +204,7 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
         if int(c['version']) != CACHE_VERSION or str(c['hash']) != key:
             raise ValueError('stale cache')
         files, sizes, msgs, n_corrupt = list(c['files']), c['sizes'], list(c['msgs']), int(c['corrupt'])
-        labels, how = np.split(c['labels'], np.cumsum(c['counts'])[:-1]), 'Cached'
+        labels, how = np.split(c['labels'], np.cumsum(c['counts']))[:-1], 'Cached'  # (the last part is empty)
     except Exception:  # no cache, stale or unreadable: scan again
         with multiprocessing.Pool(min(8, os.cpu_count())) as pool:  # processes: the checks are Python, threads wait
             results = pool.map(_scan_one, zip(img_files, label_files), chunksize=64)  # on each other (the GIL)
@@ -197,13 +226,26 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
     print(f'{prefix}{how} {Path(label_files[0]).parent}: {len(files)} images, {sum(len(x) == 0 for x in labels)} '
           f'backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
     for f, lb in zip(files, labels):
-        lb[:, 0] *= not single_cls  # --single-cls: every object is class 0
+        if single_cls:  # every object is class 0
+            lb[:, 0] = 0
         if len(lb) and lb[:, 0].max() >= nc:
             raise ValueError(f'{label_path(f)}: class {int(lb[:, 0].max())} is out of range: the dataset has '
                              f'{nc} classes (0-{nc - 1}); fix the label or give the right --names')
     if not files:
         raise ValueError(f'{prefix}no usable images in {Path(img_files[0]).parent}')
     return files, sizes, labels
+
+
+def warn_shared_labels(img_files, label_files, prefix=''):
+    """a.jpg and a.png in one folder both read labels/a.txt: said, as one set of boxes rarely fits both."""
+    if len(set(label_files)) == len(label_files):
+        return
+    images = {}
+    for img, lab in zip(img_files, label_files):
+        images.setdefault(lab, []).append(img)
+    for lab, imgs in images.items():
+        if len(imgs) > 1:
+            print(f'{prefix}WARNING: {", ".join(imgs)} share one label file, {lab}', file=sys.stderr)
 
 
 def read_names(path=None):
@@ -227,32 +269,59 @@ def _uncomment(line):
     return line.rstrip()
 
 
+# The patterns below never backtrack more than once per character (a plain text ends on a non-blank, a number has
+# one way to split): a hostile line of a megabyte is read in linear time, where `[^:#]*?\s*:` would be quadratic.
+QUOTED = r"'(?:[^']|'')*'|" + r'"(?:[^"\\]|\\.)*"'
+FLOW_ITEM = re.compile(rf"""\s*({QUOTED}|[^\s,'"](?:[^,]*[^\s,])?)\s*(,|\Z)""")  # one item of [a, 'b c']
+NUMBER = re.compile(r'[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?')
+
+
+def _flow_list(s, where):
+    """The items of a flow list's inside `a, 'b c', "d"`; anything else (a quote left open, text after a quoted
+    item) is an error: ['a, 'b'] must not be read as two odd names."""
+    items, pos = [], 0
+    while s[pos:].strip():
+        m = FLOW_ITEM.match(s, pos)
+        if not m:
+            raise ValueError(f'{where}: not a valid list: [{s[:60]}]')
+        items.append(_scalar(m[1], where))
+        pos = m.end()
+        if not m[2]:
+            break
+    return items
+
+
 def _scalar(text, where):
     """A quoted or plain scalar, or a flow list [a, 'b c'] of them; plain ones may be null, int or float."""
     s = text.strip()
     if s[:1] == '[' and s[-1:] == ']':
-        return [_scalar(x, where) for x in re.findall(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^,\s][^,]*""", s[1:-1])]
-    if len(s) > 1 and s[0] == s[-1] and s[0] in '\'"':
+        return _flow_list(s[1:-1], where)
+    if len(s) > 1 and s[0] == s[-1] and s[0] in '\'"' and re.fullmatch(QUOTED, s):
         return s[1:-1].replace("''", "'") if s[0] == "'" else json.loads(s)
     if s[:1] and s[0] in '[]{}&*!%@`\'"|>':
         raise ValueError(f'{where}: {s[:40]!r} is not in the YAML read here (no flow mappings, anchors, tags)')
-    if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', s):
+    if NUMBER.fullmatch(s):
         return int(s) if re.fullmatch(r'[-+]?\d+', s) else float(s)
     return None if s in ('', '~', 'null', 'Null', 'NULL') else s
 
 
 def _key_value(line, where):
-    m = re.fullmatch(r"""\s*('[^']*'|"[^"]*"|[^\s'"#:][^:#]*?)\s*:(?:\s+(.*))?""", line)
+    m = re.fullmatch(r"""\s*('[^']*'|"[^"]*"|[^\s'"#:](?:[^:#]*[^\s:#])?)\s*:(?:\s+(.*))?""", line)
     if not m:
         raise ValueError(f'{where}: not a `key: value` line: {line.strip()[:60]!r}')
     return _scalar(m[1], where), (m[2] or '').strip()
 
 
-def read_yaml(path):
+def read_yaml(path, key_lines=None):
     """The YAML that dataset files use: `key: value` lines with plain or quoted scalars and flow lists, block
     lists (- a) and one nested mapping level (names: 0: person; or an export service's roboflow: block, read and
-    unused), block scalars (| and >) and comments. Anything else is an error naming the file and line."""
-    lines, out = Path(path).read_text().splitlines(), {}
+    unused), block scalars (| and >) and comments. Anything else is an error naming the file and line. A dict given
+    as key_lines gets each top-level key's `file:line`, for the errors of those who check the values."""
+    try:
+        lines, out = Path(path).read_text(encoding='utf-8-sig').splitlines(), {}  # -sig: a BOM may lead
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    key_lines = {} if key_lines is None else key_lines
     tops = [i for i, x in enumerate(lines) if i == 0 or x.strip() and x[0] not in ' \t' and not x.startswith('- ')]
     for i, end in zip(tops, tops[1:] + [len(lines)]):
         line, where = _uncomment(lines[i]), f'{path}:{i + 1}'
@@ -262,6 +331,7 @@ def read_yaml(path):
         if line[0] in ' \t':  # only the first line can be: any other is in the block of the line above
             raise ValueError(f'{where}: unexpected indentation')
         key, value = _key_value(line, where)
+        key_lines[key] = where
         if value.rstrip('-+') in ('|', '>'):  # a block scalar: the text of the lines under it
             text = textwrap.dedent('\n'.join(text for _, text in block)).strip('\n')
             out[key] = text + '\n' if value[0] == '|' else ' '.join(text.split())
@@ -296,33 +366,69 @@ KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds withou
 def data_spec(data):
     """--data as {'train': sources, 'val': sources, 'names': list or None}, from a data YAML (paths resolved by
     _resolve, its dataset downloaded when missing), a dataset known by name (coco128, coco: fetched into ../datasets),
-    or a dataset root, an image folder or a .txt list (validated on its val split, or its only one, or its images)."""
-    p = Path(data)
+    or a dataset root, an image folder or a .txt list (validated on its val split, or its only one, or its images).
+    A YAML's values are checked here, where they are read: a wrong one is an error naming its file and line."""
+    p, lines = Path(data), {}
     if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
         cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), DATASETS_DIR
+        zips = [(url, base / dest) for url, dest in cfg.pop('download')]  # (url, folder) pairs: for these only
     elif p.suffix in ('.yaml', '.yml'):
         if not p.is_file():
             raise FileNotFoundError(f'{data}: no such file (known without one: {", ".join(KNOWN_DATA)})')
-        cfg, base = read_yaml(p), p.parent
+        cfg, base, zips = read_yaml(p, lines), p.parent, []
     else:
         return dict(train=str(data), val=str(data), names=None)
-    names = cfg.get('names')
-    if isinstance(names, dict):  # {index: name}
-        names = [names.get(i, f'class{i}') for i in range(max(names) + 1)] if names else None
-    if names is not None and cfg.get('nc', len(names)) != len(names):
-        raise ValueError(f'{data}: nc is {cfg["nc"]} but {len(names)} names are given')
-    names = names or ([f'class{i}' for i in range(cfg['nc'])] if cfg.get('nc') else None)
-    root = base / str(cfg.get('path') or '')  # relative to the YAML's folder; an absolute path stays absolute
-    markers = [done_marker(url, dest) for url, dest in _zips(cfg.get('download'), root, base)]
-    if 0 < sum(m.exists() for m in markers) < len(markers):  # a download that stopped halfway goes on first
-        _download_dataset(data, cfg['download'], root, base)
+    value = functools.partial(_yaml_value, cfg, lines, data)
+    names = _class_names(value('names', (list, dict), 'a list of names or `index: name` lines'),
+                         value('nc', int, f'a number of classes from 1 to {MAX_CLASSES}'), lines, data)
+    root = base / (value('path', str, 'a folder') or '')  # relative to the YAML's folder; an absolute path stays so
+    download = value('download', str, 'the URL of a .zip (or a script, which is never run)')
+    if download and re.fullmatch(r'https?://\S+\.zip', download.strip()):  # a YAML's URL of one zip
+        zips = [(download.strip(), root.parent)]  # unpacked into path's parent, as the original
+    splits = {k: value(k, (str, list), 'a path or a list of paths (quote a number)', str) for k in ('train', 'val')}
+    done = [is_downloaded(url, dest) for url, dest in zips]
+    if any(done) and not all(done):  # a download that stopped halfway goes on first
+        _download_dataset(data, download, zips, root)
     for attempt in range(2):  # the second after the download
         try:
-            return dict(train=_resolve(cfg, 'train', root, base), val=_resolve(cfg, 'val', root, base), names=names)
+            train, val = (_resolve(splits, split, root, base) for split in ('train', 'val'))
+            return dict(train=train, val=val, names=names)
         except FileNotFoundError:
-            if attempt or not cfg.get('download'):
+            if attempt or not (download or zips):
                 raise
-            _download_dataset(data, cfg['download'], root, base)
+            _download_dataset(data, download, zips, root)
+
+
+def _yaml_value(cfg, lines, data, key, kinds, what, items=object):
+    """cfg[key] (None if absent) if it is of one of these kinds (a list: of items), else a ValueError naming the
+    file and line."""
+    v = cfg.get(key)
+    if v is None or isinstance(v, kinds) and (not isinstance(v, list) or all(isinstance(x, items) for x in v)):
+        return v
+    raise ValueError(f'{lines.get(key, data)}: {key}: {v!r} is not {what}')
+
+
+def _class_names(names, nc, lines, data):
+    """The class names of names: (a list, or {index: name}) and nc:, as strings (`names: [0, 1, 2]` is common for
+    digits); None if neither is given. Bounded by MAX_CLASSES: a YAML must not make us build 10^9 names."""
+    where = lines.get('names', data)
+    if nc is not None and not 0 < nc <= MAX_CLASSES:
+        raise ValueError(f'{lines.get("nc", data)}: nc: {nc} is not a number of classes from 1 to {MAX_CLASSES} '
+                         f'(a bound no real dataset reaches)')
+    if isinstance(names, dict):  # {index: name}
+        bad = [k for k in names if type(k) is not int or not 0 <= k < MAX_CLASSES]
+        if bad:
+            raise ValueError(f'{where}: names: {bad[0]!r} is not a class index from 0 to {MAX_CLASSES - 1} (the '
+                             f'lines are `index: name`, e.g. 0: person)')
+        names = [names.get(i, f'class{i}') for i in range(max(names) + 1)] if names else None
+    bad = [x for x in names or [] if not isinstance(x, (str, int, float))]
+    if bad:
+        raise ValueError(f'{where}: names: {bad[0]!r} is not a class name')
+    if len(names or []) > MAX_CLASSES:
+        raise ValueError(f'{where}: names: more than {MAX_CLASSES} (a bound no real dataset reaches)')
+    if names is not None and nc is not None and nc != len(names):
+        raise ValueError(f'{data}: nc is {nc} but {len(names)} names are given')
+    return [str(x) for x in names] if names else [f'class{i}' for i in range(nc)] if nc else None
 
 
 def _resolve(cfg, split, root, base):
@@ -339,47 +445,59 @@ def _resolve(cfg, split, root, base):
     return found
 
 
-def _download_dataset(data, download, root, base):
+def _download_dataset(data, download, zips, root):
     """A missing dataset, fetched: the zips of a known dataset or of a YAML `download: URL`. A download: that is a
     Python script is never run (the original exec()s it): the error names what to fetch and where to put it."""
-    if isinstance(download, str) and not re.fullmatch(r'https?://\S+\.zip', download.strip()):
+    if not zips:
         urls = ', '.join(re.findall(r'https?://[^\s\'"]+', download)) or 'the dataset'
         raise FileNotFoundError(f'{data}: dataset not found, and its download: is a script, which is never run '
                                 f'here. Fetch {urls} by hand and unpack it to {root.resolve()}')
     errors = []
-    for url, dest in _zips(download, root, base):
+    for url, dest in zips:
         try:
             download_zip(url, dest)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             errors.append(str(e))
     if errors:
         raise FileNotFoundError(f'{data}: dataset not found and not downloaded:\n  ' + '\n  '.join(errors))
 
 
-def _zips(download, root, base):
-    """The (url, folder) pairs of a download: a known dataset's zips, or a YAML's URL of one, into path's parent."""
-    if isinstance(download, str):
-        url = download.strip()
-        return [(url, root.parent.resolve())] if re.fullmatch(r'https?://\S+\.zip', url) else []
-    return [(url, base / dest) for url, dest in download or []]
-
-
 # ---------------------------------------------------------------------------------------------- downloads
+# Where downloads write: a dataset's zips only ever inside DATASETS_DIR, and nothing there is replaced; a weights
+# file where the command line names it. What is not verified complete is deleted, so that the next run fetches it
+# again; the one exception is a .part, which the next run resumes.
+def source_of(url):
+    """Where url is fetched from: YOLO_MIRROR (an http(s) URL or a folder) serves the same file name, else url."""
+    mirror = os.getenv('YOLO_MIRROR', '')
+    return f'{mirror.rstrip("/")}/{url.rsplit("/", 1)[-1]}' if mirror else url
+
+
 def download(url, path):
     """url fetched to path with progress (bytes, rate, ETA), resuming an interrupted path.part (HTTP Range); path
     appears only when complete. YOLO_MIRROR (an http(s) URL or a folder) serves the same file name instead: for
-    mirrors, and for machines without internet. Raises FileNotFoundError naming the URL and where to put the file."""
-    path, name, mirror = Path(path), url.rsplit('/', 1)[-1], os.getenv('YOLO_MIRROR', '')
-    src, part = f'{mirror.rstrip("/")}/{name}' if mirror else url, Path(f'{path}.part')
+    mirrors, and for machines without internet. A .zip or .pt must be a zip archive (a mirror's error page is not).
+    Raises FileNotFoundError naming the URL used and where to put the file; Ctrl-C exits, keeping the .part."""
+    path, name, mirror, src = Path(path), url.rsplit('/', 1)[-1], os.getenv('YOLO_MIRROR', ''), source_of(url)
+    part = Path(f'{path}.part')
     print(f'Downloading {src} to {path} ...', file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, part) if mirror and not re.match(r'https?://', mirror) else _fetch(src, part)
-        os.replace(part, path)
+    except KeyboardInterrupt:
+        kept = f'{part} keeps what came, the next run resumes from there' if part.exists() else 'nothing kept'
+        print(f'\nInterrupted: the download of {src} stopped; {kept}', file=sys.stderr)
+        raise SystemExit(130) from None
     except (OSError, ValueError, http.client.HTTPException) as e:
         hint = '' if mirror else f', or set YOLO_MIRROR to a folder or an http(s) URL that serves {name}'
         raise FileNotFoundError(f'{src}: download failed ({e}). Download it by hand and put it at {path.resolve()}'
                                 + hint) from None
+    if path.suffix in ('.zip', '.pt') and not zipfile.is_zipfile(part):  # (every PyTorch checkpoint is a zip)
+        with open(part, 'rb') as f:
+            head = f.read(32)
+        part.unlink()
+        raise FileNotFoundError(f'{src}: not a valid zip archive, which every {path.suffix} is (it begins {head!r}: '
+                                f'an error page?); deleted, the next run fetches it again')
+    os.replace(part, path)
 
 
 def _fetch(url, part):
@@ -405,32 +523,103 @@ def _fetch(url, part):
         raise OSError(f'got {done} of {total} bytes, the rest resumes on the next try')
 
 
-def done_marker(url, dest):  # the file that says the zip at url is in dest, whole
-    return dest / f'.{url.rsplit("/", 1)[-1]}.done'
+def done_marker(url, dest):
+    """The file that says the zip at url is unpacked in dest: keyed by both (two datasets may ship a data.zip)."""
+    return Path(dest) / f'.{url.rsplit("/", 1)[-1]}.{hashlib.sha256(url.encode()).hexdigest()[:12]}.done'
+
+
+def is_downloaded(url, dest):
+    """Whether the zip at url is unpacked in dest: its marker says so, and the folders it made and the files at its
+    top level are still there (a dataset folder deleted is fetched again)."""
+    try:
+        made = json.loads(done_marker(url, dest).read_text())
+        return made['url'] == url and all(os.path.lexists(Path(dest) / p) for p in made['paths'])
+    except (OSError, ValueError, KeyError, TypeError):  # no marker, or not one that we wrote
+        return False
+
+
+def _inside(path, folder):
+    """Whether path is in folder (or is it): as written, .. resolved, or once links are followed."""
+    return any(Path(f(path)).is_relative_to(f(folder)) for f in (os.path.abspath, os.path.realpath))
 
 
 def download_zip(url, dest):
-    """A zip fetched into dest (or put there by hand), checked, extracted into a temporary folder and moved into
-    place, then deleted: a crash never leaves a half dataset that looks whole. done_marker() then says it is."""
-    name = url.rsplit('/', 1)[-1]
-    zip_path, tmp, done = dest / name, dest / f'.{name}.tmp', done_marker(url, dest)
-    if done.exists():
+    """A zip fetched into dest (or put there by hand), unpacked into a temporary folder beside it, moved into place
+    and deleted; is_downloaded() then says it is there. dest must be inside DATASETS_DIR, and no file there is ever
+    replaced. A bad zip (a corrupt member, encrypted, a name both a file and a folder) is deleted, to be fetched again;
+    one that dest cannot take (a full disk, a file where the zip has a folder) is kept. Either way nothing of it is
+    left in dest: a crash or an error never leaves a half dataset that looks whole."""
+    dest = Path(dest)
+    if not _inside(dest, DATASETS_DIR):
+        raise ValueError(f'{url}: not unpacked into {dest}: downloads only ever write inside the datasets folder '
+                         f'{DATASETS_DIR}. Set the YAML\'s path: to a folder in it, or unpack the zip by hand')
+    if is_downloaded(url, dest):
         return
+    name = url.rsplit('/', 1)[-1]
+    zip_path, tmp, marker = dest / name, dest / f'.{name}.tmp', done_marker(url, dest)
+    origin = f'{zip_path} (put there by hand)' if zip_path.exists() else f'{zip_path} (from {source_of(url)})'
     if not zip_path.exists():
         download(url, zip_path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with zipfile.ZipFile(zip_path) as z:
-            print(f'Unzipping {zip_path} ...', file=sys.stderr)
-            z.extractall(tmp)  # which checks every member's CRC
-    except zipfile.BadZipFile as e:
-        zip_path.unlink()
+        _unzip(zip_path, tmp, origin)
+        folders = [os.path.relpath(d, tmp) for d, _, _ in os.walk(tmp)][1:]
+        made = folders + [e.name for e in os.scandir(tmp) if e.is_file()]  # what is_downloaded() looks for
+        _move_into(tmp, dest, origin)
+    except KeyboardInterrupt:
+        print(f'\nInterrupted while unzipping {zip_path}: the zip is kept, the next run unzips it', file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FileNotFoundError(f'{url}: not a valid zip ({e}); deleted, nothing extracted') from None
-    shutil.copytree(tmp, dest, dirs_exist_ok=True, copy_function=os.replace)  # moved in, merged with folders that exist
-    shutil.rmtree(tmp)
-    done.touch()
+    Path(f'{marker}.tmp').write_text(json.dumps(dict(url=url, paths=made)))
+    os.replace(f'{marker}.tmp', marker)
     zip_path.unlink()
+
+
+DEST_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)  # the disk's, not the zip's
+
+
+def _unzip(zip_path, tmp, origin):
+    """zip_path extracted into tmp, every member's CRC checked. A zip at fault is deleted (the next run fetches it
+    again); when the disk is (full, read-only), it is kept. Raises FileNotFoundError saying which."""
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            locked = [info.filename for info in z.infolist() if info.flag_bits & 1]
+            if locked:
+                raise RuntimeError(f'{locked[0]} is encrypted: it needs a password, which is never asked here')
+            print(f'Unzipping {zip_path} ...', file=sys.stderr)
+            z.extractall(tmp)  # member names are made safe (no absolute paths, no ..), links become plain files
+    except Exception as e:  # zipfile raises many kinds for a bad zip: BadZipFile, zlib.error, EOFError, RuntimeError...
+        disk = isinstance(e, OSError) and e.errno in DEST_FAULTS
+        if not disk:
+            zip_path.unlink()
+        fate = 'kept: run again once there is room' if disk else 'deleted, the next run fetches it again'
+        raise FileNotFoundError(f'{origin}: cannot unzip it ({e}); nothing extracted, the zip is {fate}') from None
+
+
+def _move_into(tmp, dest, origin):
+    """The tree tmp moved into dest: whatever dest lacks (a whole folder in one move); a file it already has is kept,
+    never replaced. A file where the tree has a folder, or the reverse, is an error before anything moves."""
+    moves, kept, todo = [], [], [(tmp, dest)]
+    while todo:
+        src, dst = todo.pop()
+        for entry in os.scandir(src):
+            target = dst / entry.name
+            if not os.path.lexists(target):
+                moves.append((entry.path, target))
+            elif entry.is_dir() and target.is_dir():
+                todo.append((Path(entry.path), target))
+            elif entry.is_dir() or target.is_dir():
+                kinds = ('a file', 'a folder') if entry.is_dir() else ('a folder', 'a file')
+                raise FileNotFoundError(f'{origin}: cannot unzip it: {target} is {kinds[0]} where the zip has '
+                                        f'{kinds[1]}. Nothing extracted, the zip is kept: move that away and run again')
+            else:
+                kept.append(target)
+    for src, dst in moves:
+        shutil.move(src, dst)  # a rename (or a copy, where dst is a link to another disk)
+    if kept:
+        print(f'WARNING: {len(kept)} files of {origin} were already in {dest} and are kept as they are, '
+              f'e.g. {kept[0]}', file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints on disk
@@ -489,6 +678,26 @@ def read_official(path):
     return meta, _state_dict_of(stub)  # the anchors are among the weights
 
 
+def check_checkpoint(path, meta, sd, scales):
+    """(meta, fp32 state dict) of a checkpoint, checked before a model is built from them: a scale among scales' names
+    or (depth, width) multiples in (0, 4], 1 to MAX_CLASSES classes with a name each, weights that are tensors. A
+    hand-made or damaged checkpoint gets a ValueError naming the file, not a traceback from deep inside the model."""
+    scale, nc, names = meta['scale'], meta['nc'], meta['names']
+    pair = isinstance(scale, (list, tuple)) and len(scale) == 2
+    if not (scale in scales if isinstance(scale, str) else pair and all(type(x) in (int, float) and 0 < x <= 4
+                                                                        for x in scale)):
+        raise ValueError(f'{path}: scale {scale!r} is not one of {", ".join(scales)} or (depth, width) multiples '
+                         f'in (0, 4]')
+    if type(nc) is not int or not 0 < nc <= MAX_CLASSES:
+        raise ValueError(f'{path}: nc {nc!r} is not a number of classes from 1 to {MAX_CLASSES}')
+    if not isinstance(names, (list, tuple)) or len(names) != nc:
+        raise ValueError(f'{path}: {len(names) if isinstance(names, (list, tuple)) else "no"} class names for its '
+                         f'{nc} classes')
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f'{path}: its weights are not a dict of tensors')
+    return dict(scale=scale, nc=nc, names=[str(x) for x in names]), {k: v.float() for k, v in sd.items()}
+
+
 def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash or a full disk never leaves a truncated checkpoint."""
     tmp = Path(f'{path}.tmp')
@@ -510,11 +719,55 @@ def strip_checkpoint(path):
 
 # ---------------------------------------------------------------------------------------------- run folders
 def run_dir(project, name, exist_ok=False):
-    """The folder of a new run: project/name, or if that exists (and not exist_ok) name2, name3, ..."""
-    path, n = Path(project) / name, 2
-    while path.exists() and not exist_ok:
-        path, n = Path(project) / f'{name}{n}', n + 1
-    return path
+    """The folder of a new run, claimed (created) and returned: project/name, or if that exists (and not exist_ok)
+    name2, name3, ... A mkdir that fails if the folder exists is the claim: two runs started at the same instant
+    never share one. A folder that cannot be made ends the program with a message."""
+    for n in itertools.count(1):
+        path = Path(project) / (f'{name}{n}' if n > 1 else name)
+        try:
+            path.mkdir(parents=True, exist_ok=exist_ok)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise SystemExit(f'ERROR: cannot write the run folder {path} ({e.strerror})') from None
+
+
+@contextlib.contextmanager
+def removed_if_unstarted(save_dir, fresh):
+    """Around the setup of a run: if it fails (or Ctrl-C), a fresh run folder goes again with what pick_run put in it,
+    unless something else is in it by then. Ctrl-C ends with a message, not a traceback."""
+    try:
+        yield
+    except BaseException as e:
+        if fresh:
+            with contextlib.suppress(OSError):  # rmdir fails on a folder that is not empty: it stays
+                (save_dir / '.torchrun_id').unlink(missing_ok=True)
+                (save_dir / 'weights').rmdir()
+                save_dir.rmdir()
+        if isinstance(e, KeyboardInterrupt):
+            print('\nInterrupted before training started', file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+
+
+def read_run_checkpoint(path):
+    """The checkpoint that --resume continues: a last.pt that a training run here wrote. Anything else (official
+    weights, a damaged file, a pickle that would run code: nothing in it is run) ends the program with a message."""
+    needs, ckpt, damage = [], None, None
+    try:
+        needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # read from the pickle, nothing run
+        ckpt = None if needs else torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        damage = str(e).split('. ')[0][:150]
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('opt'), dict) and type(ckpt.get('epoch')) is int:
+        return ckpt
+    if needs:
+        why = f'it holds {needs[0]}, which needs code to load (official weights, or another program\'s file)'
+    else:
+        why = f'it is damaged ({damage})' if damage else 'it holds no training state'
+    raise SystemExit(f'ERROR: --resume {path}: not the last.pt of a training run: {why}. To fine-tune from its '
+                     f'weights, give it to --weights')
 
 
 def pick_run(opt, parse_args):
@@ -533,9 +786,10 @@ def pick_run(opt, parse_args):
         if not runs:
             raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
         last = Path(runs[-1])
-        ckpt = torch.load(last, map_location='cpu', weights_only=True)
+        ckpt = read_run_checkpoint(last)
         keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
-        opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt']['batch'])])), **ckpt['opt'], **keep})
+        opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt'].get('batch', 16))])), **ckpt['opt'],
+                                    **keep})
         if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
             done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
             raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
@@ -600,6 +854,7 @@ def kmean_anchors(wh0, n, fitness, gen=1000, seed=0):
 def draw_box(img, xyxy, label, color, thickness):
     p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
     cv2.rectangle(img, p1, p2, color, thickness, cv2.LINE_AA)
+    label = '' if label is None else str(label)  # a class name may be a number (names: [0, 1, 2])
     if label:
         font_thickness = max(thickness - 1, 1)
         w, h = cv2.getTextSize(label, 0, thickness / 3, font_thickness)[0]
@@ -636,6 +891,7 @@ HUES = cv2.cvtColor(np.uint8([[(i * 47 % 180, 230, 210) for i in range(180)]]), 
 
 def put(img, s, x, y, ax=0.0, ay=0.0, scale=0.5, color=BLACK, vertical=False):
     """Text whose box has its (ax, ay) fraction at (x, y); vertical reads bottom-up (OpenCV can't: a mask turns)."""
+    s = str(s)  # a class name may be a number
     (w, h), b = cv2.getTextSize(s, FONT, scale, 1)
     m = np.rot90(cv2.putText(np.zeros((h + b, w), np.uint8), s, (0, h), FONT, scale, 255, 1, AA), vertical)[..., None]
     y0, x0 = (min(max(int(p - f * n), 0), N - n) for p, f, n, N in zip((y, x), (ay, ax), m.shape, img.shape))  # inside
@@ -652,9 +908,9 @@ def chart(img, box, xlim, ylim, title='', xlabel='', ylabel='', xticks=None, yti
     if z is not None:  # white to dark blue; interpolation 0 (nearest) keeps the cells sharp
         img[y0:y1, x0:x1] = cv2.resize(255 - z[..., None] * [75, 185, 245], (x1 - x0, y1 - y0), interpolation=0)
     for t, s in xticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(a / sx - 1e-9), b / sx + 1e-9) * sx + 0.0]:
-        put(img, s[:14], to(t, c)[0], y1 + 6, 0.5, 0, vertical=bool(xticks))  # names run down the x axis
+        put(img, str(s)[:14], to(t, c)[0], y1 + 6, 0.5, 0, vertical=bool(xticks))  # names run down the x axis
     for t, s in yticks or [(t, f'{t:.4g}') for t in np.arange(math.ceil(c / sy - 1e-9), d / sy + 1e-9) * sy + 0.0]:
-        put(img, s[:14], x0 - 6, to(a, t)[1], 1, 0.5)
+        put(img, str(s)[:14], x0 - 6, to(a, t)[1], 1, 0.5)
     cv2.rectangle(img, (x0, y0), (x1, y1), BLACK)
     put(img, title, (x0 + x1) / 2, y0 - 8, 0.5, 1, 0.65)
     put(img, xlabel, (x0 + x1) / 2, y1 + (170 if xticks else 28), 0.5, 0, 0.6)  # under the numbers or the names
@@ -669,9 +925,12 @@ RESULT_PANELS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/
 
 
 def read_results(path):
-    """results.csv as (column names, rows of numbers); a row cut short or garbled by a crash is left out."""
-    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    """results.csv as (column names, rows of numbers); a row cut short or garbled by a crash is left out, and so is
+    the whole file if its header is (it has no epoch column): the next row written starts it again."""
+    lines = Path(path).read_text(errors='replace').splitlines() if Path(path).is_file() else []
     head = [h.strip() for h in lines[0].split(',')] if lines else []
+    if 'epoch' not in head:
+        return [], []
     rows = []
     for line in lines[1:]:
         try:

@@ -1088,7 +1088,7 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     srv = serve(mini_coco_zips(tmp_path))
     repo = tmp_path / 'yolov5'  # a copy of the project: datasets go to ../datasets beside it, as in the original
     repo.mkdir()
-    for f in ('data.py', 'model.py', 'loss.py', 'train.py'):
+    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'train.py'):
         (repo / f).write_text((ROOT / f).read_text())
     cmd = [sys.executable, str(repo / 'train.py'), '--data', 'coco.yaml', '--epochs', '1', '--weights', '',
            '--cfg', 'yolov5n.yaml', '--batch-size', '8', '--img', '128', '--workers', '0']
@@ -1099,8 +1099,7 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     coco = tmp_path / 'datasets' / 'coco'
     assert len(list((coco / 'images' / 'train2017').glob('*.jpg'))) == 16 and not list(coco.rglob('*.zip'))
     assert 'train: Scanned' in r.stdout and '16 images' in r.stdout and 'val: Scanned' in r.stdout
-    __import__('shutil').rmtree(coco / 'images' / 'val2017')  # as if the download had stopped before the last zip
-    (coco / 'images' / '.val2017.zip.done').unlink()
+    __import__('shutil').rmtree(coco / 'images' / 'val2017')  # deleted: its marker no longer holds, fetched again
     r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and [name for name, _ in srv.requests[3:]] == ['val2017.zip'], r.stderr[-2000:]
     r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
@@ -1120,6 +1119,7 @@ def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch
     assert (tmp_path / 'blob.bin').read_bytes() == blob and not (tmp_path / 'blob.bin.part').exists()
     assert srv.requests[-1] == ('blob.bin', 'bytes=1500000-')  # the second request asked for the rest only
     dest = tmp_path / 'ds'
+    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)  # downloads only ever write inside the datasets folder
     with pytest.raises(FileNotFoundError, match='bad.zip: not a valid zip'):
         P.download_zip('https://example.com/bad.zip', dest)
     assert list(dest.iterdir()) == []
@@ -1133,11 +1133,17 @@ def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch
 
 def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv('YOLO_MIRROR', raising=False)
-    (tmp_path / 'ds.yaml').write_text('path: ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
-                                      'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
-    r = run_train('--data', tmp_path / 'ds.yaml', '--weights', '', cwd=tmp_path)
+    repo = tmp_path / 'yolov5'  # a copy of the project: downloads only ever write into ../datasets beside it
+    repo.mkdir()
+    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'train.py'):
+        (repo / f).write_text((ROOT / f).read_text())
+    (repo / 'ds.yaml').write_text('path: ../datasets/ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
+                                  'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
+    r = subprocess.run([sys.executable, str(repo / 'train.py'), '--data', str(repo / 'ds.yaml'), '--weights', ''],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
-    assert 'http://127.0.0.1:9/ds.zip: download failed' in r.stderr and f'put it at {tmp_path}/ds.zip' in r.stderr
+    assert 'http://127.0.0.1:9/ds.zip: download failed' in r.stderr
+    assert f'put it at {tmp_path}/datasets/ds.zip' in r.stderr
     (tmp_path / 'coco.yaml').write_text('path: coco\ntrain: train2017.txt\nval: val2017.txt\nnames: [a]\ndownload: |\n'
                                         "  urls = ['http://images.cocodataset.org/zips/val2017.zip']\n  download(urls)\n")
     with pytest.raises(FileNotFoundError, match='is a script, which is never run.*val2017.zip'):
@@ -1702,3 +1708,349 @@ def test_hub_official_entry_points(exported, tmp_path, monkeypatch):
     assert bare.detect.m[0].weight.shape[0] == 3 * 8  # a new head: 3 anchors x (5 + 3 classes)
     with pytest.raises(ValueError, match='3-channel'):
         torch.hub.load(str(ROOT), 'yolov5n', source='local', channels=1)
+# ------------------------------------------------------------------------------------ odd and hostile inputs (issue 18)
+
+def corrupt_member_zip():
+    """A zip whose member d/a.txt fails its CRC check (the deflated bytes changed)."""
+    z = bytearray(zip_bytes({'d/a.txt': b'hello world ' * 1000, 'd/b.txt': b'more'}))
+    i = z.index(b'd/a.txt') + 20
+    z[i:i + 30] = b'\xff' * 30
+    return bytes(z)
+
+
+def encrypted_zip():
+    """A zip whose member says it is encrypted (zipfile cannot write one: the flag bits are set by hand)."""
+    z = bytearray(zip_bytes({'d/a.txt': b'secret'}))
+    for signature, offset in ((b'PK\x03\x04', 6), (b'PK\x01\x02', 8)):  # local header, central directory
+        z[z.index(signature) + offset] |= 1
+    return bytes(z)
+
+
+def test_downloads_only_write_inside_the_datasets_folder_and_replace_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path / 'datasets')
+    monkeypatch.delenv('YOLO_MIRROR', raising=False)
+    img = cv2.imencode('.jpg', scene(64, 64, []))[1].tobytes()
+    srv = serve({'ds.zip': zip_bytes({'important.txt': b'from the zip', 'ds/images/train/a.jpg': img,
+                                      '../../escaped.txt': b'zip-slip'})})
+    (tmp_path / 'some' / 'dir').mkdir(parents=True)
+    (tmp_path / 'some' / 'important.txt').write_text('mine')
+    yaml = tmp_path / 'ds.yaml'
+    yaml.write_text(f'path: {tmp_path}/some/dir/ds\ntrain: images/train\nval: images/train\n'
+                    f'download: {srv.url}ds.zip\n')
+    with pytest.raises(FileNotFoundError, match=f'ds.zip: not unpacked into {tmp_path}/some/dir: downloads only ever '
+                                                f'write inside the datasets folder {tmp_path}/datasets'):
+        P.data_spec(yaml)
+    assert srv.requests == [] and sorted(p.name for p in (tmp_path / 'some').rglob('*')) == ['dir', 'important.txt']
+    yaml.write_text(f'path: ../datasets/ds\ntrain: images/train\nval: images/train\ndownload: {srv.url}ds.zip\n')
+    (tmp_path / 'yaml').mkdir()
+    os.replace(yaml, tmp_path / 'yaml' / 'ds.yaml')  # inside the datasets folder: fetched, merged, nothing replaced
+    (tmp_path / 'datasets').mkdir()
+    (tmp_path / 'datasets' / 'important.txt').write_text('mine')
+    spec = P.data_spec(tmp_path / 'yaml' / 'ds.yaml')
+    assert [Path(x).resolve() for x in spec['train']] == [tmp_path / 'datasets/ds/images/train']
+    assert (tmp_path / 'datasets' / 'important.txt').read_text() == 'mine' and 'already in' in capsys.readouterr().err
+    assert (tmp_path / 'datasets' / 'escaped.txt').exists() and not list(tmp_path.glob('**/*.zip'))
+    assert not (tmp_path / 'escaped.txt').exists() and not (tmp_path.parent / 'escaped.txt').exists()
+    # [url, folder] pairs are the built-in datasets' only
+    (tmp_path / 'yaml' / 'pairs.yaml').write_text(f'train: images/train\nval: images/train\n'
+                                                  f'download: [{srv.url}ds.zip, /etc]\n')
+    with pytest.raises(ValueError, match=r'pairs.yaml:3: download: .* is not the URL of a .zip'):
+        P.data_spec(tmp_path / 'yaml' / 'pairs.yaml')
+
+
+def test_download_markers_follow_url_destination_and_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)
+    monkeypatch.delenv('YOLO_MIRROR', raising=False)
+    srv = serve({'a/data.zip': zip_bytes({'a/x.txt': b'a'}), 'b/data.zip': zip_bytes({'b/x.txt': b'b'})})
+    for name in ('a', 'b'):  # two datasets that both ship a data.zip, into one folder
+        P.download_zip(f'{srv.url}{name}/data.zip', tmp_path)
+    assert (tmp_path / 'a/x.txt').read_text() == 'a' and (tmp_path / 'b/x.txt').read_text() == 'b'
+    P.download_zip(f'{srv.url}a/data.zip', tmp_path)
+    assert len(srv.requests) == 2 and P.is_downloaded(f'{srv.url}a/data.zip', tmp_path)  # done: not fetched again
+    __import__('shutil').rmtree(tmp_path / 'a')  # the dataset deleted: its marker no longer holds
+    assert not P.is_downloaded(f'{srv.url}a/data.zip', tmp_path)
+    P.download_zip(f'{srv.url}a/data.zip', tmp_path)
+    assert len(srv.requests) == 3 and (tmp_path / 'a/x.txt').read_text() == 'a'
+    assert not P.is_downloaded(f'{srv.url}a/data.zip', tmp_path / 'b')  # keyed by destination too
+
+
+@pytest.mark.parametrize('case', ['corrupt member', 'encrypted', 'folder clash', 'full disk'])
+def test_a_zip_that_cannot_be_unpacked_leaves_nothing_half_written(tmp_path, monkeypatch, case):
+    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)
+    good = zip_bytes({'d/a.txt': b'hello', 'd/sub/b.txt': b'world'})
+    srv = serve({'d.zip': {'corrupt member': corrupt_member_zip(), 'encrypted': encrypted_zip()}.get(case, good)})
+    monkeypatch.setenv('YOLO_MIRROR', srv.url)  # the errors name the URL actually used
+    dest = tmp_path / 'ds'
+    dest.mkdir()
+    if case == 'folder clash':
+        (dest / 'd').write_text('a file where the zip has a folder')
+    if case == 'full disk':
+        real = zipfile.shutil.copyfileobj
+
+        def full(src, dst, *args):  # the disk fills up halfway through the second member
+            if dst.name.endswith('b.txt'):
+                dst.write(b'wor')
+                raise OSError(__import__('errno').ENOSPC, 'No space left on device')
+            real(src, dst, *args)
+        monkeypatch.setattr(zipfile.shutil, 'copyfileobj', full)
+    expected = {'corrupt member': "Bad CRC-32 for file 'd/a.txt'", 'encrypted': 'd/a.txt is encrypted',
+                'folder clash': f'{dest}/d is a file where the zip has a folder', 'full disk': 'No space left'}[case]
+    with pytest.raises(FileNotFoundError, match=f'{dest}/d.zip \\(from {srv.url}d.zip\\): cannot unzip it.*'
+                                                f'{expected}.*'):
+        P.download_zip('https://example.com/x/d.zip', dest)
+    zip_kept = case in ('folder clash', 'full disk')  # the destination's fault: the zip is fine
+    left = sorted(p.name for p in dest.iterdir())
+    assert left == ['d'] * (case == 'folder clash') + ['d.zip'] * zip_kept, left  # no .tmp, no marker, no half file
+    if not zip_kept:  # a bad zip is deleted: the next run fetches it again (and the mirror now serves a good one)
+        srv.files['d.zip'] = good
+        P.download_zip('https://example.com/x/d.zip', dest)
+        assert (dest / 'd/sub/b.txt').read_text() == 'world' and len(srv.requests) == 2
+
+
+def test_a_mirror_error_page_as_weights_is_deleted_and_ctrl_c_keeps_the_part(tmp_path, monkeypatch, capsys):
+    page = b'<!DOCTYPE html><html><body>Sign in to continue</body></html>'
+    srv = serve({'yolov5s.pt': page, 'blob.bin': np.random.default_rng(0).bytes(2_000_000)})
+    monkeypatch.setenv('YOLO_MIRROR', srv.url)
+    for _ in range(2):  # nothing is left behind: the second try fetches again
+        with pytest.raises(FileNotFoundError, match=f'{srv.url}yolov5s.pt: not a valid zip archive.*DOCTYPE'):
+            M.read_checkpoint(tmp_path / 'yolov5s.pt')
+        assert list(tmp_path.iterdir()) == []
+    assert len(srv.requests) == 2
+    real = P._fetch
+
+    def interrupted(url, part):  # Ctrl-C when half of it has come
+        part.write_bytes(srv.files['blob.bin'][:1_000_000])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(P, '_fetch', interrupted)
+    with pytest.raises(SystemExit) as e:
+        P.download('https://example.com/blob.bin', tmp_path / 'blob.bin')
+    assert e.value.code == 130 and 'blob.bin.part keeps what came, the next run resumes' in capsys.readouterr().err
+    monkeypatch.setattr(P, '_fetch', real)
+    P.download('https://example.com/blob.bin', tmp_path / 'blob.bin')
+    assert srv.requests[-1] == ('blob.bin', 'bytes=1000000-')
+    assert (tmp_path / 'blob.bin').read_bytes() == srv.files['blob.bin']
+
+
+def test_yaml_values_are_checked_by_type_and_bounded(tmp_path):
+    (tmp_path / 'images').mkdir()
+    cv2.imwrite(str(tmp_path / 'images' / 'a.jpg'), scene(32, 32, []))
+    head = 'train: images\nval: images\n'
+    for text, error in [('nc: 1000000000\n', r'c.yaml:3: nc: 1000000000 is not a number of classes from 1 to 100000'),
+                        ('names:\n  999999999: x\n', 'c.yaml:3: names: 999999999 is not a class index from 0 to 99999'),
+                        ('nc: 2.5\n', 'c.yaml:3: nc: 2.5 is not a number of classes'),
+                        ('nc: 0\n', 'c.yaml:3: nc: 0 is not a number of classes'),
+                        ('names:\n  person: 0\n', "c.yaml:3: names: 'person' is not a class index"),
+                        ('names:\n  0: [a, b]\n  1:\n', r"c.yaml:3: names: \['a', 'b'\] is not a class name"),
+                        ('names: person\n', "c.yaml:3: names: 'person' is not a list of names"),
+                        ('names: [a, [b]]\n', r"c.yaml:3: names: \['b'\] is not a class name"),
+                        ("names: ['a, 'b']\n", r"c.yaml:3: not a valid list: \['a, 'b'\]"),
+                        ("names: ['a' b]\n", r"c.yaml:3: not a valid list: \['a' b\]"),
+                        ("download: 'a' 'b'\n", "c.yaml:3: .* is not in the YAML read here"),
+                        ('download: 5\n', 'c.yaml:3: download: 5 is not the URL of a .zip'),
+                        ('path: 7\n', 'c.yaml:3: path: 7 is not a folder')]:
+        (tmp_path / 'c.yaml').write_text(head + text)
+        with pytest.raises(ValueError, match=error):
+            P.data_spec(tmp_path / 'c.yaml')
+    (tmp_path / 'c.yaml').write_text('train: 2017\nval: images\n')
+    with pytest.raises(ValueError, match=r'c.yaml:1: train: 2017 is not a path'):
+        P.data_spec(tmp_path / 'c.yaml')
+    (tmp_path / 'c.yaml').write_text('\ufeffnames: [0, 1, 2.5]\n' + head)  # a BOM first; numeric names
+    assert P.data_spec(tmp_path / 'c.yaml')['names'] == ['0', '1', '2.5']
+    (tmp_path / 'c.yaml').write_bytes(b'names: [a]\n\xff\xfe\n')
+    with pytest.raises(ValueError, match='c.yaml: not UTF-8 text'):
+        P.data_spec(tmp_path / 'c.yaml')
+    import time
+    blanks = ' ' * 1_000_000
+    for line in ('a' + blanks, 'names: [' + blanks + 'x' + blanks, 'nc: ' + '1' * 1_000_000 + 'x'):
+        (tmp_path / 'c.yaml').write_text(line + '\n')
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError):
+            P.data_spec(tmp_path / 'c.yaml')
+        assert time.perf_counter() - t0 < 3  # linear: the old key pattern took ~30 minutes on a megabyte of blanks
+
+
+def test_numeric_class_names_draw(tmp_path):
+    labels = np.array([[0, 0.5, 0.5, 0.2, 0.2], [2, 0.3, 0.3, 0.1, 0.1]], np.float32)
+    P.plot_labels(labels, [0, 1, 2], tmp_path / 'labels.jpg')
+    assert cv2.imread(str(tmp_path / 'labels.jpg')).std() > 10
+    img = np.zeros((64, 64, 3), np.uint8)
+    P.draw_box(img, (10, 20, 40, 50), 0, (255, 255, 255), 2)  # a name 0 is drawn, not taken for no name
+    assert img[10:20, 10:40].any()
+
+
+def test_label_classes_too_big_shared_label_files_and_empty_caches(tmp_path, capsys):
+    root = make_dataset(tmp_path / 'd', [[(0, 10, 10, 50, 50)]] * 3)
+    lab = root / 'labels' / 'train'
+    (lab / 'im1.txt').write_text('1e40 0.5 0.5 0.2 0.2\n')
+    (lab / 'im2.txt').write_text('100000 0.5 0.5 0.2 0.2\n')
+    for single_cls in (False, True):
+        files, _, labels = P.load_labels(P.find_images(root), nc=3, single_cls=single_cls)
+        assert [Path(f).name for f in files] == ['im0.jpg'] and labels[0].tolist() == [[0, 0.1875, 0.1875, 0.25, 0.25]]
+        err = capsys.readouterr().err
+        assert 'im1.txt:1: class 1e+40 is not a class index: an integer from 0 to 99999' in err
+        assert 'im2.txt:1: class 100000 is not a class index' in err
+    cv2.imwrite(str(root / 'images' / 'train' / 'im0.bmp'), scene(32, 32, []))
+    P.load_labels(P.find_images(root), nc=3)
+    assert f'im0.jpg share one label file, {lab}/im0.txt' in capsys.readouterr().err
+    broken = tmp_path / 'broken'  # a scan that keeps no image, then read from its cache: 0 backgrounds, not 1
+    (broken / 'images').mkdir(parents=True)
+    (broken / 'labels').mkdir()
+    for k in range(2):
+        (broken / 'images' / f'{k}.jpg').write_bytes(b'not an image')
+    for how in ('Scanned', 'Cached'):
+        with pytest.raises(ValueError, match='no usable images'):
+            P.load_labels(P.find_images(broken / 'images'), nc=3)
+        assert f'{how} {broken}/labels: 0 images, 0 backgrounds, 2 corrupt, 0 instances' in capsys.readouterr().out
+
+
+def write_in_every_format(folder, name, img):
+    """img (BGR) as name_<ext>.<ext> in every IMAGE_EXTS format that OpenCV or Pillow writes; the files written."""
+    from PIL import Image
+    rgb = Image.fromarray(img[:, :, ::-1].copy())
+    files = []
+    for ext in sorted(P.IMAGE_EXTS):
+        path = str(folder / f'{name}_{ext[1:]}{ext}')
+        if ext == '.dng':  # no writer for it in either
+            continue
+        if ext == '.mpo':
+            rgb.save(path, 'MPO')
+        else:  # .pfm holds float pixels, which OpenCV reads back as 8 bits
+            assert cv2.imwrite(path, img.astype(np.float32) if ext == '.pfm' else img), ext
+        files.append(path)
+    return files
+
+
+def test_every_image_format_that_can_be_written_is_scanned_and_trains(tmp_path, capsys):
+    from PIL import Image
+    root = tmp_path / 'ds'
+    for split in ('train', 'val'):
+        (root / 'images' / split).mkdir(parents=True)
+        (root / 'labels' / split).mkdir(parents=True)
+    img = scene(128, 160, [(40, 30, 100, 90)])  # 160 wide: training at --img 64 decodes them at half size
+    files = write_in_every_format(root / 'images' / 'train', 'im', img)
+    exts = {Path(f).suffix for f in files}
+    assert exts == P.IMAGE_EXTS - {'.dng'}, exts
+    rotated = Image.Exif()
+    rotated[274] = 6  # EXIF: turned 90 degrees, which OpenCV applies when it decodes
+    for ext, kind in (('.png', 'PNG'), ('.jpg', 'JPEG'), ('.webp', 'WEBP'), ('.tif', 'TIFF')):  # OpenCV 4.14 cannot
+        Image.fromarray(img[:, :, ::-1]).save(root / 'images' / 'val' / f'r_{kind}{ext}', kind, exif=rotated.tobytes())
+    for split in ('train', 'val'):
+        for f in (root / 'images' / split).iterdir():
+            (root / 'labels' / split / f'{f.stem}.txt').write_text('1 0.4375 0.46875 0.375 0.46875\n')
+    scanned, sizes, _ = P.load_labels(P.find_images(root / 'images' / 'val'), nc=3)  # decode a turned TIFF: left out
+    assert 'r_TIFF.tif: ignoring corrupt image/label: not an image that OpenCV decodes' in capsys.readouterr().err
+    assert len(scanned) == 3 and [tuple(s) for s in sizes] == [(128, 160)] * 3  # turned, as cv2.imread decodes them
+    assert all(cv2.imread(f).shape[1::-1] == tuple(s) for f, s in zip(scanned, sizes))
+    scanned, sizes, _ = P.load_labels(P.find_images(root / 'images' / 'train'), nc=3)
+    assert sorted(scanned) == sorted(files) and [tuple(s) for s in sizes] == [(160, 128)] * len(files)
+    (root / 'data.yaml').write_text('path: .\ntrain: images/train\nval: images/val\nnames: [0, 1, 2]\n')  # numbers
+    trainer = T.Trainer(T.parse_args(['--weights', '', '--cfg', 'n', '--data', str(root / 'data.yaml'), '--img',
+                                      '64', '--batch', '4', '--epochs', '1', '--workers', '0', '--noautoanchor',
+                                      '--project', str(tmp_path / 'runs')]))
+    run = trainer.fit()
+    assert [r['epoch'] for r in last_results(run)] == [0] and 'cannot decode' not in capsys.readouterr().err
+    for i, f in enumerate(trainer.train_set.files):  # each decoded as training does (at half size), pixels and all
+        pixels = trainer.train_set.load_image(i)[0]
+        expected = cv2.resize(img, pixels.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(pixels.astype(int) - expected).mean() < 8, f
+    assert torch.load(run / 'weights/last.pt', weights_only=True)['names'] == ['0', '1', '2']
+    for picture in ('labels.jpg', 'train_batch0.jpg', 'confusion_matrix.png'):
+        assert cv2.imread(str(run / picture)) is not None, picture
+
+
+def test_hand_made_checkpoint_metadata_is_a_clear_error(tmp_path):
+    net = M.YOLOv5('n', nc=2, names=['a', 'b'])
+    good = dict(model=net.state_dict(), **net.meta())
+    for change, error in [(dict(scale='q'), "scale 'q' is not one of n, s, m, l, x"),
+                          (dict(scale=[0.33]), r'scale \[0.33\] is not'),
+                          (dict(scale=[0.33, 0]), r'scale \[0.33, 0\] is not'),
+                          (dict(nc=2.5), 'nc 2.5 is not a number of classes'),
+                          (dict(names=['a']), '1 class names for its 2 classes'),
+                          (dict(names=None), 'no class names for its 2 classes'),
+                          (dict(model=[1, 2]), 'its weights are not a dict of tensors')]:
+        torch.save({**good, **change}, tmp_path / 'hand.pt')
+        for fn in (M.read_checkpoint, M.load_model):
+            with pytest.raises(ValueError, match=f'{tmp_path}/hand.pt: ({error})'):
+                fn(tmp_path / 'hand.pt')
+    torch.save({**good, 'names': [0, 1]}, tmp_path / 'hand.pt')  # numbers as names: fine, as text
+    assert M.load_model(tmp_path / 'hand.pt').names == ['0', '1']
+
+
+def test_run_folders_are_claimed_atomically(tmp_path):
+    import threading
+    barrier, claimed = threading.Barrier(8), []
+
+    def start():
+        barrier.wait()  # all at the same instant
+        claimed.append(P.run_dir(tmp_path / 'runs', 'exp'))
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in claimed) == sorted(['exp'] + [f'exp{n}' for n in range(2, 9)])
+    assert all(p.is_dir() for p in claimed)
+    assert P.run_dir(tmp_path / 'runs', 'exp', exist_ok=True) == tmp_path / 'runs' / 'exp'
+
+
+class _Pwned:
+    """Unpickled by a reader that runs code, it would create the file at path."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+def test_resume_refuses_what_is_not_a_run_and_survives_a_damaged_results_csv(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / 'ran'
+    torch.save({'epoch': 1, 'opt': {}, 'x': _Pwned(str(marker))}, tmp_path / 'evil.pt')
+    (tmp_path / 'damaged.pt').write_bytes(zip_bytes({'archive/data.pkl': b'\x80\x02garbage', 'archive/version': b'3'}))
+    for path, why in [(shared(WEIGHTS), 'needs code to load'), (tmp_path / 'evil.pt', 'open, which needs code'),
+                      (tmp_path / 'damaged.pt', 'damaged')]:
+        with pytest.raises(SystemExit, match=f'--resume {path}: not the last.pt of a training run: .*{why}'):
+            T.Trainer(T.parse_args(['--resume', str(path)]))
+    assert not marker.exists()
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=64)
+    args = lambda project: T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'),
+                                         '--img', '64', '--batch', '8', '--epochs', '3', '--workers', '0', '--noval',
+                                         '--noautoanchor', '--project', str(tmp_path / project)])
+    real = T.set_epoch
+
+    def interrupt_at(epoch):
+        def set_epoch(loader, e):
+            if e == epoch:
+                raise KeyboardInterrupt
+            real(loader, e)
+        return set_epoch
+    monkeypatch.setattr(T, 'set_epoch', interrupt_at(0))  # before the first epoch ends: nothing to resume
+    with pytest.raises(SystemExit):
+        T.Trainer(args('early')).fit()
+    out = capsys.readouterr().out
+    assert 'Interrupted: no epoch completed, nothing to resume' in out and '--resume' not in out
+    monkeypatch.setattr(T, 'set_epoch', interrupt_at(1))
+    with pytest.raises(SystemExit):
+        T.Trainer(args('cut')).fit()
+    monkeypatch.setattr(T, 'set_epoch', real)
+    for damage, name in ((lambda text: '', 'empty'), (lambda text: text[:12], 'cut')):
+        run = tmp_path / f'{name} results'
+        __import__('shutil').copytree(tmp_path / 'cut' / 'exp', run)
+        (run / 'results.csv').write_text(damage((run / 'results.csv').read_text()))
+        T.Trainer(T.parse_args(['--resume', str(run / 'weights/last.pt'), '--workers', '0'])).fit()
+        assert [r['epoch'] for r in last_results(run)] == [1, 2], name
+
+
+def test_a_start_that_fails_leaves_no_run_folder(tmp_path, monkeypatch):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=4, n_val=2, size=64)
+    (root / 'bad.yaml').write_text('path: .\ntrain: images/train\nval: images/val\nnc: 2.5\n')
+    with pytest.raises(SystemExit, match='bad.yaml:4: nc: 2.5 is not a number of classes'):
+        T.Trainer(T.parse_args(['--weights', '', '--data', str(root / 'bad.yaml'), '--project',
+                                str(tmp_path / 'runs')]))
+    assert list((tmp_path / 'runs').iterdir()) == []
+
+    def ctrl_c(*args, **kwargs):  # Ctrl-C while the dataset is read
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, 'build_datasets', ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        T.Trainer(tiny_args(root, tmp_path / 'runs'))
+    assert e.value.code == 130 and list((tmp_path / 'runs').iterdir()) == []

@@ -28,8 +28,9 @@ from loss import YOLOLoss, check_anchors
 from model import SCALES, STRIDES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
 from plumbing import (box_iou, check_img_size, checkpoint_file, confusion_add, data_spec, device_name, existing_file,
                       half_dtype, key_number, label_path, number, or_exit, pick_run, plot_batch, plot_curve,
-                      plot_labels, plot_results, read_names, run_dir, save_atomic, save_confusion_matrix,
-                      select_device, strip_checkpoint, trim_results, weights_file, write_results, xywh2xyxy)
+                      plot_labels, plot_results, read_names, removed_if_unstarted, run_dir, save_atomic,
+                      save_confusion_matrix, select_device, strip_checkpoint, trim_results, weights_file,
+                      write_results, xywh2xyxy)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -58,9 +59,13 @@ class Trainer:
     train_epoch() then end_epoch() (validate, results.csv, checkpoints, early stopping), and finish()."""
 
     def __init__(self, opt):
-        # The order matters: each step needs the ones before it.
         self.start_processes(opt)  # DDP first: the steps below broadcast, wait on each other
         opt, resumed, self.save_dir = self.from_rank0(pick_run(opt, parse_args) if MAIN else None)
+        with removed_if_unstarted(self.save_dir, MAIN and not resumed):  # a failed start leaves no run folder
+            self.setup(opt, resumed)
+
+    def setup(self, opt, resumed):
+        # The order matters: each step needs the ones before it.
         self.opt = opt
         self.weights_dir = self.save_dir / 'weights'
         self.start_epoch = resumed['epoch'] + 1 if resumed else 0
@@ -344,7 +349,7 @@ class Trainer:
             save_atomic(self.unsaved, last)
         held = f'{last} holds epoch {done}' if done is not None else 'no epoch completed'
         if isinstance(e, KeyboardInterrupt):
-            log(f'\nInterrupted: {held}; continue with --resume')
+            log(f'\nInterrupted: {held}' + ('; continue with --resume' if done is not None else ', nothing to resume'))
             raise SystemExit(130)
         raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
 
@@ -605,7 +610,6 @@ def run_val_only(opt):
         raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
     _, val = build_datasets(opt, data, names, None, train=False, rect=getattr(model, 'fixed', None) is None)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
-    save_dir.mkdir(parents=True, exist_ok=True)
     loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
     validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, verbose=opt.verbose or len(names) < 50,
              dtype=half_dtype(device) if opt.half else None, plots_dir=save_dir)
