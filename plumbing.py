@@ -792,8 +792,8 @@ AMP_TYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'off': None}
 
 def amp_choice(device, amp='auto'):
     """(16-bit type, or None for fp32; why) for --amp auto, fp16, bf16 or off on device. auto is fp16 on CUDA, and
-    bf16 on a CPU only with AMX. Measured with yolov5n: bf16 trains 1.8x faster than fp32 on a CPU with AMX, but
-    slower on one with AVX512-BF16 alone (a 640 forward: 49 ms against 39 ms), so those flags alone do not decide."""
+    bf16 on a CPU only with AMX. Measured with yolov5n: bf16 1.8x faster than fp32 on a CPU with AMX, but slower on
+    one with AVX512-BF16 alone (training 10% slower, a 640 forward 49 ms against 39 ms): that flag does not decide."""
     if amp != 'auto':
         return AMP_TYPES[amp], f'--amp {amp}'
     if device.type == 'cuda':

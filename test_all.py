@@ -1454,7 +1454,8 @@ def test_fp16_with_loss_scaling_on_the_cpu_skips_overflows_and_resumes_its_scale
         assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
         with pytest.raises(SystemExit):
             cut.fit()
-        assert 'AMP: mixed precision training in torch.float16 with loss scaling (--amp fp16)' in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert 'AMP: mixed precision training in torch.float16 with loss scaling (--amp fp16)' in out
         last = tmp_path / 'exp/weights/last.pt'
         saved = torch.load(last, weights_only=True)
         assert saved['epoch'] == 0 and saved['scaler']['scale'] < 2.0 ** 19  # overflows in epoch 0: backed off
@@ -1549,7 +1550,8 @@ def test_the_nosave_copy_is_a_cpu_copy_apart_from_the_live_state():
     state['optimizer']['state'][0]['buf'].add_(1)
     state['optimizer']['groups'][0]['lr'] = 0.2
     assert torch.equal(copy['model']['w'], torch.ones(3)) and not copy['model']['w'].requires_grad
-    assert torch.equal(copy['optimizer']['state'][0]['buf'], torch.zeros(2)) and copy['optimizer']['groups'][0]['lr'] == 0.1
+    assert torch.equal(copy['optimizer']['state'][0]['buf'], torch.zeros(2))
+    assert copy['optimizer']['groups'][0]['lr'] == 0.1
     assert copy['scale'] == (0.33, 0.25) and copy['names'] == ['a'] and copy['epoch'] == 1
     assert all(t.device.type == 'cpu' for t in (copy['model']['w'], copy['optimizer']['state'][0]['buf']))
 
@@ -1563,19 +1565,18 @@ def raise_oom(*args, **kwargs):
 
 @pytest.mark.parametrize('where', ['setup', 'amp check', 'epoch', 'final validation', 'val-only'])
 def test_out_of_memory_anywhere_is_one_clear_message(tmp_path, monkeypatch, where):
-    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
     target = {'setup': (T, 'make_optimizer'), 'amp check': (T, 'amp_agrees'), 'epoch': (T.Trainer, 'train_epoch'),
               'final validation': (T.Trainer, 'finish'), 'val-only': (T, 'validate')}[where]
     monkeypatch.setattr(*target, raise_oom)
-    args = ['--data', str(root), '--names', str(root / 'names.txt'), '--img', '64', '--batch', '8', '--epochs', '1',
-            '--workers', '0', '--noautoanchor', '--amp', 'fp16' if where == 'amp check' else 'off', '--project',
-            str(tmp_path / 'runs')]
     if where == 'val-only':
-        args = ['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(shared(COCO128)), '--img', '64',
-                '--batch', '8', '--project', str(tmp_path / 'runs')]
+        args = ['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(shared(COCO128))]
+    else:
+        root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+        args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--epochs', '1', '--workers',
+                '0', '--noautoanchor', '--amp', 'fp16' if where == 'amp check' else 'off']
     try:
         with pytest.raises(SystemExit, match=r'^ERROR: out of GPU memory at --batch 8 --img 64: lower --batch '
                                              r'\(e.g. --batch 4\) or --img'):
-            T.main(['--weights', ''] + args if where != 'val-only' else args)
+            T.main([*args, '--img', '64', '--batch', '8', '--project', str(tmp_path / 'runs')])
     finally:
         torch.use_deterministic_algorithms(False)
