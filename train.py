@@ -145,7 +145,7 @@ class Trainer:
         scaling = ' with loss scaling' if self.amp == torch.float16 else ''  # bf16 has fp32's range: no scaling
         log(f'AMP: mixed precision training in {self.amp}{scaling} ({why})' if self.amp
             else f'AMP: off, training in fp32 ({why})')
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=bool(scaling))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_fitness = 0.0
         self.best_epoch = 0
         self.updates = 0  # optimizer steps, for the EMA's decay
