@@ -15,8 +15,8 @@ import zipfile
 import torch
 import torch.nn as nn
 
-from plumbing import (COCO_NAMES, OFFICIAL, RELEASE_URL, check_checkpoint, download, read_official, torchvision_nms,
-                      xywh2xyxy)
+from plumbing import (COCO_NAMES, OFFICIAL, RELEASE_URL, check_checkpoint, clock, download, read_official,
+                      torchvision_nms, xywh2xyxy)
 
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
@@ -222,7 +222,8 @@ def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agn
                         multi_label=False, max_det=300, max_nms=30000, max_wh=7680):
     """pred (b, N, 5+nc) decoded model output -> list of (n, 6) tensors [x1, y1, x2, y2, conf, cls] per image.
     conf = objectness * class score; multi_label keeps every class above conf_thres per box (val does)."""
-    time_limit, t0 = 0.5 + 0.05 * pred.shape[0], time.time()
+    time_limit = 0.5 + 0.05 * pred.shape[0]
+    t0 = clock(pred.device)  # from the end of the forward: on a GPU it may still run, and would eat the time limit
     out = [torch.zeros((0, 6), device=pred.device)] * pred.shape[0]
     for i, x in enumerate(pred):
         x = x[x[:, 4] > conf_thres]
@@ -241,7 +242,7 @@ def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agn
         offsets = x[:, 5:6] * (0 if agnostic else max_wh)  # shift each class apart: boxes of two classes never overlap
         keep = torchvision_nms()(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
         out[i] = x[keep]
-        if time.time() - t0 > time_limit:
+        if time.perf_counter() - t0 > time_limit:
             print(f'WARNING: NMS time limit {time_limit:.3f}s exceeded', file=sys.stderr)
             break
     return out

@@ -1252,17 +1252,17 @@ def test_results_png_follows_results_csv(tmp_path):
 KILLER = '''import os, signal, sys
 sys.path.insert(0, {root!r})
 import train
-real = train.ema_update
+real = train.Trainer.optimizer_step
 
 
-def ema_update(ema, model, updates):  # rank 1 kills itself once, in the middle of epoch 2 (2 steps per epoch)
-    if updates == 5 and train.RANK == 1 and not os.path.exists({marker!r}):
+def optimizer_step(self):  # rank 1 kills itself once, in the middle of epoch 2 (2 steps per epoch)
+    real(self)
+    if self.updates == 5 and train.RANK == 1 and not os.path.exists({marker!r}):
         open({marker!r}, 'w').close()
         os.kill(os.getpid(), signal.SIGKILL)
-    real(ema, model, updates)
 
 
-train.ema_update = ema_update
+train.Trainer.optimizer_step = optimizer_step
 train.Trainer(train.parse_args()).fit()
 '''
 
@@ -2054,3 +2054,179 @@ def test_a_start_that_fails_leaves_no_run_folder(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         T.Trainer(tiny_args(root, tmp_path / 'runs'))
     assert e.value.code == 130 and list((tmp_path / 'runs').iterdir()) == []
+
+
+# ---------- hardware paths: precision by measurement, the CUDA code run on the CPU, GPU runs that do not break (issue 19)
+import time  # noqa: E402
+import types  # noqa: E402
+from datetime import timedelta  # noqa: E402
+from functools import partial  # noqa: E402
+
+
+def fake_gpus(monkeypatch, n):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: n)
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+
+
+def test_amp_auto_picks_16_bits_only_where_they_are_faster(monkeypatch):
+    cpu, cuda = torch.device('cpu'), torch.device('cuda', 0)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: True)  # bf16 instructions, no AMX: slower
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
+    assert P.amp_choice(cpu) == (None, 'auto: this CPU has no AMX, where bf16 is slower than fp32')
+    assert P.half_dtype(cpu) is None and P.amp_choice(cuda) == (torch.float16, 'auto: CUDA')
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: True)
+    assert P.amp_choice(cpu) == (torch.bfloat16, 'auto: this CPU has AMX') and P.half_dtype(cpu) == torch.bfloat16
+    assert P.amp_choice(cpu, 'fp16') == (torch.float16, '--amp fp16') and P.amp_choice(cuda, 'off')[0] is None
+    assert [T.parse_args(a).amp for a in ([], ['--no-amp'], ['--amp', 'bf16'])] == ['auto', 'off', 'bf16']
+
+
+def test_fp16_with_loss_scaling_on_the_cpu_skips_overflows_and_resumes_its_scale(tmp_path, monkeypatch, capsys):
+    """--amp fp16 on the CPU runs CUDA's path: fp16 autocast and GradScaler. Its first scale is so high that the first
+    steps overflow: they are skipped, the scale backs off, and a resumed run continues from that scale."""
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    monkeypatch.setattr(torch.amp, 'GradScaler', partial(torch.amp.GradScaler, init_scale=2.0 ** 19))
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', lambda *a, **k: norms.append(float(clip(*a, **k))))
+    real = T.set_epoch
+
+    def interrupt_at_epoch_1(loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        real(loader, epoch)
+    monkeypatch.setattr(T, 'set_epoch', interrupt_at_epoch_1)
+    try:
+        cut = T.Trainer(T.parse_args(['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'),
+                                      '--img', '64', '--batch', '4', '--epochs', '2', '--workers', '0', '--noval',
+                                      '--noautoanchor', '--hyp', 'nbs=4', '--amp', 'fp16', '--project', str(tmp_path)]))
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+        with pytest.raises(SystemExit):
+            cut.fit()
+        out = capsys.readouterr().out
+        assert 'AMP: mixed precision training in torch.float16 with loss scaling (--amp fp16)' in out
+        last = tmp_path / 'exp/weights/last.pt'
+        saved = torch.load(last, weights_only=True)
+        assert saved['epoch'] == 0 and saved['scaler']['scale'] < 2.0 ** 19  # overflows in epoch 0: backed off
+        assert all(v.isfinite().all() for v in saved['model'].values())  # their steps skipped
+        monkeypatch.setattr(T, 'set_epoch', real)
+        resumed = T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0']))
+        assert resumed.amp == torch.float16 and resumed.scaler.state_dict() == saved['scaler']
+        resumed.fit()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert len(norms) == 4 and any(not np.isfinite(n) for n in norms) and np.isfinite(norms[-1])
+    assert max(n for n in norms if np.isfinite(n)) < 1e3  # clipped unscaled: the scaled gradients are 2**16 larger
+    assert [r['epoch'] for r in last_results(tmp_path / 'exp')] == [0, 1]
+
+
+def test_each_torchrun_process_takes_its_own_gpu_of_the_list(monkeypatch):
+    fake_gpus(monkeypatch, 4)
+    cuda = lambda i: torch.device('cuda', i)
+    assert P.select_device('2,3', local_rank=0) == cuda(2) and P.select_device('2,3', local_rank=1) == cuda(3)
+    assert P.select_device('', local_rank=3) == cuda(3) and P.select_device('cuda:1') == cuda(1)
+    assert P.select_device('1,2') == cuda(1)  # one process: the first (train.py starts one per GPU first)
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    assert P.select_device('2,3') == cuda(3)
+    with pytest.raises(ValueError, match='2 GPU.* for more processes .*LOCAL_RANK 2.*--nproc_per_node 2'):
+        P.select_device('0,1', local_rank=2)
+
+
+def test_start_processes_sets_the_gpu_and_waits_3_hours(monkeypatch):
+    fake_gpus(monkeypatch, 4)
+    current, calls = [], {}
+    monkeypatch.setattr(torch.cuda, 'set_device', current.append)
+    trainer = types.SimpleNamespace()
+    T.Trainer.start_processes(trainer, types.SimpleNamespace(device='1'))  # one process: GPU 1 made the current one
+    assert not trainer.ddp and trainer.device == current[-1] == torch.device('cuda', 1)
+    monkeypatch.setattr(T, 'LOCAL_RANK', 1)  # under torchrun, the second process on this machine
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(T.dist, 'rendezvous', lambda url, **kw: iter([(calls.setdefault('store', kw), 1, 2)]))
+    monkeypatch.setattr(T.dist, 'PrefixStore', lambda prefix, store: store)
+    monkeypatch.setattr(T.dist, 'init_process_group', lambda backend, **kw: calls.update(backend=backend, **kw))
+    T.Trainer.start_processes(trainer, types.SimpleNamespace(device='2,3'))
+    assert trainer.ddp and trainer.device == current[-1] == torch.device('cuda', 3)
+    assert calls['backend'] == 'nccl' and calls['timeout'] == calls['store']['timeout'] == timedelta(hours=3)
+
+
+def test_one_process_with_several_gpus_runs_the_same_command_under_torchrun(tmp_path, monkeypatch, capsys):
+    fake_gpus(monkeypatch, 2)
+    started = []
+    monkeypatch.setattr(T.os, 'execv', lambda path, cmd: started.append((path, cmd)) or sys.exit(0))
+    monkeypatch.setattr(T, 'Trainer', lambda opt: started.append(opt.device) or types.SimpleNamespace(fit=lambda: 0))
+    argv = ['--data', str(tmp_path), '--device', '0,1', '--batch', '16', '--epochs', '3']
+    with pytest.raises(SystemExit):
+        T.main(argv)
+    assert started == [(sys.executable, [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                                         '--nproc_per_node', '2', T.__file__, *argv])]
+    assert '2 GPUs, one process each (DDP)' in capsys.readouterr().out
+    T.main(['--data', str(tmp_path), '--device', '1'])  # one GPU: this process trains
+    assert started[1:] == ['1']
+    for bad, why in ((['--batch', '15'], 'not a multiple of the number of processes (2)'),
+                     (['--val-only'], 'argument --val-only: one process only')):
+        with pytest.raises(SystemExit) as e:
+            T.main(['--device', '0,1', *bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_nms_time_limit_starts_when_the_gpu_has_finished(monkeypatch):
+    waited = []
+
+    def slow_gpu(device):  # the forward still runs on the GPU for a second, more than the time limit of 8 images
+        waited.append(device)
+        time.sleep(1.0)
+        return time.perf_counter()
+    monkeypatch.setattr(M, 'clock', slow_gpu)
+    pred = torch.zeros(8, 3, 7)
+    pred[:, :, :4] = torch.tensor([[20.0, 20, 10, 10], [60, 60, 10, 10], [100, 100, 10, 10]])
+    pred[:, :, 4:] = 0.9
+    out = M.non_max_suppression(pred)
+    assert waited == [pred.device] and [len(o) for o in out] == [3] * 8  # no image left without its boxes
+    synced = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device: synced.append(device) or time.sleep(0.2))
+    t = time.perf_counter()
+    assert P.clock(torch.device('cuda', 1)) - t >= 0.2 and synced == [torch.device('cuda', 1)]
+    assert P.clock(torch.device('cpu')) - t < 0.2 + 0.1 and len(synced) == 1
+
+
+def test_the_nosave_copy_is_a_cpu_copy_apart_from_the_live_state():
+    w = torch.nn.Parameter(torch.ones(3))
+    state = dict(epoch=1, model={'w': w}, optimizer=dict(state={0: dict(buf=torch.zeros(2))}, groups=[dict(lr=0.1)]),
+                 scale=(0.33, 0.25), names=['a'])
+    copy = P.to_cpu(state)
+    with torch.no_grad():
+        w.add_(1)
+    state['optimizer']['state'][0]['buf'].add_(1)
+    state['optimizer']['groups'][0]['lr'] = 0.2
+    assert torch.equal(copy['model']['w'], torch.ones(3)) and not copy['model']['w'].requires_grad
+    assert torch.equal(copy['optimizer']['state'][0]['buf'], torch.zeros(2))
+    assert copy['optimizer']['groups'][0]['lr'] == 0.1
+    assert copy['scale'] == (0.33, 0.25) and copy['names'] == ['a'] and copy['epoch'] == 1
+    assert all(t.device.type == 'cpu' for t in (copy['model']['w'], copy['optimizer']['state'][0]['buf']))
+
+
+OOM = torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
+
+
+def raise_oom(*args, **kwargs):
+    raise OOM
+
+
+@pytest.mark.parametrize('where', ['setup', 'amp check', 'epoch', 'final validation', 'val-only'])
+def test_out_of_memory_anywhere_is_one_clear_message(tmp_path, monkeypatch, where):
+    target = {'setup': (T, 'make_optimizer'), 'amp check': (T, 'amp_agrees'), 'epoch': (T.Trainer, 'train_epoch'),
+              'final validation': (T.Trainer, 'finish'), 'val-only': (T, 'validate')}[where]
+    monkeypatch.setattr(*target, raise_oom)
+    if where == 'val-only':
+        args = ['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(shared(COCO128))]
+    else:
+        root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+        args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--epochs', '1', '--workers',
+                '0', '--noautoanchor', '--amp', 'fp16' if where == 'amp check' else 'off']
+    try:
+        with pytest.raises(SystemExit, match=r'^ERROR: out of GPU memory at --batch 8 --img 64: lower --batch '
+                                             r'\(e.g. --batch 4\) or --img'):
+            T.main([*args, '--img', '64', '--batch', '8', '--project', str(tmp_path / 'runs')])
+    finally:
+        torch.use_deterministic_algorithms(False)

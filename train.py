@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from copy import deepcopy
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -26,11 +26,11 @@ from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_t
 from export import load_any
 from loss import YOLOLoss, check_anchors
 from model import SCALES, STRIDES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
-from plumbing import (box_iou, check_img_size, checkpoint_file, confusion_add, data_spec, device_name, existing_file,
-                      half_dtype, key_number, label_path, number, or_exit, pick_run, plot_batch, plot_curve,
-                      plot_labels, plot_results, read_names, removed_if_unstarted, run_dir, save_atomic,
-                      save_confusion_matrix, select_device, strip_checkpoint, trim_results, weights_file,
-                      write_results, xywh2xyxy)
+from plumbing import (AMP_TYPES, amp_choice, box_iou, check_img_size, checkpoint_file, clock, confusion_add,
+                      data_spec, device_name, existing_file, half_dtype, key_number, label_path, number, or_exit,
+                      pick_run, plot_batch, plot_curve, plot_labels, plot_results, read_names, removed_if_unstarted,
+                      run_dir, save_atomic, save_confusion_matrix, select_device, strip_checkpoint, to_cpu,
+                      trim_results, weights_file, write_results, xywh2xyxy)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
@@ -72,6 +72,10 @@ class Trainer:
         if MAIN:  # rows of epochs that run again: a crash came between a row and its checkpoint
             trim_results(self.save_dir / 'results.csv', self.start_epoch)
         torch.manual_seed(opt.seed + max(RANK, 0))
+        # Repeatable on GPUs too, as the original: deterministic kernels where torch has them (a warning where not);
+        # cuBLAS needs a fixed workspace for it, set before its first use
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True, warn_only=True)
         self.hyp = dict(HYP, **dict(opt.hyp))
         self.hyp['label_smoothing'] = opt.label_smoothing or self.hyp['label_smoothing']
         model = self.setup_model_and_data(resumed)  # the model's classes come from the data
@@ -85,9 +89,11 @@ class Trainer:
             log('Using SyncBatchNorm')
         self.raw = model  # the model itself; self.model is what trains: DDP's wrapper, which syncs the gradients
         self.model = model
-        if self.ddp:  # DDP copies rank 0's weights and buffers (anchors included) to every process
+        if self.ddp:  # DDP copies rank 0's weights and buffers (anchors included) to every process. static_graph:
+            # every step uses the same parameters (frozen ones never), and a skipped step skips its backward on
+            # every process (finite()), so DDP plans its all-reduces once
             self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[LOCAL_RANK] if self.device.type == 'cuda' else None)
+                model, device_ids=[self.device] if self.device.type == 'cuda' else None, static_graph=True)
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
         self.saved = resumed['epoch'] if resumed else None  # the epoch that last.pt holds
         self.unsaved = None  # with --nosave: the state of the last epoch, written only if the run stops early
@@ -97,16 +103,16 @@ class Trainer:
     def start_processes(self, opt):
         """Under torchrun: one process per GPU (NCCL), or per CPU share (gloo)."""
         self.ddp = LOCAL_RANK != -1
-        self.device = select_device(opt.device)
+        self.device = select_device(opt.device)  # under torchrun, this process's GPU of --device
+        if self.device.type == 'cuda':  # else pinned memory makes a context on GPU 0 too
+            torch.cuda.set_device(self.device)
         if not self.ddp:
             return
-        if self.device.type == 'cuda':
-            self.device = torch.device('cuda', LOCAL_RANK)
-            torch.cuda.set_device(self.device)
-        store, rank, world = next(dist.rendezvous('env://'))
+        timeout = timedelta(hours=3)  # as the original: the others wait while rank 0 downloads, validates or saves
+        store, rank, world = next(dist.rendezvous('env://', timeout=timeout))
         store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)  # stale keys hang
         backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
     def setup_model_and_data(self, resumed):
         """The model (--freeze applied), the datasets and their loaders; returns the model."""
@@ -136,19 +142,23 @@ class Trainer:
         self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)  # at least 100: tiny datasets warm up too
         decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
-        self.ema = deepcopy(model).eval().requires_grad_(False)
-        self.amp = None if opt.no_amp else half_dtype(self.device)  # fp16 on CUDA, bf16 on CPUs that have it
-        if self.amp and not amp_agrees(self.ema, self.train_set.files[0], opt.img, self.amp):
+        self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # only rank 0 validates and saves
+        self.amp, why = amp_choice(self.device, opt.amp)
+        if MAIN and self.amp and not amp_agrees(self.ema, self.train_set.files[0], opt.img, self.amp):
             log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
-            self.amp = None
-        log(f'AMP: mixed precision training in {self.amp}' if self.amp else 'AMP: off, training in fp32')
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp == torch.float16)  # bf16 needs no loss scaling
+            self.amp, why = None, 'the check above'
+        self.amp, why = self.from_rank0((self.amp, why))  # all processes as rank 0, whose anchors DDP will share
+        scaling = ' with loss scaling' if self.amp == torch.float16 else ''  # bf16 has fp32's range: no scaling
+        log(f'AMP: mixed precision training in {self.amp}{scaling} ({why})' if self.amp
+            else f'AMP: off, training in fp32 ({why})')
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_fitness = 0.0
         self.best_epoch = 0
         self.updates = 0  # optimizer steps, for the EMA's decay
         self.last_opt_step = -1  # the iteration of the last optimizer step, for gradient accumulation
         if resumed:
-            self.ema.load_state_dict(resumed['ema'])
+            if MAIN:
+                self.ema.load_state_dict(resumed['ema'])
             self.optimizer.load_state_dict(resumed['optimizer'])
             if self.scaler.is_enabled() and resumed.get('scaler'):
                 self.scaler.load_state_dict(resumed['scaler'])
@@ -256,7 +266,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad()
         self.updates += 1
-        ema_update(self.ema, self.raw, self.updates)
+        if MAIN:
+            ema_update(self.ema, self.raw, self.updates)
 
     def end_epoch(self, epoch, mloss):
         """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early.
@@ -285,8 +296,8 @@ class Trainer:
                 save_atomic(state, self.weights_dir / 'best.pt')
             self.saved = epoch
             self.unsaved = None
-        else:  # --nosave: a copy (the live tensors move on), written only if the run stops before its end
-            self.unsaved = deepcopy(state)
+        else:  # --nosave: a copy (the live tensors move on) off the GPU, written only if the run stops before its end
+            self.unsaved = to_cpu(state)
         if stop:
             log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
         return stop
@@ -311,7 +322,7 @@ class Trainer:
         model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
         model.load_state_dict(read_checkpoint(best)[1])
         coco = '/coco/images/val2017/' in str(self.val_loader.dataset.files[0]).replace(os.sep, '/')
-        half = torch.float16 if self.amp == torch.float16 else None  # fp16 on CUDA; fp32 on CPU
+        half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA; fp32 on CPU
         return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6,
                         loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
 
@@ -327,11 +338,8 @@ class Trainer:
                 stop = self.end_epoch(epoch, mloss) if MAIN else False
                 if self.from_rank0(stop):  # every process must leave the loop together
                     break
-        except (KeyboardInterrupt, FloatingPointError) as e:
+        except (KeyboardInterrupt, FloatingPointError, torch.OutOfMemoryError) as e:
             self.stopped(e)
-        except torch.OutOfMemoryError:
-            raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
-                             f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
         finally:
             if self.ddp:
                 dist.destroy_process_group()
@@ -351,6 +359,8 @@ class Trainer:
         if isinstance(e, KeyboardInterrupt):
             log(f'\nInterrupted: {held}' + ('; continue with --resume' if done is not None else ', nothing to resume'))
             raise SystemExit(130)
+        if isinstance(e, torch.OutOfMemoryError):
+            raise e  # main() has the message
         raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
 
 
@@ -516,12 +526,12 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         t0 = time.perf_counter()
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
-        t1 = time.perf_counter()
+        t1 = clock(device)
         preds = []
         raws = []
         t_nms = 0.0
         for pred, raw in predict(model, imgs, dtype):  # NMS chunk by chunk: only a chunk's outputs are ever held
-            t = time.perf_counter()
+            t = clock(device)
             preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True, max_det=max_det)
             t_nms += time.perf_counter() - t
             if loss_fn:
@@ -583,18 +593,21 @@ def parse_args(argv=None):
     p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
     p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement before stopping')
     p.add_argument('--seed', type=number(int, 0), default=0)
-    p.add_argument('--no-amp', action='store_true', help='train in fp32 (default: fp16 on CUDA, bf16 on CPUs with it)')
+    p.add_argument('--amp', choices=['auto', *AMP_TYPES], default='auto',
+                   help='mixed precision (auto: fp16 on CUDA, bf16 on CPUs with AMX, where it is faster, else off)')
+    p.add_argument('--no-amp', dest='amp', action='store_const', const='off', help='--amp off: train in fp32')
     p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
-    p.add_argument('--half', action='store_true', help='--val-only in 16 bits: fp16 on CUDA, bf16 on CPUs with it')
+    p.add_argument('--half', action='store_true', help='--val-only in 16 bits where faster, as --amp auto')
     p.add_argument('--verbose', action='store_true', help='per-class rows in the validation table')
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
     p.add_argument('--max-det', type=number(int, 1), default=300)
     opt = p.parse_args(argv)
     opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
-    if opt.batch % WORLD_SIZE:
-        p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({WORLD_SIZE})')
-    if WORLD_SIZE > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
+    processes = WORLD_SIZE if WORLD_SIZE > 1 else len(opt.device.split(','))  # --device 0,1: one per GPU
+    if opt.batch % processes:
+        p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({processes})')
+    if processes > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
         p.error(f'argument {"--rect" if opt.rect else "--val-only"}: one process only')
     opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
     return opt
@@ -617,9 +630,22 @@ def run_val_only(opt):
 
 
 
+def main(argv=None):
+    """The command line, with one message for running out of GPU memory anywhere: setup, AMP check, DDP, the epochs,
+    the final validation, --val-only."""
+    argv = sys.argv[1:] if argv is None else argv
+    opt = parse_args(argv)
+    gpus = len(opt.device.split(','))
+    if gpus > 1 and LOCAL_RANK == -1:  # the same command under torchrun (on a free port), a process per GPU (DDP)
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(gpus), __file__]
+        log(f'{gpus} GPUs, one process each (DDP): {" ".join(cmd + argv)}')
+        os.execv(sys.executable, cmd + argv)
+    try:
+        return run_val_only(opt) if opt.val_only else Trainer(opt).fit()
+    except torch.OutOfMemoryError:
+        raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
+                         f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs') from None
+
+
 if __name__ == '__main__':
-    args = parse_args()
-    if args.val_only:
-        run_val_only(args)
-    else:
-        Trainer(args).fit()
+    main()
