@@ -456,25 +456,31 @@ def download_zip(url, dest):
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
-def random_perspective(img, labels, rng, hyp, border=(0, 0)):
-    """One random affine (or perspective) warp within hyp's ranges; labels are pixel xyxy, mapped by their 4 corners."""
-    height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
+def random_matrix(rng, hyp, shape, size):
+    """A random affine (or perspective) 3x3 matrix within hyp's ranges, from an image of shape (h, w) to one of size
+    (w, h), and its scale."""
     C, P, R, S, T = (np.eye(3) for _ in range(5))  # centre, perspective, rotation and scale, shear, translation
-    C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2  # move the centre to the origin
+    C[0, 2], C[1, 2] = -shape[1] / 2, -shape[0] / 2  # move the centre to the origin
     P[2, 0], P[2, 1] = rng.uniform(-hyp['perspective'], hyp['perspective'], 2)
     s = rng.uniform(1 - hyp['scale'], 1 + hyp['scale'])
     R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-hyp['degrees'], hyp['degrees']), scale=s)
     S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-hyp['shear'], hyp['shear'], 2)))
-    T[0, 2], T[1, 2] = rng.uniform(0.5 - hyp['translate'], 0.5 + hyp['translate'], 2) * (width, height)  # re-centred
-    M = T @ S @ R @ P @ C
-    if hyp['perspective']:
-        img = cv2.warpPerspective(img, M, (width, height), borderValue=(114, 114, 114))
-    elif border[0] or border[1] or (M != np.eye(3)).any():
-        img = cv2.warpAffine(img, M[:2], (width, height), borderValue=(114, 114, 114))
+    T[0, 2], T[1, 2] = rng.uniform(0.5 - hyp['translate'], 0.5 + hyp['translate'], 2) * size  # re-centred
+    return T @ S @ R @ P @ C, s
+
+
+def warp(img, labels, M, s, size, origin=(0, 0)):
+    """img, the part from origin (x, y) on of an image that M maps to size (w, h), warped there; its pixel xyxy labels
+    (in the whole image) mapped by their 4 corners, keeping those box_candidates accepts (s: M's scale)."""
+    A = M @ [[1, 0, origin[0]], [0, 1, origin[1]], [0, 0, 1]]
+    if M[2, :2].any():
+        img = cv2.warpPerspective(img, A, size, borderValue=(114, 114, 114))
+    elif (M != np.eye(3)).any():
+        img = cv2.warpAffine(img, A[:2], size, borderValue=(114, 114, 114))
     corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # the 4 corners of each box
     xy = np.hstack((corners, np.ones((len(corners), 1)))) @ M.T
-    xy = (xy[:, :2] / xy[:, 2:3] if hyp['perspective'] else xy[:, :2]).reshape(-1, 4, 2)  # (box, corner, x y)
-    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, (width, height, width, height))
+    xy = (xy[:, :2] / xy[:, 2:3]).reshape(-1, 4, 2)  # (box, corner, x y)
+    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, size * 2)
     keep = box_candidates(labels[:, 1:5] * s, new)
     labels = labels[keep]
     labels[:, 1:5] = new[keep]
@@ -490,14 +496,15 @@ def box_candidates(before, after, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16)
 
 
 def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
-    """Random gains on hue, saturation and value through a look-up table. Returns the image in RGB, the model's
-    order: from HSV straight to RGB saves a pass."""
+    """Random gains on hue, saturation and value through look-up tables. BGR in, RGB (the model's order) out: from
+    HSV straight to RGB saves a pass. Gains of 0 draw nothing and only change the order."""
     if not (hgain or sgain or vgain):
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
     x = np.arange(256, dtype=r.dtype)
-    lut = np.stack(((x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)), 1)  # OpenCV's hue: 0-179
-    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut.astype(np.uint8)[None]), cv2.COLOR_HSV2RGB)
+    luts = (x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)  # OpenCV's hue: 0-179
+    hsv = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))  # a table a plane: one 3-channel table is 2x slower
+    return cv2.cvtColor(cv2.merge([cv2.LUT(c, t.astype(np.uint8)) for c, t in zip(hsv, luts)]), cv2.COLOR_HSV2RGB)
 
 
 def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
@@ -566,8 +573,9 @@ class YOLODataset(torch.utils.data.Dataset):
             shapes = [[a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
                       for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
-        r = img_size / self.sizes.max(1)
-        need, free = 3 * (np.ceil(self.sizes[:, 0] * r) * np.ceil(self.sizes[:, 1] * r)).sum(), available_memory()
+        self.shapes = np.ceil(self.sizes * (img_size / self.sizes.max(1, keepdims=True))).astype(int)  # as loaded
+        self.reduce = 2 ** np.log2(self.sizes.max(1) / img_size).clip(0, 3).astype(int)  # 1, 2, 4, 8: see load_image
+        need, free = 3 * self.shapes.prod(1).sum(), available_memory()
         if cache == 'ram' and need > (free or math.inf):  # refuse, with the figures, before filling memory for minutes
             raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
                              f'{img_size}, but {free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
@@ -587,7 +595,7 @@ class YOLODataset(torch.utils.data.Dataset):
         decode brings pixels the resize averages away (the original decodes in full; pixels differ by ~1 grey level)."""
         if self.ram[i] is not None:
             return self.ram[i]
-        f = max(k for k in (1, 2, 4, 8) if k * self.img_size <= self.sizes[i].max() or k == 1) if self.augment else 1
+        f = self.reduce[i] if self.augment else 1
         img = cv2.imread(self.files[i], getattr(cv2, f'IMREAD_REDUCED_COLOR_{f}') if f > 1 else cv2.IMREAD_COLOR)
         if img is None:
             return None, None
@@ -607,26 +615,34 @@ class YOLODataset(torch.utils.data.Dataset):
         return lb
 
     def load_mosaic(self, index, rng):
-        """Four images on a 2s x 2s canvas around a random centre, then a random warp back to s x s."""
+        """Four images around a random centre of a 2s x 2s canvas, then a random warp back to s x s. Only the part of
+        the canvas that the warp reads is made, and an image outside it is not decoded (only its labels are needed)."""
         s = self.img_size
         xc, yc = (int(v) for v in rng.uniform(s // 2, 2 * s - s // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
-        canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+        M, scale = random_matrix(rng, self.hyp, (2 * s, 2 * s), (s, s))
+        corners = np.linalg.inv(M) @ [[0, s, 0, s], [0, 0, s, s], [1, 1, 1, 1]]  # of the output, on the canvas
+        x0, y0 = (np.floor(corners[:2].min(1)).astype(int) - 1).clip(0, 2 * s - 1)  # + 1 px that interpolation reads
+        x1, y1 = (np.ceil(corners[:2].max(1)).astype(int) + 2).clip((x0 + 1, y0 + 1), 2 * s)
+        if self.hyp['perspective']:  # (where a perspective sends the corners is not a bound)
+            x0, y0, x1, y1 = 0, 0, 2 * s, 2 * s
+        canvas = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
+        corner = lambda k, w, h: (xc - w if k % 2 == 0 else xc, yc - h if k < 2 else yc)  # image k's top left
         labels = []
-        for k, i in enumerate(indices):
-            img, _, i = self.load_checked(i, rng)
-            h, w = img.shape[:2]
-            # tile k on the canvas (a): left of the centre for k = 0, 2, above it for k = 0, 1, cut at the edges;
-            # and the part of the image that fills it (b): what touches the centre
-            x1a, x2a = (max(xc - w, 0), xc) if k % 2 == 0 else (xc, min(xc + w, 2 * s))
-            y1a, y2a = (max(yc - h, 0), yc) if k < 2 else (yc, min(yc + h, 2 * s))
-            x1b, y1b = (w - (x2a - x1a)) * (k % 2 == 0), (h - (y2a - y1a)) * (k < 2)
-            canvas[y1a:y2a, x1a:x2a] = img[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
-            labels.append(self.pixel_labels(i, w, h, x1a - x1b, y1a - y1b))
+        for k, i in enumerate(indices):  # k = 0, 1 above the centre, 0, 2 left of it
+            w, h = self.shapes[i]
+            x, y = corner(k, w, h)
+            if x < x1 and y < y1 and x + w > x0 and y + h > y0:  # in view
+                img, _, i = self.load_checked(i, rng)
+                h, w = img.shape[:2]  # (a substitute for an image that stopped decoding has its own)
+                x, y = corner(k, w, h)
+                a, b = (max(x, x0), max(y, y0)), (min(x + w, x1), min(y + h, y1))  # its part in view
+                canvas[a[1] - y0:b[1] - y0, a[0] - x0:b[0] - x0] = img[a[1] - y:b[1] - y, a[0] - x:b[0] - x]
+            labels.append(self.pixel_labels(i, w, h, x, y))
         labels = np.concatenate(labels, 0)
         labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
-        return random_perspective(canvas, labels, rng, self.hyp, border=(-s // 2, -s // 2))
+        return warp(canvas, labels, M, scale, (s, s), (x0, y0))
 
     def load_checked(self, i, rng):
         """load_image, but a file that fails to decode is reported once and replaced by another image:
@@ -657,11 +673,13 @@ class YOLODataset(torch.utils.data.Dataset):
             to_orig = (h0, w0), (h / h0 * ratio, pad)  # what scale_boxes needs to map boxes back to the original
             labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
             if self.augment:
-                img, labels = random_perspective(img, labels, rng, hyp)
+                img, labels = warp(img, labels, *random_matrix(rng, hyp, img.shape, img.shape[1::-1]), img.shape[1::-1])
         if self.augment:
             if rng.random() < hyp['crop']:
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
-            img = augment_hsv(photometric(img, rng, hyp), rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v'])  # now RGB
+            img = photometric(img, rng, hyp)
+        # the one change of colour order: BGR (OpenCV's) up to here, RGB (the model's) from here on
+        img = augment_hsv(img, rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v']) if self.augment else img[:, :, ::-1]
         h, w = img.shape[:2]
         labels = labels.astype(np.float32)
         labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
@@ -671,8 +689,8 @@ class YOLODataset(torch.utils.data.Dataset):
                 img, labels[:, 2] = cv2.flip(img, 0), 1 - labels[:, 2]
             if rng.random() < hyp['fliplr']:
                 img, labels[:, 1] = cv2.flip(img, 1), 1 - labels[:, 1]
-        labels = np.pad(labels, ((0, 0), (1, 0)))  # column 0: the image's index in its batch, set by collate
-        return to_tensor(img, rgb=self.augment), torch.from_numpy(labels), self.files[index], to_orig
+        labels = np.hstack((np.zeros((len(labels), 1), np.float32), labels))  # column 0: its image, set by collate
+        return to_tensor(img, rgb=True), torch.from_numpy(labels), self.files[index], to_orig
 
 
 def collate(batch):
