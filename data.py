@@ -82,10 +82,10 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     return img, r, (dw, dh)
 
 
-def to_tensor(img, rgb=False):
-    """An image (h, w, 3), BGR as OpenCV reads it (or RGB already) -> the model's (3, h, w) RGB uint8 tensor. Its
-    bytes stay in (h, w, 3) order: channels-last, the layout that convolutions run fastest in, and no transpose."""
-    return torch.from_numpy(np.ascontiguousarray(img) if rgb else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+def to_tensor(img):
+    """An image (h, w, 3), BGR as OpenCV reads it -> the model's (3, h, w) RGB uint8 tensor. Its bytes stay in (h, w, 3)
+    order: channels-last, the layout that convolutions run fastest in, and no transpose."""
+    return torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------- files and labels
@@ -472,11 +472,11 @@ def random_matrix(rng, hyp, shape, size):
 def warp(img, labels, M, s, size, origin=(0, 0)):
     """img, the part from origin (x, y) on of an image that M maps to size (w, h), warped there; its pixel xyxy labels
     (in the whole image) mapped by their 4 corners, keeping those box_candidates accepts (s: M's scale)."""
-    A = M @ [[1, 0, origin[0]], [0, 1, origin[1]], [0, 0, 1]]
-    if M[2, :2].any():
-        img = cv2.warpPerspective(img, A, size, borderValue=(114, 114, 114))
-    elif (M != np.eye(3)).any():
-        img = cv2.warpAffine(img, A[:2], size, borderValue=(114, 114, 114))
+    if M[2, :2].any():  # (only with origin 0)
+        img = cv2.warpPerspective(img, M, size, borderValue=(114, 114, 114))
+    elif (M != np.eye(3)).any():  # M's inverse moved by whole pixels: bit for bit the warp of the whole image
+        iM = cv2.invertAffineTransform(M[:2]) - ((0, 0, origin[0]), (0, 0, origin[1]))
+        img = cv2.warpAffine(img, iM, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=(114, 114, 114))
     corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # the 4 corners of each box
     xy = np.hstack((corners, np.ones((len(corners), 1)))) @ M.T
     xy = (xy[:, :2] / xy[:, 2:3]).reshape(-1, 4, 2)  # (box, corner, x y)
@@ -496,15 +496,14 @@ def box_candidates(before, after, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16)
 
 
 def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
-    """Random gains on hue, saturation and value through look-up tables. BGR in, RGB (the model's order) out: from
-    HSV straight to RGB saves a pass. Gains of 0 draw nothing and only change the order."""
+    """Random gains on hue, saturation and value through a look-up table. BGR in, RGB (the model's order) out: the
+    loader's one change of colour order, on the way back from HSV (gains of 0 draw nothing and only change it)."""
     if not (hgain or sgain or vgain):
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
     x = np.arange(256, dtype=r.dtype)
-    luts = (x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)  # OpenCV's hue: 0-179
-    hsv = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))  # a table a plane: one 3-channel table is 2x slower
-    return cv2.cvtColor(cv2.merge([cv2.LUT(c, t.astype(np.uint8)) for c, t in zip(hsv, luts)]), cv2.COLOR_HSV2RGB)
+    lut = np.stack(((x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)), 1)  # OpenCV's hue: 0-179
+    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut.astype(np.uint8)[None]), cv2.COLOR_HSV2RGB)
 
 
 def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
@@ -574,7 +573,6 @@ class YOLODataset(torch.utils.data.Dataset):
                       for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
         self.shapes = np.ceil(self.sizes * (img_size / self.sizes.max(1, keepdims=True))).astype(int)  # as loaded
-        self.reduce = 2 ** np.log2(self.sizes.max(1) / img_size).clip(0, 3).astype(int)  # 1, 2, 4, 8: see load_image
         need, free = 3 * self.shapes.prod(1).sum(), available_memory()
         if cache == 'ram' and need > (free or math.inf):  # refuse, with the figures, before filling memory for minutes
             raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
@@ -595,7 +593,7 @@ class YOLODataset(torch.utils.data.Dataset):
         decode brings pixels the resize averages away (the original decodes in full; pixels differ by ~1 grey level)."""
         if self.ram[i] is not None:
             return self.ram[i]
-        f = self.reduce[i] if self.augment else 1
+        f = max(k for k in (1, 2, 4, 8) if k * self.img_size <= self.sizes[i].max() or k == 1) if self.augment else 1
         img = cv2.imread(self.files[i], getattr(cv2, f'IMREAD_REDUCED_COLOR_{f}') if f > 1 else cv2.IMREAD_COLOR)
         if img is None:
             return None, None
@@ -608,7 +606,7 @@ class YOLODataset(torch.utils.data.Dataset):
             self.ram[i] = img, (h0, w0)
         return img, (h0, w0)
 
-    def pixel_labels(self, i, w, h, padw=0.0, padh=0.0):
+    def pixel_labels(self, i, w, h, padw, padh):
         """Labels of image i as class + pixel xyxy in an image of size (w, h) placed at (padw, padh)."""
         lb = self.labels[i].copy()
         lb[:, 1:] = xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (padw, padh, padw, padh)
@@ -622,11 +620,11 @@ class YOLODataset(torch.utils.data.Dataset):
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
         M, scale = random_matrix(rng, self.hyp, (2 * s, 2 * s), (s, s))
-        corners = np.linalg.inv(M) @ [[0, s, 0, s], [0, 0, s, s], [1, 1, 1, 1]]  # of the output, on the canvas
-        x0, y0 = (np.floor(corners[:2].min(1)).astype(int) - 1).clip(0, 2 * s - 1)  # + 1 px that interpolation reads
-        x1, y1 = (np.ceil(corners[:2].max(1)).astype(int) + 2).clip((x0 + 1, y0 + 1), 2 * s)
-        if self.hyp['perspective']:  # (where a perspective sends the corners is not a bound)
-            x0, y0, x1, y1 = 0, 0, 2 * s, 2 * s
+        x0, y0, x1, y1 = 0, 0, 2 * s, 2 * s  # the part of the canvas the warp reads: all of it for a perspective, else
+        if not self.hyp['perspective']:  # the box around the output's corners mapped back, + what interpolation reads
+            xy = cv2.invertAffineTransform(M[:2]) @ [[0, s, 0, s], [0, 0, s, s], [1, 1, 1, 1]]
+            x0, y0 = (np.floor(xy.min(1)).astype(int) - 1).clip(0, 2 * s - 1)
+            x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip((x0 + 1, y0 + 1), 2 * s)  # (never empty)
         canvas = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
         corner = lambda k, w, h: (xc - w if k % 2 == 0 else xc, yc - h if k < 2 else yc)  # image k's top left
         labels = []
@@ -678,8 +676,8 @@ class YOLODataset(torch.utils.data.Dataset):
             if rng.random() < hyp['crop']:
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
             img = photometric(img, rng, hyp)
-        # the one change of colour order: BGR (OpenCV's) up to here, RGB (the model's) from here on
-        img = augment_hsv(img, rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v']) if self.augment else img[:, :, ::-1]
+        gains = (hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v']) if self.augment else (0, 0, 0)
+        img = augment_hsv(img, rng, *gains)  # the one change of colour order: BGR (OpenCV's) before, RGB after
         h, w = img.shape[:2]
         labels = labels.astype(np.float32)
         labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
@@ -690,7 +688,7 @@ class YOLODataset(torch.utils.data.Dataset):
             if rng.random() < hyp['fliplr']:
                 img, labels[:, 1] = cv2.flip(img, 1), 1 - labels[:, 1]
         labels = np.hstack((np.zeros((len(labels), 1), np.float32), labels))  # column 0: its image, set by collate
-        return to_tensor(img, rgb=True), torch.from_numpy(labels), self.files[index], to_orig
+        return torch.from_numpy(img).permute(2, 0, 1), torch.from_numpy(labels), self.files[index], to_orig
 
 
 def collate(batch):
