@@ -67,7 +67,7 @@ def xyxy2xywh(x):
 
 def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True, stride=32):
     """Resize keeping the aspect ratio, then pad to new_shape (h, w) (with auto, only to the next multiple of stride).
-    Returns the image, the scale ratio and the (left, top) padding as floats."""
+    Returns the image, the scale ratio and the (left, top) padding (floats)."""
     h, w = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
     r = min(new_h / h, new_w / w, math.inf if scaleup else 1.0)  # scaleup=False (val): never enlarges
@@ -83,8 +83,7 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
 
 
 def to_tensor(img):
-    """A BGR image (h, w, 3) -> the model's RGB (3, h, w) uint8 tensor, channels-last: its bytes stay in (h, w, 3)
-    order, the fastest layout for convolutions."""
+    """A BGR image (h, w, 3) -> the model's RGB (3, h, w) uint8 tensor, channels-last: convolutions' fastest layout."""
     return torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
@@ -459,7 +458,7 @@ def download_zip(url, dest):
 def random_matrix(rng, hyp, shape, size):
     """A random affine (or perspective) 3x3 matrix in hyp's ranges, shape (h, w) -> size (w, h), and its scale."""
     C, P, R, S, T = (np.eye(3) for _ in range(5))  # centre, perspective, rotation and scale, shear, translation
-    C[0, 2], C[1, 2] = -shape[1] / 2, -shape[0] / 2  # the centre to the origin
+    C[0, 2], C[1, 2] = -shape[1] / 2, -shape[0] / 2
     P[2, 0], P[2, 1] = rng.uniform(-hyp['perspective'], hyp['perspective'], 2)
     s = rng.uniform(1 - hyp['scale'], 1 + hyp['scale'])
     R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-hyp['degrees'], hyp['degrees']), scale=s)
@@ -473,7 +472,7 @@ def warp(img, labels, M, s, size, origin=(0, 0)):
     > 2 px wide and high, > 10% of their area left (s: M's scale), aspect < 100."""
     if M[2, :2].any():  # (only with origin 0)
         img = cv2.warpPerspective(img, M, size, borderValue=(114, 114, 114))
-    elif (M != np.eye(3)).any():  # M's inverse moved by whole pixels: bit for bit the warp of the whole image
+    elif (M != np.eye(3)).any():  # M's inverse moved by whole pixels: bit for bit the whole image's warp
         iM = cv2.invertAffineTransform(M[:2]) - ((0, 0, origin[0]), (0, 0, origin[1]))
         img = cv2.warpAffine(img, iM, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=(114, 114, 114))
     xy = np.hstack((labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2), np.ones((len(labels) * 4, 1)))) @ M.T
@@ -496,7 +495,7 @@ def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
     x = np.arange(256.0)
     luts = (x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)  # OpenCV's hue: 0-179
     hsv = [cv2.LUT(c, t.astype(np.uint8)) for c, t in zip(cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV)), luts)]
-    return cv2.cvtColor(cv2.merge(hsv), cv2.COLOR_HSV2RGB)  # (planes: faster than one 3-channel table)
+    return cv2.cvtColor(cv2.merge(hsv), cv2.COLOR_HSV2RGB)  # (planes: faster than a 3-channel LUT)
 
 
 def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
@@ -556,8 +555,8 @@ class YOLODataset(torch.utils.data.Dataset):
         self.batch_size = batch_size  # with rect, a loader batch shares a shape
         self.epoch = 0  # ds[i]'s, in its random seed (the loader passes (epoch, i))
         self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
-        self.mosaic, self.warned = augment and not rect, set()  # warned: the files that failed to decode
-        if rect:  # sort by aspect ratio, one letterbox shape per batch: less padding, same results as YOLOv5's val
+        self.mosaic, self.warned = augment and not rect, set()  # warned: files that stopped decoding
+        if rect:  # sorted by aspect ratio, a letterbox shape per batch: less padding, YOLOv5's val results
             order = np.argsort(self.sizes[:, 1] / self.sizes[:, 0])
             self.files, self.labels = [self.files[i] for i in order], [self.labels[i] for i in order]
             self.sizes, self.batch_index = self.sizes[order], np.arange(len(order)) // batch_size
@@ -567,7 +566,7 @@ class YOLODataset(torch.utils.data.Dataset):
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
         self.shapes = np.ceil(self.sizes * (img_size / self.sizes.max(1, keepdims=True))).astype(int)  # as loaded
         need, free = 3 * self.shapes.prod(1).sum(), available_memory()
-        if cache == 'ram' and need > (free or math.inf):  # refuse before filling memory for minutes
+        if cache == 'ram' and need > (free or math.inf):  # refused before filling memory for minutes
             raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
                              f'{img_size}, but {free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
         self.need, self.keep, self.ram = need, cache == 'ram', [None] * len(self.files)
@@ -599,7 +598,7 @@ class YOLODataset(torch.utils.data.Dataset):
         return img, (h0, w0)
 
     def pixel_labels(self, i, w, h, padw, padh):
-        """Labels of image i as class + pixel xyxy, the image of size (w, h) placed at (padw, padh)."""
+        """Image i's labels: class, pixel xyxy in the image of size (w, h) placed at (padw, padh)."""
         lb = self.labels[i].copy()
         lb[:, 1:] = xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (padw, padh, padw, padh)
         return lb
@@ -618,7 +617,7 @@ class YOLODataset(torch.utils.data.Dataset):
             x0, y0 = (np.floor(xy.min(1)).astype(int) - 1).clip(0, 2 * s - 1)
             x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip(1, 2 * s)
         canvas, labels = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8), []
-        for k, i in enumerate(indices):  # image k: left of the centre if k = 0, 2, above it if k = 0, 1
+        for k, i in enumerate(indices):  # image k: left of the centre for even k, above it for k < 2
             w, h = self.shapes[i]
             x, y = (xc - w if k % 2 == 0 else xc) - x0, (yc - h if k < 2 else yc) - y0  # its top left, in the part
             if x < x1 - x0 and y < y1 - y0 and x + w > 0 and y + h > 0:
@@ -681,8 +680,9 @@ class YOLODataset(torch.utils.data.Dataset):
 def collate(batch):
     imgs, labels, paths, to_orig = zip(*batch)
     for i, lb in enumerate(labels):
-        lb[:, 0] = i  # the label's image in the batch
-    imgs = torch.stack([im.permute(1, 2, 0) for im in imgs]).permute(0, 3, 1, 2)  # stays channels-last
+        lb[:, 0] = i  # its image in the batch
+    # channels-last, copied by numpy: torch's spins on its threads, 20x slower on a busy 2-core machine
+    imgs = torch.from_numpy(np.stack([im.permute(1, 2, 0).numpy() for im in imgs])).permute(0, 3, 1, 2)
     return imgs, torch.cat(labels), paths, to_orig
 
 
