@@ -102,15 +102,37 @@ def main():
 
     # in-process measurements last: their threads would slow the child processes above
     ds = data.YOLODataset(coco, 640, 16, augment=True, hyp=data.AUG, prefix='  ')
+    imread, decodes = data.cv2.imread, []
+
+    def timed_imread(*args):  # the JPEG decoding inside the samples: time and count
+        t = time.perf_counter()
+        img = imread(*args)
+        decodes.append(time.perf_counter() - t)
+        return img
+    data.cv2.imread = timed_imread
     for keep in (False, True):  # every image decoded each time; or kept once decoded, as a run does when they fit
         ds.keep = keep
         for i in range(32):
             ds[(0, i)]
+        decodes.clear()
         t = time.perf_counter()
         for i in range(256):
             ds[(1 + i // 128, i % 128)]
+        t = time.perf_counter() - t
         row(f'augmented samples (mosaic + all augmentations), 640, one process, {"kept" if keep else "decoded"}',
-            f'{256 / (time.perf_counter() - t):.1f} img/s')
+            f'{256 / t:.1f} img/s')
+        if not keep:
+            row(f'  a sample: {len(decodes) / 256:.2f} JPEGs decoded (of 4), in a time that is',
+                f'{t / sum(decodes):.2f}x their decoding')
+    data.cv2.imread = imread
+    loader = data.create_dataloader(ds, 16, 0, shuffle=True)
+    ds.keep, ds.ram = False, [None] * len(ds)  # every image decoded (create_dataloader would keep COCO128's: they fit)
+    n, t = 0, time.perf_counter()
+    for epoch in (1, 2):
+        data.set_epoch(loader, epoch)
+        n += sum(len(imgs) for imgs, *_ in loader)
+    t = time.perf_counter() - t
+    row('the loader, every image decoded (batches of 16, no workers), 640', f'{n / t:.1f} img/s')
 
 
 # ---------------------------------------------------------------------------------------------- python bench.py --gpu

@@ -30,8 +30,8 @@ AUG = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4,                                  #
 
 
 def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True, stride=32):
-    """Resize keeping the aspect ratio, then pad to new_shape (h, w) (or, with auto, only to the next
-    multiple of stride). Returns the image, the scale ratio and the (left, top) padding as floats."""
+    """Resize keeping the aspect ratio, then pad to new_shape (h, w) (with auto, only to the next multiple of stride).
+    Returns the image, the scale ratio and the (left, top) padding (floats)."""
     h, w = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
     r = min(new_h / h, new_w / w, math.inf if scaleup else 1.0)  # scaleup=False (val): never enlarges
@@ -39,62 +39,60 @@ def letterbox(img, new_shape=640, color=(114, 114, 114), auto=True, scaleup=True
     dw, dh = new_w - unpad_w, new_h - unpad_h
     dw, dh = (dw % stride / 2, dh % stride / 2) if auto else (dw / 2, dh / 2)  # auto: pad only up to the stride
     if (w, h) != (unpad_w, unpad_h):
-        img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(img, (unpad_w, unpad_h))
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
     return img, r, (dw, dh)
 
 
-def to_tensor(img, rgb=False):
-    """An image (h, w, 3), BGR as OpenCV reads it (or RGB already) -> the model's (3, h, w) RGB uint8 tensor. Its
-    bytes stay in (h, w, 3) order: channels-last, the layout that convolutions run fastest in, and no transpose."""
-    return torch.from_numpy(np.ascontiguousarray(img) if rgb else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+def to_tensor(img):
+    """A BGR image (h, w, 3) -> the model's RGB (3, h, w) uint8 tensor, channels-last: convolutions' fastest layout."""
+    return torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
-def random_perspective(img, labels, rng, hyp, border=(0, 0)):
-    """One random affine (or perspective) warp within hyp's ranges; labels are pixel xyxy, mapped by their 4 corners."""
-    height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
+def random_matrix(rng, hyp, shape, size):
+    """A random affine (or perspective) 3x3 matrix in hyp's ranges, shape (h, w) -> size (w, h), and its scale."""
     C, P, R, S, T = (np.eye(3) for _ in range(5))  # centre, perspective, rotation and scale, shear, translation
-    C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2  # move the centre to the origin
+    C[0, 2], C[1, 2] = -shape[1] / 2, -shape[0] / 2
     P[2, 0], P[2, 1] = rng.uniform(-hyp['perspective'], hyp['perspective'], 2)
     s = rng.uniform(1 - hyp['scale'], 1 + hyp['scale'])
     R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-hyp['degrees'], hyp['degrees']), scale=s)
     S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-hyp['shear'], hyp['shear'], 2)))
-    T[0, 2], T[1, 2] = rng.uniform(0.5 - hyp['translate'], 0.5 + hyp['translate'], 2) * (width, height)  # re-centred
-    M = T @ S @ R @ P @ C
-    if hyp['perspective']:
-        img = cv2.warpPerspective(img, M, (width, height), borderValue=(114, 114, 114))
-    elif border[0] or border[1] or (M != np.eye(3)).any():
-        img = cv2.warpAffine(img, M[:2], (width, height), borderValue=(114, 114, 114))
-    corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # the 4 corners of each box
-    xy = np.hstack((corners, np.ones((len(corners), 1)))) @ M.T
-    xy = (xy[:, :2] / xy[:, 2:3] if hyp['perspective'] else xy[:, :2]).reshape(-1, 4, 2)  # (box, corner, x y)
-    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, (width, height, width, height))
-    keep = box_candidates(labels[:, 1:5] * s, new)
+    T[0, 2], T[1, 2] = rng.uniform(0.5 - hyp['translate'], 0.5 + hyp['translate'], 2) * size  # re-centred
+    return T @ S @ R @ P @ C, s
+
+
+def warp(img, labels, M, s, size, origin=(0, 0)):
+    """img (from origin (x, y) on, of an image M maps to size (w, h)) and its pixel xyxy labels warped; boxes kept:
+    > 2 px wide and high, > 10% of their area left (s: M's scale), aspect < 100."""
+    if M[2, :2].any():  # (only with origin 0)
+        img = cv2.warpPerspective(img, M, size, borderValue=(114, 114, 114))
+    elif (M != np.eye(3)).any():  # M's inverse moved by whole pixels: bit for bit the whole image's warp
+        iM = cv2.invertAffineTransform(M[:2]) - ((0, 0, origin[0]), (0, 0, origin[1]))
+        img = cv2.warpAffine(img, iM, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=(114, 114, 114))
+    xy = np.hstack((labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2), np.ones((len(labels) * 4, 1)))) @ M.T
+    xy = (xy[:, :2] / xy[:, 2:3]).reshape(-1, 4, 2)  # (box, corner, x y)
+    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, size * 2)
+    (w1, h1), (w2, h2) = (labels[:, 3:] * s - labels[:, 1:3] * s).T, (new[:, 2:] - new[:, :2]).T  # before, after
+    aspect = np.maximum(w2 / (h2 + 1e-16), h2 / (w2 + 1e-16))
+    keep = (w2 > 2) & (h2 > 2) & (w2 * h2 / (w1 * h1 + 1e-16) > 0.1) & (aspect < 100)
     labels = labels[keep]
-    labels[:, 1:5] = new[keep]
+    labels[:, 1:] = new[keep]
     return img, labels
 
 
-def box_candidates(before, after, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16):
-    """Boxes worth keeping after a warp: > 2 px wide and high, > 10% of their area left, aspect < 100."""
-    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
-    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
-    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
-    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
-
-
 def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
-    """Random gains on hue, saturation and value through a look-up table. Returns the image in RGB, the model's
-    order: from HSV straight to RGB saves a pass."""
+    """Random gains on hue, saturation and value; BGR in, RGB (the model's order) out: the loader's one change of
+    colour order (all it does with gains of 0)."""
     if not (hgain or sgain or vgain):
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
-    x = np.arange(256, dtype=r.dtype)
-    lut = np.stack(((x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)), 1)  # OpenCV's hue: 0-179
-    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut.astype(np.uint8)[None]), cv2.COLOR_HSV2RGB)
+    x = np.arange(256.0)
+    luts = (x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)  # OpenCV's hue: 0-179
+    hsv = [cv2.LUT(c, t.astype(np.uint8)) for c, t in zip(cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV)), luts)]
+    return cv2.cvtColor(cv2.merge(hsv), cv2.COLOR_HSV2RGB)  # (planes: faster than a 3-channel LUT)
 
 
 def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
@@ -110,7 +108,7 @@ def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.
     else:  # fall back to a centre crop
         cw = ch = min(w, h)
         x0, y0 = (w - cw) // 2, (h - ch) // 2
-    img = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (size, size), interpolation=cv2.INTER_LINEAR)
+    img = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (size, size))
     labels = labels.copy()
     labels[:, [1, 3]] = ((labels[:, [1, 3]] - x0) * size / cw).clip(0, size)
     labels[:, [2, 4]] = ((labels[:, [2, 4]] - y0) * size / ch).clip(0, size)
@@ -143,7 +141,7 @@ def photometric(img, rng, hyp):
 
 def mixup(img, labels, img2, labels2, rng):
     r = rng.beta(32.0, 32.0)  # mixing ratio, close to 0.5
-    return (img * r + img2 * (1 - r)).astype(np.uint8), np.concatenate((labels, labels2), 0)
+    return (img * r + img2 * (1 - r)).astype(np.uint8), np.concatenate((labels, labels2))
 
 
 # ---------------------------------------------------------------------------------------------- dataset
@@ -151,11 +149,11 @@ class YOLODataset(torch.utils.data.Dataset):
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
                  pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False, prefix=''):
         self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
-        self.batch_size = batch_size  # with rect, the images of a batch share a shape: the loader's batch
-        self.epoch = 0  # of a direct ds[i], part of every sample's random seed (the loader passes (epoch, i))
+        self.batch_size = batch_size  # with rect, a loader batch shares a shape
+        self.epoch = 0  # ds[i]'s, in its random seed (the loader passes (epoch, i))
         self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
-        self.mosaic, self.warned = augment and not rect, set()  # warned: the files that failed to decode
-        if rect:  # sort by aspect ratio, one letterbox shape per batch: less padding, same results as YOLOv5's val
+        self.mosaic, self.warned = augment and not rect, set()  # warned: files that stopped decoding
+        if rect:  # sorted by aspect ratio, a letterbox shape per batch: less padding, YOLOv5's val results
             order = np.argsort(self.sizes[:, 1] / self.sizes[:, 0])
             self.files, self.labels = [self.files[i] for i in order], [self.labels[i] for i in order]
             self.sizes, self.batch_index = self.sizes[order], np.arange(len(order)) // batch_size
@@ -163,9 +161,9 @@ class YOLODataset(torch.utils.data.Dataset):
             shapes = [[a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
                       for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
-        r = img_size / self.sizes.max(1)
-        need, free = 3 * (np.ceil(self.sizes[:, 0] * r) * np.ceil(self.sizes[:, 1] * r)).sum(), available_memory()
-        if cache == 'ram' and need > (free or math.inf):  # refuse, with the figures, before filling memory for minutes
+        self.shapes = np.ceil(self.sizes * (img_size / self.sizes.max(1, keepdims=True))).astype(int)  # as loaded
+        need, free = 3 * self.shapes.prod(1).sum(), available_memory()
+        if cache == 'ram' and need > (free or math.inf):  # refused before filling memory for minutes
             raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
                              f'{img_size}, but {free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
         self.need, self.keep, self.ram = need, cache == 'ram', [None] * len(self.files)
@@ -179,9 +177,8 @@ class YOLODataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def load_image(self, i):
-        """Image i resized so that its long side is img_size, and its original (h, w); (None, None) if unreadable.
-        Training decodes an image it shrinks 2, 4 or 8x or more at that scale (a JPEG ~2x faster at half size): a full
-        decode brings pixels the resize averages away (the original decodes in full; pixels differ by ~1 grey level)."""
+        """Image i with its long side img_size, and its original (h, w); (None, None) if unreadable. Training decodes
+        a JPEG it shrinks 2x or more at reduced size (2x faster; ~1 grey level off a full decode)."""
         if self.ram[i] is not None:
             return self.ram[i]
         f = max(k for k in (1, 2, 4, 8) if k * self.img_size <= self.sizes[i].max() or k == 1) if self.augment else 1
@@ -197,37 +194,40 @@ class YOLODataset(torch.utils.data.Dataset):
             self.ram[i] = img, (h0, w0)
         return img, (h0, w0)
 
-    def pixel_labels(self, i, w, h, padw=0.0, padh=0.0):
-        """Labels of image i as class + pixel xyxy in an image of size (w, h) placed at (padw, padh)."""
+    def pixel_labels(self, i, w, h, padw, padh):
+        """Image i's labels: class, pixel xyxy in the image of size (w, h) placed at (padw, padh)."""
         lb = self.labels[i].copy()
         lb[:, 1:] = xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (padw, padh, padw, padh)
         return lb
 
     def load_mosaic(self, index, rng):
-        """Four images on a 2s x 2s canvas around a random centre, then a random warp back to s x s."""
+        """Four images around a random centre of a 2s x 2s canvas, warped back to s x s. Only the part the warp reads
+        is made, and only the images in it decoded."""
         s = self.img_size
         xc, yc = (int(v) for v in rng.uniform(s // 2, 2 * s - s // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
-        canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
-        labels = []
-        for k, i in enumerate(indices):
-            img, _, i = self.load_checked(i, rng)
-            h, w = img.shape[:2]
-            # tile k on the canvas (a): left of the centre for k = 0, 2, above it for k = 0, 1, cut at the edges;
-            # and the part of the image that fills it (b): what touches the centre
-            x1a, x2a = (max(xc - w, 0), xc) if k % 2 == 0 else (xc, min(xc + w, 2 * s))
-            y1a, y2a = (max(yc - h, 0), yc) if k < 2 else (yc, min(yc + h, 2 * s))
-            x1b, y1b = (w - (x2a - x1a)) * (k % 2 == 0), (h - (y2a - y1a)) * (k < 2)
-            canvas[y1a:y2a, x1a:x2a] = img[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
-            labels.append(self.pixel_labels(i, w, h, x1a - x1b, y1a - y1b))
-        labels = np.concatenate(labels, 0)
+        M, scale = random_matrix(rng, self.hyp, (2 * s, 2 * s), (s, s))
+        x0, y0, x1, y1 = 0, 0, 2 * s, 2 * s
+        if not self.hyp['perspective']:  # the box where the output's corners come from, + 1 px (else all)
+            xy = cv2.invertAffineTransform(M[:2]) @ [[0, s, 0, s], [0, 0, s, s], [1, 1, 1, 1]]
+            x0, y0 = (np.floor(xy.min(1)).astype(int) - 1).clip(0, 2 * s - 1)
+            x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip(1, 2 * s)
+        canvas, labels = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8), []
+        for k, i in enumerate(indices):  # image k: left of the centre for even k, above it for k < 2
+            w, h = self.shapes[i]
+            x, y = (xc - w if k % 2 == 0 else xc) - x0, (yc - h if k < 2 else yc) - y0  # its top left, in the part
+            if x < x1 - x0 and y < y1 - y0 and x + w > 0 and y + h > 0:
+                img, _, i = self.load_checked(i, rng)
+                img = img if img.shape[1::-1] == (w, h) else cv2.resize(img, (w, h))  # (a substitute)
+                canvas[max(y, 0):y + h, max(x, 0):x + w] = img[max(-y, 0):y1 - y0 - y, max(-x, 0):x1 - x0 - x]
+            labels.append(self.pixel_labels(i, w, h, x + x0, y + y0))
+        labels = np.concatenate(labels)
         labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
-        return random_perspective(canvas, labels, rng, self.hyp, border=(-s // 2, -s // 2))
+        return warp(canvas, labels, M, scale, (s, s), (x0, y0))
 
     def load_checked(self, i, rng):
-        """load_image, but a file that fails to decode is reported once and replaced by another image:
-        returns the image, its original (h, w) and the index of the image actually loaded."""
+        """load_image, but a file that fails to decode is reported once and replaced: image, original (h, w), index."""
         for _ in range(100):
             img, hw0 = self.load_image(i)
             if img is not None:
@@ -251,14 +251,16 @@ class YOLODataset(torch.utils.data.Dataset):
             img, (h0, w0), index = self.load_checked(index, rng)
             h, w = img.shape[:2]
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-            to_orig = (h0, w0), (h / h0 * ratio, pad)  # what scale_boxes needs to map boxes back to the original
+            to_orig = (h0, w0), (h / h0 * ratio, pad)  # for scale_boxes, back to the original
             labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
             if self.augment:
-                img, labels = random_perspective(img, labels, rng, hyp)
+                img, labels = warp(img, labels, *random_matrix(rng, hyp, img.shape, img.shape[1::-1]), img.shape[1::-1])
         if self.augment:
             if rng.random() < hyp['crop']:
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
-            img = augment_hsv(photometric(img, rng, hyp), rng, hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v'])  # now RGB
+            img = photometric(img, rng, hyp)
+        # the one change of colour order: BGR (OpenCV's) before, RGB after
+        img = augment_hsv(img, rng, *[hyp[k] if self.augment else 0 for k in ('hsv_h', 'hsv_s', 'hsv_v')])
         h, w = img.shape[:2]
         labels = labels.astype(np.float32)
         labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
@@ -268,36 +270,36 @@ class YOLODataset(torch.utils.data.Dataset):
                 img, labels[:, 2] = cv2.flip(img, 0), 1 - labels[:, 2]
             if rng.random() < hyp['fliplr']:
                 img, labels[:, 1] = cv2.flip(img, 1), 1 - labels[:, 1]
-        labels = np.pad(labels, ((0, 0), (1, 0)))  # column 0: the image's index in its batch, set by collate
-        return to_tensor(img, rgb=self.augment), torch.from_numpy(labels), self.files[index], to_orig
+        labels = np.pad(labels, ((0, 0), (1, 0)))  # column 0: its image in the batch, set by collate
+        return torch.from_numpy(img).permute(2, 0, 1), torch.from_numpy(labels), self.files[index], to_orig
 
 
 def collate(batch):
     imgs, labels, paths, to_orig = zip(*batch)
     for i, lb in enumerate(labels):
-        lb[:, 0] = i  # which image of the batch each label belongs to
-    imgs = torch.stack([im.permute(1, 2, 0) for im in imgs]).permute(0, 3, 1, 2)  # stays channels-last
+        lb[:, 0] = i  # its image in the batch
+    # channels-last, copied by numpy: torch's spins on its threads, 20x slower on a busy 2-core machine
+    imgs = torch.from_numpy(np.stack([im.permute(1, 2, 0).numpy() for im in imgs])).permute(0, 3, 1, 2)
     return imgs, torch.cat(labels), paths, to_orig
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
-    """A DistributedSampler (also for one process: one code path, and set_epoch reshuffles) whose indices carry
-    their epoch: (epoch, index) seeds a sample's random draws, and reaches loader workers that live for the run."""
+    """A DistributedSampler (also for one process: set_epoch reshuffles) whose indices carry their epoch: (epoch,
+    index) seeds a sample's random draws, and reaches loader workers that live for the run."""
     def __iter__(self):
         return ((self.epoch, i) for i in super().__iter__())
 
 
 def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, world_size=1, cpu=False):
-    """workers=None: up to 8 beside a GPU; beside a CPU that computes (cpu=True), the cores its compute threads leave.
-    On a 2-core machine that is none: measured, workers there slow the training steps down more than they help."""
+    """workers=None: up to 8 beside a GPU; beside a CPU that computes (cpu=True), the cores its threads leave: none on
+    2 cores (measured: there they slow the training steps more than they help)."""
     if workers is None:
         workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed, drop_last=False)
     workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)  # as the original
-    # images that need under a tenth of the free memory in all copies (each worker keeps its own) are kept once
-    # decoded: a fine-tune on a small dataset would otherwise decode each image again and again (4x an epoch)
-    copies = max(workers, 1) * world_size
-    dataset.keep |= dataset.need * copies < 0.1 * (available_memory() or 0)
+    # kept once decoded when all copies (one a worker) need under a tenth of the free memory: a fine-tune on a small
+    # dataset would otherwise decode each image 4x an epoch
+    dataset.keep |= dataset.need * max(workers, 1) * world_size < 0.1 * (available_memory() or 0)
     return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 

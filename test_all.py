@@ -2230,3 +2230,80 @@ def test_out_of_memory_anywhere_is_one_clear_message(tmp_path, monkeypatch, wher
             T.main([*args, '--img', '64', '--batch', '8', '--project', str(tmp_path / 'runs')])
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+# ---------- loader speed and colour order (issues 20, 17)
+def mosaic_the_plain_way(ds, epoch, index):
+    """A mosaic sample made the way the loader made it before issue 20, step by step: all four images decoded onto a
+    whole 2s x 2s canvas, the whole canvas warped, HSV by OpenCV's round trip with one 3-channel table, BGR to RGB."""
+    s, hyp = ds.img_size, ds.hyp
+    rng = np.random.default_rng([ds.seed, epoch, index])
+    assert rng.random() < hyp['mosaic']
+    xc, yc = (int(v) for v in rng.uniform(s // 2, 2 * s - s // 2, 2))
+    indices = [index] + [int(i) for i in rng.integers(0, len(ds), 3)]
+    rng.shuffle(indices)
+    canvas, labels = np.full((2 * s, 2 * s, 3), 114, np.uint8), []
+    for k, i in enumerate(indices):
+        img = ds.load_image(i)[0]
+        h, w = img.shape[:2]
+        x, y = (xc - w if k % 2 == 0 else xc), (yc - h if k < 2 else yc)  # its top left: it touches the centre
+        canvas[max(y, 0):y + h, max(x, 0):x + w] = img[max(-y, 0):2 * s - y, max(-x, 0):2 * s - x]
+        lb = ds.labels[i].copy()
+        lb[:, 1:] = P.xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (x, y, x, y)
+        labels.append(lb)
+    labels = np.concatenate(labels)
+    labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
+    M, scale = data.random_matrix(rng, hyp, canvas.shape, (s, s))
+    img = cv2.warpAffine(canvas, M[:2], (s, s), borderValue=(114, 114, 114))
+    labels = data.warp(canvas, labels, M, scale, (s, s))[1]
+    assert rng.random() >= hyp['mixup'] and rng.random() >= hyp['crop']
+    img = data.photometric(img, rng, hyp)
+    r = rng.uniform(-1, 1, 3) * (hyp['hsv_h'], hyp['hsv_s'], hyp['hsv_v']) + 1
+    x = np.arange(256)
+    lut = np.stack(((x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)), 1).astype(np.uint8)
+    img = cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut[None]), cv2.COLOR_HSV2BGR)[:, :, ::-1]
+    labels = labels.astype(np.float32)
+    labels[:, 1:] = data.xyxy2xywh(labels[:, 1:].clip(0, (s, s, s, s))) / (s, s, s, s)  # (in float64, as the loader)
+    labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)]
+    if rng.random() < hyp['flipud']:
+        img, labels[:, 2] = img[::-1], 1 - labels[:, 2]
+    if rng.random() < hyp['fliplr']:
+        img, labels[:, 1] = img[:, ::-1], 1 - labels[:, 1]
+    return img, labels
+
+
+def test_mosaic_equals_the_whole_canvas_way_bit_for_bit(monkeypatch):
+    """The loader builds only the part of the canvas that the warp reads and skips decoding images outside it. Bit for
+    bit, not within a grey level: the window is the same canvas cut at whole pixels (the warp's inverse map moves by an
+    integer, so it reads the same pixels with the same fixed-point weights), and a skipped image has no pixel in it."""
+    ds = data.YOLODataset(shared(COCO128), 640, augment=True, hyp=data.AUG)
+    decodes, load_image = [], ds.load_image
+    monkeypatch.setattr(ds, 'load_image', lambda i: decodes.append(i) or load_image(i))
+    for hyp in (data.AUG, dict(data.AUG, degrees=10, shear=5)):  # an axis-aligned warp; a rotated and sheared one
+        ds.hyp, counts = hyp, []
+        for index in range(0, 128, 16):
+            decodes.clear()
+            img, labels, _, _ = ds[(1, index)]
+            counts.append(len(decodes))
+            ref, ref_labels = mosaic_the_plain_way(ds, 1, index)
+            assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(ref.copy())), (hyp, index)
+            assert np.array_equal(labels[:, 1:].numpy(), ref_labels), (hyp, index)
+        assert min(counts) < 4 and max(counts) == 4, counts  # some images were out of view, and not decoded
+
+
+def test_training_tensors_are_rgb(tmp_path):
+    """Pure red images come out with red in channel 0 (the model's RGB) with every augmentation on, with the HSV gains
+    at 0, and without augmentation: the colour order changes at one place, whatever the pipeline does before it."""
+    for d in ('images', 'labels'):
+        (tmp_path / d).mkdir()
+    for k in range(4):
+        cv2.imwrite(str(tmp_path / 'images' / f'{k}.jpg'), np.full((96, 128, 3), (0, 0, 255), np.uint8))  # BGR red
+        (tmp_path / 'labels' / f'{k}.txt').write_text('0 0.5 0.5 0.5 0.5\n')
+    no_gray = dict(data.AUG, to_gray=0.0)  # (a grey image has no colour order to check)
+    for kwargs in (dict(augment=True, hyp=no_gray), dict(augment=True, hyp=dict(no_gray, hsv_h=0, hsv_s=0, hsv_v=0)),
+                   dict(augment=False)):
+        ds = data.YOLODataset(tmp_path / 'images', 128, **kwargs)
+        for i in range(len(ds)):
+            img = ds[i][0].float()
+            red = (img[0] - torch.maximum(img[1], img[2])).mean()  # grey padding adds 0
+            assert red > 20 and (img[0] >= img[1]).all() and (img[0] >= img[2]).all(), (kwargs, i, red)
