@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from model import STRIDES, Detect, load_model
+from model import Detect, load_model
 from plumbing import check_img_size, device_name, number, select_device, weights_file
 
 SUFFIXES = {'torchscript': '.torchscript', 'onnx': '.onnx'}  # --include: the file each format writes
@@ -59,10 +59,15 @@ class Exported(nn.Module):
     A file whose sizes are fixed inside (the original's ONNX export without --dynamic) gets x centred in its size on
     the letterbox grey, in batches of its own size: the image the original's detect.py letterboxes for it; the boxes
     come back moved to x's pixels. train.py --val-only gives it square images, as the original's val.py does."""
-    def __init__(self, run, names, dtype=torch.float32, fixed=None):
+    def __init__(self, run, names, dtype=torch.float32, fixed=None, max_stride=32):
         super().__init__()
-        self.run, self.names, self.nc, self.dtype, self.fixed = run, names, len(names), dtype, fixed
+        self.run = run
+        self.names = names
+        self.nc = len(names)
+        self.dtype = dtype
+        self.fixed = fixed
         self.where = nn.Parameter(torch.empty(0), requires_grad=False)  # train.py's validate() finds the device here
+        self.max_stride = max_stride  # image sizes are multiples of it
 
     def forward(self, x):
         if self.fixed is None:
@@ -94,7 +99,8 @@ def load_torchscript(path, device):
         warnings.simplefilter('ignore', FutureWarning)  # TorchScript, deprecated in torch, is the format asked for
         ts = torch.jit.load(str(path), map_location=device, _extra_files=files).eval()
     meta = json.loads(files['config.txt'] or '{}')
-    return Exported(ts, class_names(path, meta.get('names')), next(ts.parameters()).dtype)
+    dtype = next(ts.parameters()).dtype
+    return Exported(ts, class_names(path, meta.get('names')), dtype, max_stride=int(meta.get('stride', 32)))
 
 
 # ONNX through OpenCV's DNN module, on the CPU. OpenCV works out every size in the graph once, as it reads the file,
@@ -195,7 +201,9 @@ def load_onnx(path, device):
         raise ValueError(f'{path}: not an ONNX model') from None
     except cv2.error as e:
         raise ValueError(f'{path}: OpenCV\'s DNN module cannot run it: {str(e).strip()[-300:]}') from None
-    return Exported(run, class_names(path, run.meta.get('names')), fixed=None if run.any_size else run.shape)
+    fixed = None if run.any_size else run.shape
+    stride = int(run.meta.get('stride', 32))
+    return Exported(run, class_names(path, run.meta.get('names')), fixed=fixed, max_stride=stride)
 
 
 def load_any(path, device='cpu', fuse=False):
@@ -261,14 +269,15 @@ def run(weights='yolov5n.pt', include=('torchscript',), imgsz=(640, 640), batch_
     if 'onnx' in include:
         import_onnx()  # before any work: a missing package is known at once
     device, sizes = select_device(device), [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    img = [check_img_size(s) for s in (sizes * 2)[:2]]  # (h, w), multiples of the stride
-    net = Traceable(load_model(weights, device, fuse=True))
+    model = load_model(weights, device, fuse=True)
+    img = [check_img_size(s, stride=model.max_stride) for s in (sizes * 2)[:2]]  # (h, w), multiples of the stride
+    net = Traceable(model)
     im = torch.rand(batch_size, 3, *img, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         ref = net(im)
     if half:  # 16-bit weights and input: half the file; the check below measures what it costs
         net, im = net.half(), im.half()
-    meta = dict(shape=list(im.shape), stride=max(STRIDES), names=list(net.names))
+    meta = dict(shape=list(im.shape), stride=model.max_stride, names=list(net.names))
     print(f'PyTorch: {weights} with output shape {tuple(ref.shape)} ({os.path.getsize(weights) / 1e6:.1f} MB)')
     files, tolerance = [], 0.02 if half else 1e-3
     for fmt in include:

@@ -75,8 +75,9 @@ class AutoShape(nn.Module):
         t0 = time.perf_counter()
         ims, files = zip(*(read_image(im, i) for i, im in enumerate(ims if isinstance(ims, (list, tuple)) else [ims])))
         files = [f if files.count(f) == 1 else f'{Path(f).stem}_{i}.jpg' for i, f in enumerate(files)]  # no clashes
-        size = check_img_size(max(size) if isinstance(size, tuple) else size)
-        boxed = [letterbox(im, size)[0] for im in ims]  # each as detect.py letterboxes it
+        stride = self.model.max_stride  # 64 for the P6 models
+        size = check_img_size(max(size) if isinstance(size, tuple) else size, stride=stride)
+        boxed = [letterbox(im, size, stride=stride)[0] for im in ims]  # each as detect.py letterboxes it
         batches = {}  # the images of one letterbox shape run as one batch: none is padded for another's sake
         for i, b in enumerate(boxed):
             batches.setdefault(b.shape[:2], []).append(i)

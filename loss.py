@@ -47,11 +47,12 @@ class FocalBCE(nn.Module):
 class YOLOLoss:
     """hyp needs box, obj, cls (the gains for 3 levels, 80 classes and 640 pixels), cls_pw, obj_pw, anchor_t,
     fl_gamma and label_smoothing."""
-    balance = [4.0, 1.0, 0.4]  # objectness weight of P3, P4, P5: small objects are many and hard
     gr = 1.0                   # objectness target = gr * IoU + (1 - gr)
 
     def __init__(self, model, hyp, img_size=640):
         nl = model.detect.nl
+        # objectness weight of P3, P4, ...: small objects are many and hard
+        self.balance = [4.0, 1.0, 0.4] if nl == 3 else [4.0, 1.0, 0.25, 0.06]
         # The gains scale with the model and the images, so that one hyp file suits all: the box and class terms are
         # sums over levels (3 / nl) and the class BCE a mean over classes (nc / 80); objectness counts every cell,
         # whose number grows with the image's area ((img_size / 640) ** 2).

@@ -2,8 +2,9 @@
 From pixels to boxes: YOLOv5 (v6+ architecture) as plain PyTorch modules, box decoding, loading checkpoints (official
 and ours), non-maximum suppression and mapping boxes back to the image.
 
-The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24), so the official checkpoints
-load by name with no key mapping. Concat and Upsample have no weights: their places hold an unused nn.Identity.
+The layers are numbered exactly as in the original yolov5s.yaml (model.0 ... model.24) and yolov5s6.yaml (model.0 ...
+model.33: the P6 models, a fourth output level at stride 64), so the official checkpoints load by name with no key
+mapping. Concat and Upsample have no weights: their places hold an unused nn.Identity.
 """
 import functools
 import math
@@ -20,9 +21,10 @@ from plumbing import (COCO_NAMES, OFFICIAL, RELEASE_URL, check_checkpoint, clock
 
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
-# COCO anchors in pixels (w, h), three per output level P3/8, P4/16, P5/32
+# COCO anchors in pixels (w, h), three per output level P3/8, P4/16, P5/32 (and P6/64 for the P6 models)
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
-STRIDES = (8, 16, 32)
+ANCHORS_P6 = [[19, 27, 44, 40, 38, 94], [96, 68, 86, 152, 180, 137], [140, 301, 303, 264, 238, 542],
+              [436, 615, 739, 380, 925, 792]]
 
 
 class Conv(nn.Module):
@@ -89,11 +91,12 @@ class Detect(nn.Module):
         self.nl = len(anchors)  # output levels
         self.na = len(anchors[0]) // 2  # anchors per level
         self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in channels)
-        self.register_buffer('stride', torch.tensor(STRIDES, dtype=torch.float32), persistent=False)
+        strides = [8 * 2 ** i for i in range(self.nl)]  # P3/8, P4/16, ...
+        self.register_buffer('stride', torch.tensor(strides, dtype=torch.float32), persistent=False)
         self.register_buffer('anchors', torch.zeros(self.nl, self.na, 2))  # in grid units, as the original's
         self.set_anchors(torch.tensor(anchors, dtype=torch.float32))
         # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6/nc
-        for conv, s in zip(self.m, STRIDES):
+        for conv, s in zip(self.m, strides):
             b = conv.bias.detach().view(self.na, -1)
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
@@ -127,47 +130,72 @@ class Detect(nn.Module):
 
 
 class YOLOv5(nn.Module):
-    def __init__(self, scale='n', nc=80, anchors=ANCHORS, names=None):
+    def __init__(self, scale='n', nc=80, anchors=None, names=None, p6=False):
         super().__init__()
-        depth, width = SCALES[scale] if isinstance(scale, str) else scale
+        if isinstance(scale, str):  # 'n' ... 'x', or 'n6' ... 'x6' for the P6 models
+            scale, p6 = SCALES[scale[0]], p6 or scale.endswith('6')
+        depth, width = scale
         self.scale = (depth, width)
+        self.p6 = p6
         self.nc = nc
         self.names = list(names or (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)]))
         ch = lambda c: math.ceil(c * width / 8) * 8  # channels, rounded up to a multiple of 8
         n = lambda k: max(round(k * depth), 1)       # repeats of a C3 block
-        layers = {0: Conv(3, ch(64), 6, 2, 2), 1: Conv(ch(64), ch(128), 3, 2), 2: C3(ch(128), ch(128), n(3)),
-                  3: Conv(ch(128), ch(256), 3, 2), 4: C3(ch(256), ch(256), n(6)),                      # -> P3/8
-                  5: Conv(ch(256), ch(512), 3, 2), 6: C3(ch(512), ch(512), n(9)),                      # -> P4/16
-                  7: Conv(ch(512), ch(1024), 3, 2), 8: C3(ch(1024), ch(1024), n(3)),                   # -> P5/32
-                  9: SPPF(ch(1024), ch(1024)),
-                  # top-down path (11, 12, 15, 16 are upsample/concat: no weights)
-                  10: Conv(ch(1024), ch(512), 1), 13: C3(ch(1024), ch(512), n(3), False),
-                  14: Conv(ch(512), ch(256), 1), 17: C3(ch(512), ch(256), n(3), False),                # P3 out
-                  # bottom-up path (19, 22 are concat)
-                  18: Conv(ch(256), ch(256), 3, 2), 20: C3(ch(512), ch(512), n(3), False),             # P4 out
-                  21: Conv(ch(512), ch(512), 3, 2), 23: C3(ch(1024), ch(1024), n(3), False),           # P5 out
-                  24: Detect(nc, anchors, (ch(256), ch(512), ch(1024)))}
-        self.model = nn.ModuleList(layers.get(i, nn.Identity()) for i in range(25))
+        c = [ch(k) for k in (64, 128, 256, 512, 768, 1024) if p6 or k != 768]  # P1/2, P2/4, ... the top level
+        layers = [Conv(3, c[0], 6, 2, 2)]
+        for i, repeats in enumerate((3, 6, 9, 3, 3)[:len(c) - 1]):  # backbone: down to P2/4 ... the top, each a C3
+            layers += [Conv(c[i], c[i + 1], 3, 2), C3(c[i + 1], c[i + 1], n(repeats))]
+        layers.append(SPPF(c[-1], c[-1]))
+        for i in range(len(c) - 2, 1, -1):  # top-down: 1x1 conv, upsample, concat with the backbone's level, C3
+            layers += [Conv(c[i + 1], c[i], 1), None, None, C3(2 * c[i], c[i], n(3), False)]
+        for i in range(2, len(c) - 1):  # bottom-up: stride 2 conv, concat with the top-down conv's output, C3
+            layers += [Conv(c[i], c[i], 3, 2), None, C3(2 * c[i], c[i + 1], n(3), False)]
+        layers.append(Detect(nc, anchors or (ANCHORS_P6 if p6 else ANCHORS), c[2:]))  # P3 ... top
+        self.model = nn.ModuleList(nn.Identity() if m is None else m for m in layers)
 
     @property
     def detect(self):
-        return self.model[24]
+        return self.model[-1]
+
+    @property
+    def max_stride(self):  # image sizes are multiples of it: 32, or 64 for the P6 models
+        return int(self.detect.stride.max())
 
     def meta(self):
         """What YOLOv5(**meta) needs to rebuild this model: saved in every checkpoint beside the weights."""
-        return dict(scale=list(self.scale), nc=self.nc, names=list(self.names))  # the anchors are in the weights
+        anchors = self.detect.pixel_anchors().view(self.detect.nl, -1).tolist()  # also in the weights: for readers
+        return dict(scale=list(self.scale), nc=self.nc, names=list(self.names), p6=self.p6, anchors=anchors)
 
     def forward(self, x):
-        m = self.model
         up = lambda t: nn.functional.interpolate(t, scale_factor=2.0, mode='nearest')
-        p3 = m[4](m[3](m[2](m[1](m[0](x)))))
-        p4 = m[6](m[5](p3))
-        h10 = m[10](m[9](m[8](m[7](p4))))
-        h14 = m[14](m[13](torch.cat((up(h10), p4), 1)))
-        out3 = m[17](torch.cat((up(h14), p3), 1))
-        out4 = m[20](torch.cat((m[18](out3), h14), 1))
-        out5 = m[23](torch.cat((m[21](out4), h10), 1))
-        return self.detect([out3, out4, out5])
+        layers = iter([m for m in self.model[:-1] if not isinstance(m, nn.Identity)])  # in their order
+        step = lambda t: next(layers)(t)
+        levels = [step(x)]  # P1/2, then the backbone's P2/4 ... the top level
+        while len(levels) < self.detect.nl + 2:
+            levels.append(step(step(levels[-1])))
+        x = step(levels.pop())  # SPPF
+        lateral = []
+        for f in reversed(levels[2:]):  # top-down, concatenated with the backbone's P4 (P5) ... P3
+            lateral.append(step(x))
+            x = step(torch.cat((up(lateral[-1]), f), 1))
+        outputs = [x]
+        for h in reversed(lateral):  # bottom-up, concatenated with the top-down's 1x1 convs
+            outputs.append(step(torch.cat((step(outputs[-1]), h), 1)))
+        return self.detect(outputs)
+
+    def forward_augment(self, x):
+        """Test-time augmentation: the images at scales 1, 0.83 (flipped left-right) and 0.67, their boxes mapped back
+        to x and pooled for NMS. The full size pass leaves out its coarsest level and the smallest pass its finest:
+        the largest and the smallest objects there, which the other scales see at a better size."""
+        out = []
+        for s, flip in ((1, False), (0.83, True), (0.67, False)):
+            y, raw = self(rescale(x.flip(3) if flip else x, s, self.max_stride))
+            y[..., :4] /= s
+            if flip:
+                y[..., 0] = x.shape[3] - y[..., 0]
+            first, last = (r[0, ..., 0].numel() for r in (raw[0], raw[-1]))  # predictions of the level
+            out.append(y[:, :-last] if s == 1 else y[:, first:] if s == 0.67 else y)
+        return torch.cat(out, 1), None
 
     @torch.no_grad()
     def fuse(self):
@@ -195,7 +223,7 @@ def read_checkpoint(path):
         raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
     try:  # ours first: a plain dict of tensors and metadata (anything else fails a lookup)
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        meta = {k: ckpt[k] for k in ('scale', 'nc', 'names')}
+        meta = {k: ckpt[k] for k in ('scale', 'nc', 'names')} | {'p6': ckpt.get('p6', False)}  # older: P5
         sd = ckpt.get('ema') or ckpt['model']
     except Exception:
         try:
@@ -248,13 +276,24 @@ def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agn
     return out
 
 
+def rescale(x, ratio, stride):
+    """Images x resized by ratio, padded right and bottom to a multiple of stride with the letterbox's grey."""
+    if ratio == 1:
+        return x
+    h, w = (int(v * ratio) for v in x.shape[2:])
+    pad_h, pad_w = (math.ceil(v * ratio / stride) * stride - new for v, new in zip(x.shape[2:], (h, w)))
+    x = nn.functional.interpolate(x, size=(h, w), mode='bilinear', align_corners=False)
+    return nn.functional.pad(x, [0, pad_w, 0, pad_h], value=0.447)  # 114 / 255
+
+
 @torch.inference_mode()
-def predict(model, imgs, dtype=None):
+def predict(model, imgs, dtype=None, augment=False):
     """Yields (decoded predictions, raw maps) of a batch chunk by chunk, in mixed precision with a 16-bit dtype. On
-    CPU chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic), with the same outputs in eval mode."""
+    CPU chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic), with the same outputs in eval mode.
+    augment: test-time augmentation (no raw maps)."""
     for chunk in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs)):
         with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
-            yield model(chunk)
+            yield model.forward_augment(chunk) if augment else model(chunk)
 
 
 def scale_boxes(boxes, from_shape, to_shape, ratio_pad=None):

@@ -21,10 +21,13 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -47,6 +50,7 @@ COCO_NAMES = ('person, bicycle, car, motorcycle, airplane, bus, train, truck, bo
     'orange, broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv, '
     'laptop, mouse, remote, keyboard, cell phone, microwave, oven, toaster, sink, refrigerator, book, clock, vase, '
     'scissors, teddy bear, hair drier, toothbrush').split(', ')
+COCO91_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # of the 80 classes
 PALETTE = [tuple(int(h[i:i + 2], 16) for i in (4, 2, 0)) for h in (  # BGR, the original's 20 colours
     'FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',
     '2C99A8', '00C2FF', '344593', '6473FF', '0018EC', '8438FF', '520085', 'CB38FF', 'FF95C8', 'FF37C7')]
@@ -363,11 +367,12 @@ KNOWN_DATA = {  # the original's data YAMLs that `--data coco.yaml` finds withou
 }
 
 
-def data_spec(data):
-    """--data as {'train': sources, 'val': sources, 'names': list or None}, from a data YAML (paths resolved by
-    _resolve, its dataset downloaded when missing), a dataset known by name (coco128, coco: fetched into ../datasets),
-    or a dataset root, an image folder or a .txt list (validated on its val split, or its only one, or its images).
-    A YAML's values are checked here, where they are read: a wrong one is an error naming its file and line."""
+def data_spec(data, task='val'):
+    """--data as {'train': sources, 'val': sources, 'names': list or None} (and 'test' with task 'test'), from a data
+    YAML (paths resolved by _resolve, its dataset downloaded when missing), a dataset known by name (coco128, coco:
+    fetched into ../datasets), or a dataset root, an image folder or a .txt list (validated on its val split, or its
+    only one, or its images). A YAML's values are checked here, where they are read: a wrong one is an error naming
+    its file and line."""
     p, lines = Path(data), {}
     if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
         cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), DATASETS_DIR
@@ -377,7 +382,7 @@ def data_spec(data):
             raise FileNotFoundError(f'{data}: no such file (known without one: {", ".join(KNOWN_DATA)})')
         cfg, base, zips = read_yaml(p, lines), p.parent, []
     else:
-        return dict(train=str(data), val=str(data), names=None)
+        return dict(train=str(data), val=str(data), test=str(data), names=None)
     value = functools.partial(_yaml_value, cfg, lines, data)
     names = _class_names(value('names', (list, dict), 'a list of names or `index: name` lines'),
                          value('nc', int, f'a number of classes from 1 to {MAX_CLASSES}'), lines, data)
@@ -385,14 +390,14 @@ def data_spec(data):
     download = value('download', str, 'the URL of a .zip (or a script, which is never run)')
     if download and re.fullmatch(r'https?://\S+\.zip', download.strip()):  # a YAML's URL of one zip
         zips = [(download.strip(), root.parent)]  # unpacked into path's parent, as the original
-    splits = {k: value(k, (str, list), 'a path or a list of paths (quote a number)', str) for k in ('train', 'val')}
+    wanted = dict.fromkeys(('train', 'val', task))  # the test split only when asked for: often it is not there
+    splits = {k: value(k, (str, list), 'a path or a list of paths (quote a number)', str) for k in wanted}
     done = [is_downloaded(url, dest) for url, dest in zips]
     if any(done) and not all(done):  # a download that stopped halfway goes on first
         _download_dataset(data, download, zips, root)
     for attempt in range(2):  # the second after the download
         try:
-            train, val = (_resolve(splits, split, root, base) for split in ('train', 'val'))
-            return dict(train=train, val=val, names=names)
+            return dict({k: _resolve(splits, k, root, base) for k in splits}, names=names)
         except FileNotFoundError:
             if attempt or not (download or zips):
                 raise
@@ -429,6 +434,43 @@ def _class_names(names, nc, lines, data):
     if names is not None and nc is not None and nc != len(names):
         raise ValueError(f'{data}: nc is {nc} but {len(names)} names are given')
     return [str(x) for x in names] if names else [f'class{i}' for i in range(nc)] if nc else None
+
+
+def is_coco(data):
+    """Whether data_spec's dataset is COCO, told as the original tells it: its val split is coco/val2017.txt."""
+    val = data['val'] if isinstance(data['val'], list) else [data['val']]
+    return len(val) == 1 and Path(val[0]).as_posix().endswith('coco/val2017.txt')
+
+
+def coco_records(det, path):
+    """An image's detections (n, 6) [x1, y1, x2, y2, conf, cls] in pixels as COCO results, as the original writes them:
+    image_id the file's stem (a number if it is one), bbox [x, y, w, h] to 3 decimals, score to 5."""
+    stem = Path(path).stem
+    box = xyxy2xywh(det[:, :4])
+    box[:, :2] -= box[:, 2:] / 2  # the top left corner
+    return [dict(image_id=int(stem) if stem.isnumeric() else stem, category_id=int(d[5]),
+                 bbox=[round(x, 3) for x in b], score=round(d[4], 5)) for d, b in zip(det.tolist(), box.tolist())]
+
+
+def save_coco_json(records, path, data, image_files):
+    """coco_records of a validation as a JSON file; when the data is COCO, with COCO's category ids and, where
+    pycocotools (never a requirement) and the annotations are installed, its mAP printed as the original prints it."""
+    coco = is_coco(data)
+    for r in records if coco else []:  # COCO's category ids: 1 ... 90, with gaps
+        r['category_id'] = COCO91_IDS[r['category_id']]
+    save_text(json.dumps(records), path)
+    print(f'Saved {len(records)} detections to {path}')
+    annotations = Path(data['val'][0]).parent / 'annotations/instances_val2017.json'  # in the dataset root
+    if not (coco and importlib.util.find_spec('pycocotools') and annotations.is_file()):
+        return
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    truth = COCO(str(annotations))
+    evaluation = COCOeval(truth, truth.loadRes(str(path)), 'bbox')
+    evaluation.params.imgIds = [int(Path(f).stem) for f in image_files]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
 
 
 def _resolve(cfg, split, root, base):
@@ -623,7 +665,7 @@ def _move_into(tmp, dest, origin):
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints on disk
-OFFICIAL = {f'yolov5{s}.pt' for s in 'nsmlx'}  # the release's files, fetched by name
+OFFICIAL = {f'yolov5{s}{p6}.pt' for s in 'nsmlx' for p6 in ('', '6')}  # the release's files, fetched by name
 RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/'
 
 
@@ -670,11 +712,13 @@ def read_official(path):
     if not isinstance(stub, _Stub) or not isinstance(getattr(stub, 'yaml', None), dict):
         raise ValueError('no YOLOv5 model inside')
     cfg = stub.yaml
-    if len(cfg.get('backbone', [])) != 10 or len(cfg.get('head', [])) != 15:
-        raise ValueError('not a YOLOv5 v6+ P5 model (yolov5n/s/m/l/x architecture)')
-    detect = stub._modules['model']._modules['24']
+    layers = len(cfg.get('backbone', [])), len(cfg.get('head', []))
+    if layers not in ((10, 15), (12, 22)):  # P5 (yolov5n ... x), P6 (yolov5n6 ... x6)
+        raise ValueError('not a YOLOv5 v6+ model (the yolov5n/s/m/l/x or yolov5n6/s6/m6/l6/x6 architecture)')
+    detect = stub._modules['model']._modules[str(sum(layers) - 1)]
     names = stub.names if isinstance(stub.names, list) else [stub.names[i] for i in sorted(stub.names)]
-    meta = dict(scale=(cfg['depth_multiple'], cfg['width_multiple']), nc=int(detect.nc), names=names)
+    meta = dict(scale=(cfg['depth_multiple'], cfg['width_multiple']), nc=int(detect.nc), names=names,
+                p6=layers[0] == 12)
     return meta, _state_dict_of(stub)  # the anchors are among the weights
 
 
@@ -1063,17 +1107,160 @@ def plot_labels(labels, names, path):
     cv2.imwrite(str(path), img)
 
 
+# ---------------------------------------------------------------------------------------------- detect's inputs
+STREAMS = ('rtsp://', 'rtmp://', 'http://', 'https://')
+
+
+def is_stream(source):
+    """A webcam index (0, 1, ...) or a URL: OpenCV reads it frame by frame as it comes."""
+    return source.isnumeric() or source.lower().startswith(STREAMS)
+
+
+def expand_sources(sources):
+    """Yields (source, error or None) for each image or video named by files, folders or globs, each webcam index and
+    URL, and each line of a .streams file. An existing path is itself, even one with glob characters (photo[1].jpg)."""
+    media = IMAGE_EXTS | VIDEO_EXTS
+    for s in sources:
+        if is_stream(s):
+            yield s, None
+            continue
+        if s.endswith('.streams') and os.path.isfile(s):  # one source a line
+            yield from expand_sources(Path(s).read_text().split())
+            continue
+        if os.path.isdir(s):
+            files = sorted(os.path.join(s, f) for f in os.listdir(s) if Path(f).suffix.lower() in media)
+        elif os.path.exists(s) or not any(c in s for c in '*?['):
+            files = [s]
+        else:
+            files = sorted(glob.glob(s, recursive=True))
+        if not files:
+            yield s, 'no such file or directory'
+        for f in files:
+            if not os.path.isfile(f):
+                yield f, 'no such file'
+            elif Path(f).suffix.lower() not in media:
+                yield f, f'not an image or video (supported: {" ".join(sorted(media))})'
+            else:
+                yield f, None
+
+
+def read_frames(source, vid_stride=1):
+    """Yields (frame BGR, index, frame count or 0 if unknown, fps): one frame for an image, none for a file that does
+    not decode or a stream that does not open. Of a video or stream every vid_stride-th frame, as the original reads
+    them (vid_stride - 1, 2 * vid_stride - 1, ...). A stream ends when it closes."""
+    if Path(source).suffix.lower() in IMAGE_EXTS and not is_stream(source):
+        img = cv2.imread(source)
+        if img is not None:
+            yield img, 0, 1, 0
+        return
+    cap = cv2.VideoCapture(int(source) if source.isnumeric() else source)
+    count = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) // vid_stride
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    if is_stream(source):  # some streams report rates like 90000 (their clock): the original takes them modulo 100
+        fps %= 100
+    n = 0
+    try:
+        while cap.grab():
+            n += 1
+            if n % vid_stride == 0:
+                ok, frame = cap.retrieve()
+                if not ok:
+                    break
+                yield frame, n // vid_stride - 1, count, fps or 30
+    finally:
+        cap.release()
+
+
+def output_stem(source, taken):
+    """The name of a source's outputs in a run folder: its stem (of the URL's path for a stream, 'stream' if none), or
+    with 2, 3, ... added if an earlier source took it (as run folders and crops are named): same-named inputs from
+    different folders each keep their image and labels. taken: the stems so far, this one added."""
+    stem = Path(urllib.parse.urlsplit(source).path if is_stream(source) else source).stem or 'stream'
+    new, n = stem, 2
+    while new in taken:
+        new, n = f'{stem}{n}', n + 1
+    taken.add(new)
+    return new
+
+
+def save_image(img, path):
+    """img written to path (atomically), as .jpg where OpenCV has no writer for the format (.mpo, .dng); returns the
+    path written. Raises OSError if it cannot be written."""
+    path = Path(path).with_suffix('.jpg') if Path(path).suffix.lower() in ('.mpo', '.dng') else Path(path)
+    tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')  # the suffix picks OpenCV's writer
+    try:
+        if not cv2.imwrite(str(tmp), img):
+            raise OSError('OpenCV could not write it')
+        os.replace(tmp, path)
+    except (OSError, cv2.error) as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f'{path}: cannot save ({str(e).strip().splitlines()[-1]})') from None
+    return path
+
+
+def save_text(text, path):
+    """text written to path atomically: a crash leaves the old file or the new one."""
+    tmp = Path(f'{path}.tmp')
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f'{path}: cannot save ({e.strerror})') from None
+
+
+def save_crop(img, xyxy, path):
+    """The box's region of img, 2% and 10 pixels larger (as the original's crops), to path or, if taken, to path
+    with 2, 3, ... added to its stem. Raises OSError if it cannot be written."""
+    b = xyxy2xywh(torch.tensor(xyxy, dtype=torch.float32).view(1, 4))
+    b[:, 2:] = b[:, 2:] * 1.02 + 10
+    x1, y1, x2, y2 = xywh2xyxy(b).long()[0].tolist()
+    x1, x2 = (min(max(x, 0), img.shape[1]) for x in (x1, x2))  # inside the image
+    y1, y2 = (min(max(y, 0), img.shape[0]) for y in (y1, y2))
+    crop = img[y1:y2, x1:x2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new, n = path, 2
+    while new.exists():
+        new, n = path.with_stem(f'{path.stem}{n}'), n + 1
+    return save_image(crop, new)
+
+
+def stop_on_ctrl_c():
+    """An event that Ctrl-C sets instead of raising KeyboardInterrupt, so that a loop can end after its current step
+    (a video written so far is then finalized). A second Ctrl-C stops the program at once."""
+    stop = threading.Event()
+
+    def handler(*_):
+        stop.set()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
 # ---------------------------------------------------------------------------------------------- command line
-def key_number(known):
-    """An argparse type: KEY=NUMBER with KEY one of known's (--hyp lr0=0.02)."""
-    def parse(text):
-        key, _, value = text.partition('=')
+def key_number(known, not_used=None):
+    """An argparse type: KEY=NUMBER with KEY one of known's (--hyp lr0=0.02), or a YAML file of `key: number` lines
+    (the original's hyp files), whose keys in not_used {key: why} are left out with a message. [(key, value), ...]."""
+    def pair(key, value, where):
+        if key in (not_used or {}):
+            print(f'{where}: {key} is not used: {not_used[key]}', file=sys.stderr)
+            return []
         if key not in known:
-            raise argparse.ArgumentTypeError(f'{text!r}: unknown key {key!r}; known: {", ".join(known)}')
+            raise argparse.ArgumentTypeError(f'{where}: unknown key {key!r}; known: {", ".join(known)}')
         try:
-            return key, float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER') from None
+            return [(key, float(value))]
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f'{where}: {key}: {value!r} is not a number') from None
+
+    def parse(text):
+        if '=' in text:
+            key, _, value = text.partition('=')
+            return pair(key, value, repr(text))
+        try:
+            entries = read_yaml(text)
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER nor a readable YAML file ({e})') from None
+        return [kv for key, value in entries.items() for kv in pair(key, value, text)]
     return parse
 
 
@@ -1098,10 +1285,10 @@ def existing_file(text):  # an argparse type
 
 
 def or_exit(fn, *args, **kwargs):
-    """fn(*args, **kwargs), where a bad input (FileNotFoundError, ValueError) ends the program with its message."""
+    """fn(*args, **kwargs), where a bad input or file (ValueError, OSError) ends the program with its message."""
     try:
         return fn(*args, **kwargs)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise SystemExit(f'ERROR: {e}')
 
 

@@ -2307,3 +2307,373 @@ def test_training_tensors_are_rgb(tmp_path):
             img = ds[i][0].float()
             red = (img[0] - torch.maximum(img[1], img[2])).mean()  # grey padding adds 0
             assert red > 20 and (img[0] >= img[1]).all() and (img[0] >= img[2]).all(), (kwargs, i, red)
+
+
+# ---------- the original's everyday commands: sources, crops, TTA, COCO JSON, --task, hyp files, P6 (issue 22)
+
+def bus_clip(path, n=6, fps=10):
+    """A short mp4 of bus.jpg at 240x180 sliding sideways: the people in it are found in every frame."""
+    bus = cv2.resize(cv2.imread(str(shared(BUS))), (180, 240), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, (180, 240))
+    frames = [np.roll(bus, 4 * i, axis=1) for i in range(n)]
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return frames
+
+
+def read_video(path):
+    cap, frames = cv2.VideoCapture(str(path)), []
+    while (frame := cap.read()[1]) is not None:
+        frames.append(frame)
+    return frames
+
+
+def test_detect_an_http_stream_annotates_every_frame(tmp_path, capsys):
+    frames = bus_clip(tmp_path / 'clip.mp4')
+    server = serve({'clip.mp4': (tmp_path / 'clip.mp4').read_bytes()})
+    url = server.url + 'clip.mp4'
+    r = run_detect('--source', url, '--weights', WEIGHTS, '--img', 256, '--save-txt', cwd=tmp_path)
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    assert [line.split(') ')[0] for line in r.stdout.splitlines() if url in line] == \
+        [f'video 1/1 (frame {i}/6' for i in range(1, 7)]
+    out = read_video(tmp_path / 'runs/detect/exp/clip.mp4')  # playable, every frame there, each with its boxes
+    assert len(out) == 6 and all(np.abs(o.astype(int) - f).mean() > 3 for o, f in zip(out, frames))
+    labels = sorted(p.name for p in (tmp_path / 'runs/detect/exp/labels').iterdir())
+    assert labels == [f'clip_{i}.txt' for i in range(1, 7)]
+    # --vid-stride 2 keeps frames 2, 4, 6, as the original; a .streams file lists sources, one a line
+    (tmp_path / 'list.streams').write_text(f'{url}\n{shared(BUS)}\n')
+    opt = detect.parse_args([str(tmp_path / 'list.streams'), '--weights', str(WEIGHTS), '--img', '256',
+                             '--vid-stride', '2', '--save-txt', '--nosave', '--project', str(tmp_path / 'runs/detect')])
+    assert detect.run(opt) == 0
+    out = capsys.readouterr().out
+    assert f'video 1/2 (frame 3/3) {url}' in out and 'image 2/2 ' in out
+    stride_2 = read_labels(tmp_path / 'runs/detect/exp2/labels/clip_1.txt')
+    assert np.array_equal(stride_2, read_labels(tmp_path / 'runs/detect/exp/labels/clip_2.txt'))
+
+
+def test_detect_stops_on_ctrl_c_with_a_playable_video(tmp_path):
+    import signal
+    path = tmp_path / 'long.mp4'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 10, (96, 64))
+    for i in range(300):
+        writer.write(scene(64, 96, [(5 + i % 40, 10, 40 + i % 40, 50)], seed=i % 7))
+    writer.release()
+    p = subprocess.Popen([sys.executable, str(ROOT / 'detect.py'), path, '--weights', WEIGHTS, '--img', '96'],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while len(lines) < 3:
+        lines.append(p.stdout.readline())
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    done = len(lines) + sum('(frame ' in line for line in out.splitlines())
+    assert p.returncode == 130 and 'Interrupted (Ctrl-C)' in err and 'Traceback' not in err, err
+    assert 3 <= done < 300 and len(read_video(tmp_path / 'runs/detect/exp/long.mp4')) == done
+
+
+def test_detect_webcams_and_streams_that_do_not_open_and_view_img(tmp_path):
+    r = run_detect('0', 'rtsp://127.0.0.1:9/live', '--weights', WEIGHTS, '--view-img', cwd=tmp_path)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert 'ERROR: 0: cannot open stream' in r.stderr
+    assert 'ERROR: rtsp://127.0.0.1:9/live: cannot open stream' in r.stderr
+    assert '--view-img: opencv-python-headless' in r.stderr
+    with pytest.raises(SystemExit) as e:
+        detect.parse_args([])
+    assert e.value.code == 2
+
+
+def test_same_named_inputs_glob_characters_and_formats_opencv_cannot_write(tmp_path, capsys):
+    """Issue 18: outputs of same-named inputs are img.jpg, img2.jpg (as YOLOv5 names run folders and crops), each with
+    its labels; an existing photo[1].jpg is that file, not a glob; .mpo and .dng are saved as .jpg; a failed save is
+    reported and the run goes on."""
+    bus = cv2.resize(cv2.imread(str(shared(BUS))), (240, 320))
+    for name, img in [('a/img.jpg', bus), ('b/img.jpg', bus[:, ::-1]), ('photo[1].jpg', bus)]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), img)
+    cv2.imwrite(str(tmp_path / 'x.jpg'), bus)
+    (tmp_path / 'x.jpg').rename(tmp_path / 'x.mpo')  # an MPO is a JPEG with more pictures after it
+    cv2.imwrite(str(tmp_path / 'y.tif'), bus)
+    (tmp_path / 'y.tif').rename(tmp_path / 'y.dng')  # a DNG is a TIFF
+    inputs = ['a/img.jpg', 'b/img.jpg', 'photo[1].jpg', 'x.mpo', 'y.dng']
+    r = run_detect(*inputs, '--weights', WEIGHTS, '--img', 320, '--save-txt', cwd=tmp_path)
+    assert r.returncode == 0 and '5 labels saved' in r.stdout, r.stderr
+    run = tmp_path / 'runs/detect/exp'
+    assert sorted(p.name for p in run.glob('*.jpg')) == ['img.jpg', 'img2.jpg', 'photo[1].jpg', 'x.jpg', 'y.jpg']
+    for out, own, other in [('img.jpg', bus, bus[:, ::-1]), ('img2.jpg', bus[:, ::-1], bus)]:  # each its own input's
+        diff = lambda img: np.median(np.abs(cv2.imread(str(run / out)).astype(int) - img))
+        assert diff(own) < 5 < diff(other)
+    assert not np.array_equal(read_labels(run / 'labels/img.txt'), read_labels(run / 'labels/img2.txt'))
+    (run / 'x.jpg').unlink()
+    (run / 'x.jpg').mkdir()  # x.mpo's output cannot be written now
+    t = (run / 'photo[1].jpg').stat().st_mtime
+    opt = detect.parse_args([str(tmp_path / 'x.mpo'), str(tmp_path / 'photo[1].jpg'), '--weights', str(WEIGHTS),
+                             '--img', '320', '--project', str(tmp_path / 'runs/detect'), '--exist-ok'])
+    assert detect.run(opt) == 0
+    out, err = capsys.readouterr()
+    assert 'x.jpg: cannot save' in err and 'image 2/2 ' in out and (run / 'photo[1].jpg').stat().st_mtime > t
+
+
+def test_save_crop_writes_the_originals_crops(tmp_path):
+    r = run_detect(shared(BUS), '--weights', WEIGHTS, '--save-crop', '--nosave', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    crops = tmp_path / 'runs/detect/exp/crops'
+    shapes = {str(p.relative_to(crops)): cv2.imread(str(p)).shape[:2] for p in crops.glob('*/*.jpg')}
+    assert shapes == {'bus/bus.jpg': (574, 800), 'person/bus.jpg': (337, 77), 'person/bus2.jpg': (475, 143),  # the
+                      'person/bus3.jpg': (535, 134), 'person/bus4.jpg': (510, 169)}  # original's, in its order
+    assert not (tmp_path / 'runs/detect/exp/bus.jpg').exists()
+
+
+# The original's test-time augmentation on bus.jpg (yolov5n, 640): detect.py --augment --save-txt --save-conf, and the
+# raw merged output of the 640x480 letterboxed image (shape, sum, objectness sum)
+TTA_BUS = [(36, 0.911728, 0.791667, 0.174074, 0.05, 0.507159), (0, 0.0444444, 0.678704, 0.0888889, 0.296296, 0.519067),
+           (0, 0.92284, 0.583796, 0.154321, 0.456481, 0.761548), (5, 0.489506, 0.462963, 0.954321, 0.537037, 0.76207),
+           (0, 0.348148, 0.587963, 0.153086, 0.418519, 0.795765), (0, 0.162346, 0.590741, 0.218519, 0.47963, 0.870583)]
+
+
+def test_test_time_augmentation_matches_the_original(tmp_path, yolov5n):
+    r = run_detect('--source', shared(BUS), '--weights', WEIGHTS, '--augment', '--save-txt', '--save-conf',
+                   cwd=tmp_path)
+    assert r.returncode == 0 and '4 persons, 1 bus, 1 skateboard' in r.stdout, r.stderr
+    assert match_rows(read_labels(tmp_path / 'runs/detect/exp/labels/bus.txt'), np.array(TTA_BUS)) < 0.002
+    x = data.to_tensor(data.letterbox(cv2.imread(str(BUS)), 640)[0]).float()[None] / 255
+    y = next(M.predict(yolov5n, x, augment=True))[0]
+    assert y.shape == (1, 34233, 85) and abs(y.double().sum().item() / 22822310.744 - 1) < 1e-6
+    assert abs(y[..., 4].double().sum().item() - 136.6395) < 1e-3
+    # validation with it: other detections than without, boxes on the image all the same
+    root = make_dataset(tmp_path / 'ds', [[(0, 20, 30, 90, 120)], [(1, 40, 40, 100, 140)]])
+    opt = T.parse_args(['--val-only', '--weights', str(WEIGHTS), '--data', str(root), '--img', '160', '--batch', '2',
+                        '--save-json', '--project', str(tmp_path / 'val')])
+    T.run_val_only(opt)
+    opt.augment = True
+    T.run_val_only(opt)
+    plain, augmented = (__import__('json').loads(p.read_text()) for p in sorted((tmp_path / 'val').glob('*/*.json')))
+    assert plain != augmented and all(0 <= b <= 160 for r in augmented for b in r['bbox'][:2])
+
+
+# The original's val.py --save-json (yolov5n, 640) on 8 COCO128 images laid out as COCO (coco/val2017.txt): detections
+# per image, and those with score >= 0.3 (image_id, category_id, x, y, w, h, score)
+COCO_JSON_COUNTS = {9: 300, 25: 43, 30: 64, 34: 17, 36: 172, 42: 300, 49: 300, 61: 166}
+COCO_JSON_TOP = [
+    (34, 24, 11.434, 22.042, 425.922, 370.904, 0.89869), (25, 25, 358.059, 63.635, 245.535, 299.711, 0.86503),
+    (30, 86, 239.662, 151.854, 166.8, 199.39, 0.58933), (30, 64, 194.032, 38.675, 272.839, 312.024, 0.3127),
+    (9, 56, 252.78, 229.293, 322.441, 247.148, 0.60045), (9, 51, 355.019, 0.46, 267.594, 238.357, 0.44268),
+    (61, 1, 251.81, 198.967, 59.84, 70.795, 0.54573), (61, 19, 230.159, 234.053, 133.828, 98.72, 0.39928),
+    (61, 1, 376.311, 209.382, 44.25, 84.228, 0.31981), (61, 22, 233.512, 236.409, 133.02, 94.155, 0.31729),
+    (49, 64, 200.626, 427.411, 71.003, 46.625, 0.75184), (49, 1, 119.575, 339.471, 11.663, 29.529, 0.6854),
+    (49, 19, 166.765, 237.363, 122.341, 174.322, 0.64422), (49, 19, 79.529, 251.789, 107.964, 149.363, 0.55422),
+    (49, 1, 281.54, 329.064, 13.753, 31.216, 0.44068), (49, 1, 188.847, 332.315, 10.917, 25.53, 0.43672),
+    (49, 1, 78.208, 242.619, 92.639, 97.191, 0.42307), (49, 1, 145.876, 260.486, 27.779, 52.979, 0.41489),
+    (49, 1, 359.434, 340.313, 15.704, 20.022, 0.30114), (36, 1, 175.064, 146.698, 266.963, 493.302, 0.66998),
+    (36, 28, 14.068, 32.667, 435.729, 443.186, 0.35807)]
+
+
+def test_val_only_save_json_equals_the_originals(tmp_path):
+    import json
+    import shutil
+    coco = tmp_path / 'coco'
+    for sub in ('images', 'labels'):
+        (coco / sub / 'val2017').mkdir(parents=True)
+    for i in COCO_JSON_COUNTS:
+        stem = f'{i:012d}'
+        shutil.copy(shared(COCO128 / f'images/train2017/{stem}.jpg'), coco / 'images/val2017')
+        shutil.copy(COCO128 / f'labels/train2017/{stem}.txt', coco / 'labels/val2017')
+    (coco / 'val2017.txt').write_text(''.join(f'./images/val2017/{i:012d}.jpg\n' for i in COCO_JSON_COUNTS))
+    (tmp_path / 'coco.yaml').write_text(f'path: {coco}\ntrain: val2017.txt\nval: val2017.txt\n')
+    r = run_train('--val-only', '--weights', WEIGHTS, '--data', tmp_path / 'coco.yaml', '--save-json', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ours = json.loads((tmp_path / 'runs/val/exp/yolov5n_predictions.json').read_text())
+    assert {i: sum(r['image_id'] == i for r in ours) for i in COCO_JSON_COUNTS} == COCO_JSON_COUNTS
+    top = np.array([[r['image_id'], r['category_id'], *r['bbox'], r['score']] for r in ours if r['score'] >= 0.3])
+    assert len(top) == len(COCO_JSON_TOP) and match_rows(top, np.array(COCO_JSON_TOP), slice(1, None)) < 0.01
+    assert set(ours[0]) == {'image_id', 'category_id', 'bbox', 'score'}
+
+
+def test_coco_ids_only_on_coco_and_pycocotools_where_installed(tmp_path, monkeypatch, capsys):
+    det = torch.tensor([[10.0, 20.0, 50.0, 80.0, 0.9, 0.0], [0.0, 0.0, 5.0, 5.0, 0.123456, 79.0]])
+    assert P.coco_records(det, 'x/000000000042.jpg') == [
+        dict(image_id=42, category_id=0, bbox=[10.0, 20.0, 40.0, 60.0], score=0.9),
+        dict(image_id=42, category_id=79, bbox=[0.0, 0.0, 5.0, 5.0], score=0.12346)]
+    assert P.coco_records(det, 'a/cat_1.png')[0]['image_id'] == 'cat_1'
+    fake = tmp_path / 'site/pycocotools'  # a stand-in that records how it is called
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('')
+    (fake / 'coco.py').write_text('class COCO:\n    def __init__(self, path):\n        print("annotations", path)\n'
+                                  '    def loadRes(self, path):\n        return path\n')
+    (fake / 'cocoeval.py').write_text(
+        'class COCOeval:\n    def __init__(self, truth, results, kind):\n        self.results, self.params = results, '
+        'type("P", (), {})()\n    def evaluate(self):\n        print("images", self.params.imgIds)\n'
+        '    def accumulate(self):\n        pass\n'
+        '    def summarize(self):\n        print("summary of", self.results)\n')
+    monkeypatch.syspath_prepend(str(tmp_path / 'site'))
+    coco = {'val': [str(tmp_path / 'coco/val2017.txt')]}
+    (tmp_path / 'coco/annotations').mkdir(parents=True)
+    (tmp_path / 'coco/annotations/instances_val2017.json').write_text('{}')
+    for spec, ids in [({'val': [str(tmp_path / 'other/val.txt')]}, [0, 79]), (coco, [1, 90])]:
+        path = tmp_path / 'out.json'
+        P.save_coco_json(P.coco_records(det, 'x/000000000042.jpg'), path, spec, ['x/000000000042.jpg'])
+        assert [r['category_id'] for r in __import__('json').loads(path.read_text())] == ids
+    out = capsys.readouterr().out  # pycocotools ran on COCO only, on its images
+    assert out.count('summary of') == 1 and 'images [42]' in out and 'instances_val2017.json' in out
+
+
+def test_task_test_validates_the_test_split(tmp_path, capsys):
+    root = make_dataset(tmp_path / 'ds', [[(0, 20, 30, 90, 120)]] * 2)
+    other = make_dataset(tmp_path / 'other', [[(0, 20, 30, 90, 120)]] * 3)
+    (tmp_path / 'd.yaml').write_text(f'train: {root}\nval: {root}\ntest: {other}\n')
+    args = ['--val-only', '--weights', str(WEIGHTS), '--data', str(tmp_path / 'd.yaml'), '--img', '160',
+            '--project', str(tmp_path / 'runs')]
+    T.run_val_only(T.parse_args(args + ['--task', 'test']))
+    out = capsys.readouterr().out
+    assert 'test: Scanned' in out and next(x for x in out.splitlines() if x.split()[:1] == ['all']).split()[1] == '3'
+    (tmp_path / 'd.yaml').write_text(f'train: {root}\nval: {root}\n')
+    with pytest.raises(SystemExit, match='no test: in the data YAML'):
+        T.run_val_only(T.parse_args(args + ['--task', 'test']))
+
+
+# The original's data/hyps/*.yaml (v7.0), key: value
+ORIGINAL_HYPS = {
+    'hyp.scratch-low.yaml': dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0,
+        warmup_momentum=0.8, warmup_bias_lr=0.1, box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0, iou_t=0.2,
+        anchor_t=4.0, fl_gamma=0.0, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5,
+        shear=0.0, perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, copy_paste=0.0),
+    'hyp.scratch-med.yaml': dict(lr0=0.01, lrf=0.1, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0,
+        warmup_momentum=0.8, warmup_bias_lr=0.1, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.2,
+        anchor_t=4.0, fl_gamma=0.0, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.9,
+        shear=0.0, perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.1, copy_paste=0.0),
+    'hyp.scratch-high.yaml': dict(lr0=0.01, lrf=0.1, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0,
+        warmup_momentum=0.8, warmup_bias_lr=0.1, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.2,
+        anchor_t=4.0, fl_gamma=0.0, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.9,
+        shear=0.0, perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.1, copy_paste=0.1),
+    'hyp.no-augmentation.yaml': dict(lr0=0.01, lrf=0.1, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0,
+        warmup_momentum=0.8, warmup_bias_lr=0.1, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.2,
+        anchor_t=4.0, fl_gamma=0.0, hsv_h=0, hsv_s=0, hsv_v=0, degrees=0.0, translate=0, scale=0, shear=0,
+        perspective=0.0, flipud=0.0, fliplr=0.0, mosaic=0.0, mixup=0.0, copy_paste=0.0),
+    'hyp.VOC.yaml': dict(lr0=0.00334, lrf=0.15135, momentum=0.74832, weight_decay=0.00025, warmup_epochs=3.3835,
+        warmup_momentum=0.59462, warmup_bias_lr=0.18657, box=0.02, cls=0.21638, cls_pw=0.5, obj=0.51728,
+        obj_pw=0.67198, iou_t=0.2, anchor_t=3.3744, fl_gamma=0.0, hsv_h=0.01041, hsv_s=0.54703, hsv_v=0.27739,
+        degrees=0.0, translate=0.04591, scale=0.75544, shear=0.0, perspective=0.0, flipud=0.0, fliplr=0.5,
+        mosaic=0.85834, mixup=0.04266, copy_paste=0.0, anchors=3.412),
+    'hyp.Objects365.yaml': dict(lr0=0.00258, lrf=0.17, momentum=0.779, weight_decay=0.00058, warmup_epochs=1.33,
+        warmup_momentum=0.86, warmup_bias_lr=0.0711, box=0.0539, cls=0.299, cls_pw=0.825, obj=0.632, obj_pw=1.0,
+        iou_t=0.2, anchor_t=3.44, anchors=3.2, fl_gamma=0.0, hsv_h=0.0188, hsv_s=0.704, hsv_v=0.36, degrees=0.0,
+        translate=0.0902, scale=0.491, shear=0.0, perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0,
+        copy_paste=0.0),
+}
+
+
+def test_every_original_hyp_file_is_read(tmp_path, capsys):
+    for name, hyp in ORIGINAL_HYPS.items():  # as the original writes them: comments, `key: value  # what it is`
+        text = '# YOLOv5 hyperparameters\n\n' + ''.join(f'{k}: {v}  # {k}\n' for k, v in hyp.items())
+        (tmp_path / name).write_text(text)
+        opt = T.parse_args(['--hyp', str(tmp_path / name)])
+        used = {k: v for k, v in hyp.items() if k not in T.NOT_USED}
+        assert dict(opt.hyp) == used and set(used) <= set(T.HYP)
+        err = capsys.readouterr().err  # the keys not used here are named, with why
+        assert all(f'{name}: {k} is not used' in err for k in hyp if k in T.NOT_USED) and 'iou_t' in err
+    opt = T.parse_args(['--hyp', str(tmp_path / 'hyp.VOC.yaml'), 'lr0=0.5'])  # KEY=VALUE after a file overrides it
+    assert dict(opt.hyp)['lr0'] == 0.5 and dict(opt.hyp)['mixup'] == 0.04266
+    (tmp_path / 'bad.yaml').write_text('lr0: 0.01\nlr9: 2\n')
+    for value, why in [('bad.yaml', "bad.yaml: unknown key 'lr9'"), ('nothere.yaml', 'No such file')]:
+        with pytest.raises(SystemExit) as e:
+            T.parse_args(['--hyp', str(tmp_path / value)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and 'argument --hyp' in err and why in err and 'Traceback' not in err
+
+
+# ---- P6 models. The original's yolov5n6 with every weight set by a formula (below), on a formula image (1, 3, 256,
+# 320): its output (1, 5100, 85) -- sum, objectness sum, the sums of its 4 raw maps, rows 0, 2550 and 5099 (first six
+# values) -- and with test-time augmentation (1, 10896, 85): sum, objectness sum, last row.
+P6_SUM, P6_OBJ, P6_RAW = 2405964.4988, 2500.54616, [232.497745, 85.583087, 25.764537, 8.875086]
+P6_ROWS = {0: [3.919014, 3.856691, 19.081982, 32.180714, 0.49109, 0.549363],
+           2550: [243.810165, 251.679581, 40.821522, 46.200096, 0.48992, 0.561597],
+           5099: [282.86908, 201.4776, 680.675903, 1249.728149, 0.627055, 0.444737]}
+P6_TTA_SUM, P6_TTA_OBJ, P6_TTA_LAST = 5454016.978, 5341.61159, [326.67029, 205.19044, 1015.93414, 1865.26587, 0.62706]
+
+
+def formula_weights(net):
+    """Every float tensor of the state dict but the anchors from its key name and size, as the original's was set."""
+    sd = {}
+    for k, v in net.state_dict().items():
+        if v.is_floating_point() and not k.endswith('anchors'):
+            base = torch.sin(torch.arange(v.numel(), dtype=torch.float64) * 0.7311 + (sum(map(ord, k)) % 1000) * 0.0137)
+            sd[k] = ((1 + 0.5 * base.abs()) if k.endswith('running_var') else base * 0.1).float().view(v.shape)
+    net.load_state_dict(sd, strict=False)
+    return net.eval()
+
+
+@pytest.mark.parametrize('scale,params,fused', [('n6', 3246940, 3239884), ('s6', 12626620, 12612508),
+                                                ('m6', 35731932, None), ('l6', 76770172, None),
+                                                ('x6', 140794780, None)])  # the original's, as built by its code
+def test_p6_scales_have_the_original_parameter_counts(scale, params, fused):
+    net = M.YOLOv5(scale)
+    assert net.p6 and net.detect.stride.tolist() == [8, 16, 32, 64] and len(net.model) == 34
+    assert sum(p.numel() for p in net.parameters()) == params
+    if fused:
+        assert sum(p.numel() for p in net.fuse().parameters()) == fused
+
+
+def test_p6_outputs_equal_the_originals():
+    net = formula_weights(M.YOLOv5('n6'))  # the key names enter the formula: the same names, or other outputs
+    assert len(net.state_dict()) == 459 and list(net.state_dict())[-1] == 'model.33.m.3.bias'
+    x = ((torch.sin(torch.arange(3 * 256 * 320, dtype=torch.float64) * 0.01) + 1) / 2).float().view(1, 3, 256, 320)
+    for fused in (False, True):
+        with torch.no_grad():
+            y, raw = (net.fuse() if fused else net)(x)
+        assert y.shape == (1, 5100, 85) and abs(y.double().sum().item() / P6_SUM - 1) < 1e-7
+        assert abs(y[..., 4].double().sum().item() - P6_OBJ) < 1e-3
+        np.testing.assert_allclose([r.double().sum().item() for r in raw], P6_RAW, rtol=1e-5)  # fusing: 3e-6
+        for i, row in P6_ROWS.items():
+            np.testing.assert_allclose(y[0, i, :6].tolist(), row, rtol=1e-5, atol=1e-5)
+    y = next(M.predict(net, x, augment=True))[0]
+    assert y.shape == (1, 10896, 85) and abs(y.double().sum().item() / P6_TTA_SUM - 1) < 1e-7
+    assert abs(y[..., 4].double().sum().item() - P6_TTA_OBJ) < 1e-3
+    np.testing.assert_allclose(y[0, -1, :5].tolist(), P6_TTA_LAST, rtol=1e-5)
+
+
+def test_official_p6_checkpoint_downloads_by_name_and_loads(tmp_path, monkeypatch):
+    """A P6 model pickled as the original's release files are (models.yolo.DetectionModel, 12 + 22 layers)."""
+    import types
+    net = formula_weights(M.YOLOv5('s6', nc=4, names=['a', 'b', 'c', 'd']))
+    official = deepcopy(net)
+    official.detect.__dict__['stride'] = official.detect._buffers.pop('stride')  # a plain attribute there
+    official.__dict__.update(yaml={'nc': 4, 'depth_multiple': 0.33, 'width_multiple': 0.5, 'backbone': [[]] * 12,
+                                   'head': [[]] * 22}, names={0: 'a', 1: 'b', 2: 'c', 3: 'd'})
+    renames = [(M.YOLOv5, 'models.yolo', 'DetectionModel'), (M.Detect, 'models.yolo', 'Detect'),
+               (M.Conv, 'models.common', 'Conv'), (M.C3, 'models.common', 'C3'),
+               (M.Bottleneck, 'models.common', 'Bottleneck'), (M.SPPF, 'models.common', 'SPPF')]
+    mirror = tmp_path / 'mirror'
+    mirror.mkdir()
+    originals = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
+    with monkeypatch.context() as m:
+        for module in ('models', 'models.yolo', 'models.common'):  # the original's module names, our classes inside
+            m.setitem(sys.modules, module, types.ModuleType(module))
+        try:
+            for cls, module, name in renames:
+                setattr(sys.modules[module], name, cls)
+                cls.__module__, cls.__qualname__ = module, name
+            ckpt = {'epoch': -1, 'model': official.half(), 'ema': None, 'date': '2022-11-22'}
+            torch.save(ckpt, mirror / 'yolov5s6.pt')
+        finally:
+            for cls, module, name in originals:
+                cls.__module__, cls.__qualname__ = module, name
+    monkeypatch.setenv('YOLO_MIRROR', str(mirror))
+    loaded = M.load_model(tmp_path / 'weights' / 'yolov5s6.pt')  # fetched by its name, as the P5 ones
+    assert loaded.p6 and loaded.names == ['a', 'b', 'c', 'd'] and loaded.scale == (0.33, 0.5)
+    x = torch.rand(1, 3, 128, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], net.half().float()(x)[0])
+
+
+def test_p6_trains_validates_and_detects(tmp_path, capsys):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=4, n_val=2, size=128)
+    args = ['--data', str(root), '--names', str(root / 'names.txt'), '--img', '100',
+            '--project', str(tmp_path / 'runs')]
+    run = T.Trainer(T.parse_args(['--weights', '', '--cfg', 'yolov5n6.yaml', '--batch', '4', '--epochs', '1',
+                                  '--workers', '0', '--noautoanchor', *args])).fit()
+    out = capsys.readouterr().out
+    assert 'must be a multiple of 64 and >= 128, using 128' in out and 'Validating' in out
+    ckpt = torch.load(run / 'weights/best.pt', weights_only=True)
+    assert ckpt['p6'] and ckpt['opt']['img'] == 128 and ckpt['model']['model.33.anchors'].shape == (4, 3, 2)
+    opt = detect.parse_args([str(root / 'images/val/0000.jpg'), '--weights', str(run / 'weights/best.pt'),
+                             '--img', '100', '--project', str(tmp_path / 'detect')])
+    assert detect.run(opt) == 0 and ': 128x128 ' in capsys.readouterr().out

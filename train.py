@@ -2,7 +2,7 @@
 Train or validate YOLOv5, the entry point beside detect.py:
   python train.py --data coco128.yaml --weights yolov5n.pt --img 640 --epochs 100
   torchrun --nproc_per_node 2 train.py --data ... --device 0,1          (DDP: NCCL on GPUs, gloo on CPU)
-  python train.py --val-only --weights yolov5n.pt --data coco128.yaml --batch 32
+  python train.py --val-only --weights yolov5n.pt --data coco128.yaml --batch 32 [--save-json --task test]
 Owns the training hyperparameters, the training loop (warmup, LR schedule, gradient accumulation, mixed precision,
 EMA, checkpoints, resume, early stopping) and validation with YOLOv5's metrics (P, R, mAP, confusion matrix).
 Runs go to runs/train/exp, exp2, ...: weights/last.pt and best.pt, results.csv and pictures.
@@ -25,20 +25,23 @@ import torch.nn as nn
 from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
 from export import load_any
 from loss import YOLOLoss, check_anchors
-from model import SCALES, STRIDES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
-from plumbing import (AMP_TYPES, amp_choice, box_iou, check_img_size, checkpoint_file, clock, confusion_add,
-                      data_spec, device_name, existing_file, half_dtype, key_number, label_path, number, or_exit,
-                      pick_run, plot_batch, plot_curve, plot_labels, plot_results, read_names, removed_if_unstarted,
-                      run_dir, save_atomic, save_confusion_matrix, select_device, strip_checkpoint, to_cpu,
-                      trim_results, weights_file, write_results, xywh2xyxy)
+from model import SCALES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
+from plumbing import (AMP_TYPES, amp_choice, box_iou, check_img_size, checkpoint_file, clock, coco_records,
+                      confusion_add, data_spec, device_name, existing_file, half_dtype, is_coco, key_number,
+                      label_path, number, or_exit, pick_run, plot_batch, plot_curve, plot_labels, plot_results,
+                      read_names, removed_if_unstarted, run_dir, save_atomic, save_coco_json, save_confusion_matrix,
+                      select_device, strip_checkpoint, to_cpu, trim_results, weights_file, write_results, xywh2xyxy)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
-# Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5
+# Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5, or an original hyp file: --hyp hyp.VOC.yaml
 HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,   # SGD; final lr = lr0 * lrf
            warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
            nbs=64,                                                    # nominal batch: gradients accumulate to it
            box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,        # loss gains and BCE positive weights
            anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0, **AUG)    # anchor-label wh ratio limit, focal loss gamma
+# keys of the original's hyp files that are not used here, and why
+NOT_USED = dict(iou_t='unused by the original too', anchors='3 anchors per level here, refitted by autoanchor if poor',
+                copy_paste='it pastes segments: polygon labels are read as boxes here')
 RANK = int(os.getenv('RANK', -1))  # set by torchrun: this process among all; -1 without torchrun
 LOCAL_RANK = int(os.getenv('LOCAL_RANK', -1))  # this process on its machine
 WORLD_SIZE = int(os.getenv('WORLD_SIZE', 1))
@@ -76,7 +79,7 @@ class Trainer:
         # cuBLAS needs a fixed workspace for it, set before its first use
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
-        self.hyp = dict(HYP, **dict(opt.hyp))
+        self.hyp = dict(HYP, **dict(opt.hyp))  # the last of a key wins: KEY=VALUE after a file overrides it
         self.hyp['label_smoothing'] = opt.label_smoothing or self.hyp['label_smoothing']
         model = self.setup_model_and_data(resumed)  # the model's classes come from the data
         if MAIN and not resumed:  # before the EMA copies the model, and before DDP sends rank 0's anchors to all
@@ -128,7 +131,8 @@ class Trainer:
         for k, p in model.named_parameters():  # --freeze 10: the backbone keeps its starting weights, resumed too
             p.requires_grad_(not k.startswith(frozen))
         self.names = model.names
-        self.train_set, val_set = build_datasets(opt, data, self.names, self.hyp)
+        self.coco = is_coco(data)
+        self.train_set, val_set = build_datasets(opt, data, self.names, self.hyp, model.max_stride)
         cpu = self.device.type == 'cpu'
         self.train_loader = create_dataloader(self.train_set, opt.batch // WORLD_SIZE, opt.workers, shuffle=not opt.rect,
                                               cpu=cpu, rank=max(RANK, 0), world_size=WORLD_SIZE)
@@ -224,13 +228,14 @@ class Trainer:
         return mloss
 
     def rescale(self, imgs, ni):
-        """--multi-scale: the batch resized to a random size in [0.5, 1.5] x --img, a multiple of 32."""
+        """--multi-scale: the batch resized to a random size in [0.5, 1.5] x --img, a multiple of the stride."""
         rng = np.random.default_rng([self.opt.seed, ni])  # seeded by iteration: a resumed run draws the same
-        size = int(rng.integers(self.opt.img * 0.5, self.opt.img * 1.5 + 32)) // 32 * 32
+        gs = self.raw.max_stride
+        size = int(rng.integers(self.opt.img * 0.5, self.opt.img * 1.5 + gs)) // gs * gs
         f = size / max(imgs.shape[2:])
         if f == 1:
             return imgs
-        new_shape = [math.ceil(x * f / 32) * 32 for x in imgs.shape[2:]]
+        new_shape = [math.ceil(x * f / gs) * gs for x in imgs.shape[2:]]
         return nn.functional.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
 
     def progress(self, epoch, i, mloss, instances, size, t_epoch):
@@ -321,9 +326,8 @@ class Trainer:
         log(f'\nValidating {best}...')
         model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
         model.load_state_dict(read_checkpoint(best)[1])
-        coco = '/coco/images/val2017/' in str(self.val_loader.dataset.files[0]).replace(os.sep, '/')
         half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA; fp32 on CPU
-        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if coco else 0.6,
+        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if self.coco else 0.6,
                         loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
 
     def fit(self):
@@ -368,14 +372,15 @@ def build_model(opt, resumed=None, data_names=None):
     """The model saved in last.pt; or --cfg's scale (else the weights') with --weights transferred into it by name
     and shape. Its classes: --names, else the data YAML's, else the weights', else COCO's."""
     if resumed:
-        model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'names')})
+        model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'names')}, p6=resumed.get('p6', False))
         model.load_state_dict(resumed['model'])
         return model
     meta, sd = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
     names = read_names(opt.names) if opt.names else data_names or (meta['names'] if meta else read_names())
     if opt.single_cls and len(names) != 1:  # every class trains as one
         names = ['item']
-    model = YOLOv5(opt.cfg or (meta['scale'] if meta else 'n'), len(names), names=names)
+    arch = dict(scale=meta['scale'], p6=meta['p6']) if meta and not opt.cfg else dict(scale=opt.cfg or 'n')
+    model = YOLOv5(**arch, nc=len(names), names=names)
     if meta:  # with --cfg the model keeps its own anchors
         own = model.state_dict()
         fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape
@@ -385,14 +390,16 @@ def build_model(opt, resumed=None, data_names=None):
     return model
 
 
-def build_datasets(opt, data, names, hyp, train=True, rect=True):  # rect False: square, for a fixed-size ONNX
-    """The validation set (rank 0 only) and, for training, the augmented training set of data_spec(--data)."""
-    common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls)
+def build_datasets(opt, data, names, hyp, stride, train=True, rect=True):  # rect False: a fixed-size ONNX
+    """The validation set (rank 0 only; --task's split) and, for training, the augmented training set of
+    data_spec(--data). --img is rounded up to a multiple of the model's stride first."""
+    opt.img = check_img_size(opt.img, 2 * stride if train else 0, stride)  # the original's floor: 2 strides
+    common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls, stride=stride)
     batch = opt.batch // WORLD_SIZE
     val, tr = None, None
     if MAIN:  # validation needs no gradients: twice the batch fits
-        val = or_exit(YOLODataset, data['val'], opt.img, batch * 2 if train else batch, rect=rect, pad=0.5,
-                      split='val', prefix='val: ', **common)
+        val = or_exit(YOLODataset, data[opt.task], opt.img, batch * 2 if train else batch, rect=rect, pad=0.5,
+                      split=opt.task, prefix=f'{opt.task}: ', **common)
     if train:
         tr = or_exit(YOLODataset, data['train'], opt.img, batch, augment=True, hyp=hyp, rect=opt.rect,
                      seed=opt.seed, prefix='train: ', **common)
@@ -427,7 +434,8 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
 def amp_agrees(model, image, size, dtype):
     """Do all mixed-precision outputs of model (in eval mode; all, not the detections that come and go) agree with
     fp32 on a real image to 10% (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: train in fp32 there."""
-    x = to_tensor(letterbox(cv2.imread(image), size)[0])[None].to(next(model.parameters()).device).float() / 255
+    x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
+    x = x.to(next(model.parameters()).device).float() / 255
     a, b = (next(predict(model, x, d))[0] for d in (None, dtype))
     scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
     return bool(((a - b).abs() / scale).max() < 0.1)
@@ -511,9 +519,10 @@ def summarize(stats, names, verbose, plots_dir=None):
 
 @torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, dtype=None,
-             verbose=False, plots_dir=None):
+             verbose=False, plots_dir=None, augment=False, records=None):
     """Prints YOLOv5's validation table and returns {name in METRICS: value}. With plots_dir, also draws the first
-    batch's predictions, the confusion matrix (and its counts as .csv), the PR and F1 curves there."""
+    batch's predictions, the confusion matrix (and its counts as .csv), the PR and F1 curves there. augment: test-time
+    augmentation; records: a list that gets each detection in COCO's results format."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
@@ -530,7 +539,7 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         preds = []
         raws = []
         t_nms = 0.0
-        for pred, raw in predict(model, imgs, dtype):  # NMS chunk by chunk: only a chunk's outputs are ever held
+        for pred, raw in predict(model, imgs, dtype, augment):  # NMS chunk by chunk: only a chunk's outputs are held
             t = clock(device)
             preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True, max_det=max_det)
             t_nms += time.perf_counter() - t
@@ -550,6 +559,8 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
             pred = torch.cat((scale_boxes(pred[:, :4].clone(), (h, w), *to_orig[si]), pred[:, 4:]), 1)
             if plots_dir:
                 confusion_add(confusion, pred, lb)
+            if records is not None:
+                records += coco_records(pred, paths[si])
             correct = match_predictions(pred, lb[:, 0], lb[:, 1:], iouv)
             stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), lb[:, 0].cpu().numpy()))
     results = summarize(stats, names, verbose, plots_dir)
@@ -565,13 +576,14 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
-    p.add_argument('--cfg', type=lambda t: Path(t).stem.replace('yolov5', ''), choices=['', *SCALES], default='',
-                   help='model scale: n, s, m, l, x (or yolov5s.yaml)')
+    p.add_argument('--cfg', type=lambda t: Path(t).stem.replace('yolov5', ''), default='',
+                   choices=['', *SCALES, *(s + '6' for s in SCALES)], help='model: n ... x, n6 ... x6, or yolov5s.yaml')
     p.add_argument('--data', default='coco128.yaml', help='data YAML, coco128 / coco, dataset root, images or .txt')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
     p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
     p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
-    p.add_argument('--hyp', nargs='*', type=key_number(HYP), default=[], metavar='KEY=VALUE', help='override HYP entries')
+    p.add_argument('--hyp', nargs='*', type=key_number(HYP, NOT_USED), default=[], metavar='KEY=VALUE or FILE.yaml',
+                   help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
     p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
@@ -602,14 +614,17 @@ def parse_args(argv=None):
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
     p.add_argument('--max-det', type=number(int, 1), default=300)
+    p.add_argument('--task', default='val', choices=['val', 'test'], help='--val-only on this split of --data')
+    p.add_argument('--save-json', action='store_true', help='--val-only: also the detections in COCO JSON')
+    p.add_argument('--augment', action='store_true', help='--val-only with test-time augmentation')
     opt = p.parse_args(argv)
+    opt.hyp = [pair for pairs in opt.hyp for pair in pairs]
     opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
     processes = WORLD_SIZE if WORLD_SIZE > 1 else len(opt.device.split(','))  # --device 0,1: one per GPU
     if opt.batch % processes:
         p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({processes})')
     if processes > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
         p.error(f'argument {"--rect" if opt.rect else "--val-only"}: one process only')
-    opt.img = check_img_size(opt.img, floor=0 if opt.val_only else 2 * max(STRIDES))  # the original's floor: 64
     return opt
 
 
@@ -617,15 +632,19 @@ def parse_args(argv=None):
 def run_val_only(opt):
     device = select_device(opt.device)
     model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
-    data = or_exit(data_spec, opt.data)
+    data = or_exit(data_spec, opt.data, opt.task)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
     if len(names) != model.nc:  # as the original refuses: the boxes would carry classes the names don't have
         raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
-    _, val = build_datasets(opt, data, names, None, train=False, rect=getattr(model, 'fixed', None) is None)
+    fixed = getattr(model, 'fixed', None) is not None  # an ONNX file of fixed sizes takes square images
+    _, val = build_datasets(opt, data, names, None, model.max_stride, train=False, rect=not fixed)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
+    records = [] if opt.save_json else None
     validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, verbose=opt.verbose or len(names) < 50,
-             dtype=half_dtype(device) if opt.half else None, plots_dir=save_dir)
+             dtype=half_dtype(device) if opt.half else None, plots_dir=save_dir, augment=opt.augment, records=records)
+    if opt.save_json:
+        or_exit(save_coco_json, records, save_dir / f'{Path(opt.weights).stem}_predictions.json', data, val.files)
     log(f'Results saved to {save_dir}')
 
 
