@@ -7,7 +7,6 @@ Labels are YOLO rows `class xc yc w h`, normalized; while an image is augmented 
 pixels, normalized again at the end. Every random draw of a sample comes from a generator seeded by (seed, epoch,
 index): a batch is the same whatever the number of workers, and a resumed run sees the data of an uninterrupted one.
 """
-import argparse
 import math
 import os
 import sys
@@ -17,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from plumbing import (available_memory, data_spec, existing_file, find_images, load_labels, number, or_exit,
-                      plot_batch, read_names, xywh2xyxy, xyxy2xywh)
+from plumbing import (available_memory, check_cache_ram, find_images, load_labels, rect_batches, show_batch,
+                      xywh2xyxy, xyxy2xywh)
 
 cv2.setNumThreads(0)  # OpenCV's own threads fight with the loader's worker processes
 # YOLOv5's augmentations: hyp.scratch-low and its hardcoded albumentations. In train.py's HYP, --hyp overrides them.
@@ -148,26 +147,27 @@ def mixup(img, labels, img2, labels2, rng):
 class YOLODataset(torch.utils.data.Dataset):
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, stride=32,
                  pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False, prefix=''):
-        self.img_size, self.augment, self.hyp, self.rect, self.seed = img_size, augment, hyp, rect, seed
+        self.img_size = img_size
+        self.augment = augment
+        self.hyp = hyp
+        self.rect = rect
+        self.seed = seed
         self.batch_size = batch_size  # with rect, a loader batch shares a shape
         self.epoch = 0  # ds[i]'s, in its random seed (the loader passes (epoch, i))
         self.files, self.sizes, self.labels = load_labels(find_images(source, split), nc, prefix, single_cls)
-        self.mosaic, self.warned = augment and not rect, set()  # warned: files that stopped decoding
+        self.mosaic = augment and not rect
+        self.warned = set()  # files that stopped decoding
         if rect:  # sorted by aspect ratio, a letterbox shape per batch: less padding, YOLOv5's val results
-            order = np.argsort(self.sizes[:, 1] / self.sizes[:, 0])
-            self.files, self.labels = [self.files[i] for i in order], [self.labels[i] for i in order]
-            self.sizes, self.batch_index = self.sizes[order], np.arange(len(order)) // batch_size
-            ar = self.sizes[:, 1] / self.sizes[:, 0]  # h / w
-            shapes = [[a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
-                      for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
-            self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
+            order, self.batch_index, self.batch_shapes = rect_batches(self.sizes, batch_size, img_size, stride, pad)
+            self.files = [self.files[i] for i in order]
+            self.labels = [self.labels[i] for i in order]
+            self.sizes = self.sizes[order]
         self.shapes = np.ceil(self.sizes * (img_size / self.sizes.max(1, keepdims=True))).astype(int)  # as loaded
-        need, free = 3 * self.shapes.prod(1).sum(), available_memory()
-        if cache == 'ram' and need > (free or math.inf):  # refused before filling memory for minutes
-            raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {len(self.files)} images at --img '
-                             f'{img_size}, but {free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
-        self.need, self.keep, self.ram = need, cache == 'ram', [None] * len(self.files)
+        self.need = 3 * self.shapes.prod(1).sum()  # bytes, all images decoded
+        self.keep = cache == 'ram'
+        self.ram = [None] * len(self.files)
         if cache == 'ram':
+            check_cache_ram(self.need, available_memory(), len(self.files), img_size)
             with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
                 self.ram = pool.map(self.load_image, range(len(self.files)))
             mb = sum(x[0].nbytes for x in self.ram if x[0] is not None) / 2 ** 20
@@ -309,17 +309,4 @@ def set_epoch(loader, epoch):
 
 
 if __name__ == '__main__':  # python data.py DATASET [--img 640] [--names FILE]: see what training sees
-    p = argparse.ArgumentParser()
-    p.add_argument('data')
-    p.add_argument('--img', type=number(int, 32), default=640)
-    p.add_argument('--batch', type=number(int, 1), default=16)
-    p.add_argument('--seed', type=number(int, 0), default=0)
-    p.add_argument('--names', type=existing_file, default=None)
-    p.add_argument('--out', default='train_batch.jpg')
-    a = p.parse_args()
-    spec = or_exit(data_spec, a.data)
-    names = read_names(a.names) if a.names else spec['names'] or read_names()
-    ds = or_exit(YOLODataset, spec['train'], a.img, a.batch, augment=True, hyp=AUG, nc=len(names), seed=a.seed)
-    imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
-    plot_batch(imgs, labels, names, a.out)
-    print(f'{len(imgs)} augmented images with {len(labels)} labels written to {a.out}')
+    show_batch(YOLODataset, collate, AUG)

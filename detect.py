@@ -15,9 +15,9 @@ import torch
 from data import letterbox, to_tensor
 from export import load_any
 from model import non_max_suppression, predict, scale_boxes
-from plumbing import (IMAGE_EXTS, PALETTE, check_img_size, clock, device_name, draw_box, expand_sources, half_dtype,
-                      is_stream, number, or_exit, output_stem, read_frames, run_dir, save_crop, save_image, save_text,
-                      select_device, stop_on_ctrl_c, weights_file, xyxy2xywh)
+from plumbing import (IMAGE_EXTS, check_img_size, clock, device_name, expand_sources, half_dtype, is_stream, number,
+                      or_exit, output_stem, read_frames, run_dir, save_image, save_results, select_device,
+                      stop_on_ctrl_c, weights_file)
 
 
 def parse_args(argv=None):
@@ -59,7 +59,8 @@ def run(opt, stop=None):
     """Returns the exit code. stop: an event that ends the run after the current frame (Ctrl-C on the command line)."""
     device = select_device(opt.device)
     model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)  # faster convs
-    dtype, names = half_dtype(device) if opt.half else None, model.names  # fp32 unless --half, as in the original
+    dtype = half_dtype(device) if opt.half else None  # fp32 unless --half: the original's outputs
+    names = model.names
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
         print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '
               f'(0 to {len(names) - 1})', file=sys.stderr)
@@ -74,10 +75,14 @@ def run(opt, stop=None):
     sources = list(expand_sources(opt.source))
     stop = stop or threading.Event()
     stems = set()
-    n_done, n_labels, dt = 0, 0, [0.0, 0.0, 0.0]
+    n_done = 0  # frames
+    n_labels = 0  # label files written
+    dt = [0.0, 0.0, 0.0]  # seconds: pre-processing, inference, NMS
     for idx, (path, error) in enumerate(sources, 1):
-        stem, n_before = output_stem(path, stems), n_done
-        writer, video = None, Path(path).suffix.lower() not in IMAGE_EXTS  # webcams and streams too
+        stem = output_stem(path, stems)  # unique in this run: same-named inputs do not overwrite each other
+        n_before = n_done
+        writer = None
+        video = Path(path).suffix.lower() not in IMAGE_EXTS  # webcams and streams too
         for frame, fi, count, fps in () if error else read_frames(path, opt.vid_stride):
             t0 = time.perf_counter()
             x = to_tensor(letterbox(frame, img_size, stride=stride)[0]).to(device).float()[None] / 255
@@ -89,7 +94,7 @@ def run(opt, stop=None):
             dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, time.perf_counter() - t2))]
             det[:, :4] = scale_boxes(det[:, :4], x.shape[2:], frame.shape[:2]).round()
             counts = [(names[int(c)], int((det[:, 5] == c).sum())) for c in det[:, 5].unique()]
-            summary = ''.join(f'{n} {name}{"s" * (n > 1)}, ' for name, n in counts) or '(no detections), '
+            summary = ''.join(f'{n} {name}{"s" if n > 1 else ""}, ' for name, n in counts) or '(no detections), '
             of = f'/{count}' if count else ''
             where = f'video {idx}/{len(sources)} (frame {fi + 1}{of})' if video else f'image {idx}/{len(sources)}'
             print(f'{where} {path}: {x.shape[2]}x{x.shape[3]} {summary}{(t2 - t1) * 1e3:.1f}ms', flush=True)
@@ -120,26 +125,10 @@ def run(opt, stop=None):
     pre, inf, nms = (t * 1e3 / n_done for t in dt)
     print(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {tuple(x.shape)}')
     if not opt.nosave or opt.save_txt:
-        print(f'Results saved to {save_dir}' + f'\n{n_labels} labels saved to {save_dir / "labels"}' * opt.save_txt)
+        print(f'Results saved to {save_dir}')
+        if opt.save_txt:
+            print(f'{n_labels} labels saved to {save_dir / "labels"}')
     return 130 if stop.is_set() else 0
-
-
-def save_results(opt, names, save_dir, stem, frame_number, frame, det):
-    """A frame's crops (--save-crop) and label file (--save-txt, numbered for a video frame), then its boxes drawn on
-    it (unless --nosave). Returns the number of label files written; raises OSError if something cannot be written."""
-    for *xyxy, conf, cls in reversed(det.tolist()) if opt.save_crop else []:  # from the frame before any drawing
-        save_crop(frame, xyxy, save_dir / 'crops' / names[int(cls)] / f'{stem}.jpg')
-    for *xyxy, conf, cls in reversed(det.tolist()) if not opt.nosave else []:
-        label = None if opt.hide_labels else names[int(cls)] + ('' if opt.hide_conf else f' {conf:.2f}')
-        draw_box(frame, xyxy, label, PALETTE[int(cls) % len(PALETTE)], opt.line_thickness)
-    if not (opt.save_txt and len(det)):
-        return 0
-    gain = torch.tensor(frame.shape, device=det.device)[[1, 0, 1, 0]]  # YOLO rows `cls xc yc w h [conf]`, normalized
-    rows = torch.cat((det[:, 5:], xyxy2xywh(det[:, :4]) / gain, det[:, 4:5]), 1).tolist()[::-1]
-    name = f'{stem}_{frame_number}' if frame_number else stem
-    save_text(''.join(' '.join(f'{v:g}' for v in r[:5 + opt.save_conf]) + '\n' for r in rows),
-              save_dir / 'labels' / f'{name}.txt')
-    return 1
 
 
 if __name__ == '__main__':

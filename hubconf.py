@@ -28,8 +28,8 @@ from PIL import Image, ImageOps
 
 from data import letterbox, to_tensor
 from export import load_any
-from model import YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
-from plumbing import PALETTE, check_img_size, draw_box, half_dtype, run_dir, select_device, xyxy2xywh
+from model import YOLOv5, non_max_suppression, predict, scale_boxes
+from plumbing import PALETTE, check_img_size, draw_box, half_dtype, read_checkpoint, run_dir, select_device, xyxy2xywh
 
 dependencies = ['cv2', 'numpy', 'PIL', 'torch']  # torch.hub checks that these import
 

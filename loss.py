@@ -2,16 +2,13 @@
 YOLOv5's training loss: each label is matched to the anchors whose shape is within anchor_t of its own,
 in its own grid cell and the two neighbouring cells nearest to its centre; matched predictions get a
 CIoU box loss and a class BCE, and every prediction an objectness BCE whose target is the detached IoU.
-Also autoanchor: how well the anchors fit a dataset's labels under that same shape test, and new ones if they don't.
 """
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from model import decode_boxes
-from plumbing import kmean_anchors
 
 
 def bbox_ciou(box1, box2, eps=1e-7):
@@ -97,7 +94,10 @@ class YOLOLoss:
         as (offset from the cell corner, wh) in grid units, and its anchor."""
         na = self.na
         device = targets.device
-        tcls, tbox, indices, anch = [], [], [], []  # per level
+        tcls = []  # per level: classes, boxes, (image, anchor, cell y, cell x), anchors
+        tbox = []
+        indices = []
+        anch = []
         anchor_index = torch.arange(na, device=device).float().view(na, 1).repeat(1, targets.shape[0])
         targets = torch.cat((targets.repeat(na, 1, 1), anchor_index[..., None]), 2)  # (na, nt, 7), one copy per anchor
         g = 0.5  # a centre this close to a cell border also makes the neighbour cell a positive
@@ -126,45 +126,3 @@ class YOLOLoss:
             anch.append(anchors[a])
             tcls.append(c)
         return tcls, tbox, indices, anch
-
-
-# ---------------------------------------------------------------------------------------------- autoanchor
-def label_wh(dataset, img_size, jitter=None):
-    """Label widths and heights in pixels, for images resized so that the long side is img_size."""
-    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True) * (1 if jitter is None else jitter)
-    return np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, dataset.labels)]).astype(np.float32)
-
-
-def anchor_metric(anchors, wh, thr):
-    """Per label and anchor, the ratio match; per label the best one; the best possible recall (labels some anchor
-    matches within thr) and the mean number of anchors within thr."""
-    r = wh[:, None] / anchors[None]
-    x = torch.min(r, 1 / r).min(2)[0]
-    best = x.max(1)[0]
-    return x, best, (best > 1 / thr).float().mean(), (x > 1 / thr).float().sum(1).mean()
-
-
-def check_anchors(dataset, model, thr, img_size, seed=0):
-    """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
-    det = model.detect
-    rng = np.random.default_rng(seed)
-    wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
-    _, _, bpr, aat = anchor_metric(det.pixel_anchors().view(-1, 2).cpu(), wh, thr)
-    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
-    if bpr > 0.98:
-        print(msg + 'Current anchors are a good fit to dataset')
-        return
-    print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
-
-    def fitness(k, wh):  # the mean shape match of the labels that some anchor matches within thr
-        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
-        return torch.where(best > 1 / thr, best, 0.0).mean()
-    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, fitness, seed=seed)
-    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
-    print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
-          f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
-    if new_bpr > bpr:
-        det.set_anchors(torch.tensor(new))
-        print('AutoAnchor: Done, new anchors saved to the model')
-    else:
-        print('AutoAnchor: Done, original anchors are better and are kept')

@@ -8,16 +8,13 @@ mapping. Concat and Upsample have no weights: their places hold an unused nn.Ide
 """
 import functools
 import math
-import os
 import sys
 import time
-import zipfile
 
 import torch
 import torch.nn as nn
 
-from plumbing import (COCO_NAMES, OFFICIAL, RELEASE_URL, check_checkpoint, clock, download, read_official,
-                      torchvision_nms, xywh2xyxy)
+from plumbing import COCO_NAMES, clock, read_checkpoint, torchvision_nms, xywh2xyxy
 
 # (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0), 'x': (1.33, 1.25)}
@@ -209,32 +206,10 @@ class YOLOv5(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints. Ours are plain dicts that torch.load(weights_only=True) reads. The official ones pickle the original
-# code's classes: plumbing.read_official reads them without that code, and without running anything in the pickle.
-def read_checkpoint(path):
-    """(meta, fp32 state dict) of an official yolov5*.pt (downloaded if missing) or of one of ours,
-    without building a model: YOLOv5(**meta) is the model it describes. Raises ValueError or FileNotFoundError."""
-    path = str(path)
-    if not os.path.exists(path):
-        if os.path.basename(path) not in OFFICIAL:
-            raise FileNotFoundError(f'{path}: no such weights file')
-        download(RELEASE_URL + os.path.basename(path), path)
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
-    try:  # ours first: a plain dict of tensors and metadata (anything else fails a lookup)
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        meta = {k: ckpt[k] for k in ('scale', 'nc', 'names')} | {'p6': ckpt.get('p6', False)}  # older: P5
-        sd = ckpt.get('ema') or ckpt['model']
-    except Exception:
-        try:
-            meta, sd = read_official(path)
-        except Exception as e:
-            raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
-    return check_checkpoint(path, meta, sd, SCALES)
-
-
 def load_model(path, device='cpu', fuse=False):
-    """The model a checkpoint describes with its weights, in eval mode. Raises ValueError or FileNotFoundError."""
+    """The model a checkpoint describes with its weights, in eval mode: an official yolov5*.pt (downloaded if missing;
+    read without the original's code, and without running anything in its pickle) or one of ours (a plain dict).
+    Raises ValueError or FileNotFoundError."""
     meta, sd = read_checkpoint(path)
     model = YOLOv5(**meta).to(device).eval()
     try:

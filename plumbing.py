@@ -196,6 +196,25 @@ def available_memory():
     return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else None
 
 
+def rect_batches(sizes, batch_size, img_size, stride, pad):
+    """For rectangular batches: the images' order (by aspect ratio), each one's batch, and each batch's letterbox
+    shape (h, w): the smallest multiple of stride that holds its images at img_size, plus pad strides."""
+    order = np.argsort(sizes[:, 1] / sizes[:, 0])
+    ar = sizes[order, 1] / sizes[order, 0]  # h / w
+    shapes = [[a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
+              for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
+    shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
+    return order, np.arange(len(order)) // batch_size, shapes
+
+
+def check_cache_ram(need, free, n, img_size):
+    """--cache ram refused, with the figures, if it needs more bytes than are free: not minutes of work that end out of
+    memory."""
+    if need > (free or math.inf):
+        raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {n} images at --img {img_size}, but '
+                         f'{free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
+
+
 def load_labels(img_files, nc, prefix='', single_cls=False):
     """Checks every image and label file, with a cache beside the labels (labels/<split>.cache) that is
     reused while no file changed. Returns kept image paths, their (w, h) sizes and label arrays."""
@@ -259,7 +278,7 @@ def read_names(path=None):
     return names
 
 
-# ---------------------------------------------------------------------------------------------- data YAMLs and known datasets
+# -------------------------------------------------------------------------------------- data YAMLs and known datasets
 def _uncomment(line):
     """The line without its comment: a # at the start or after a blank, outside quotes."""
     quote = None
@@ -742,6 +761,29 @@ def check_checkpoint(path, meta, sd, scales):
     return dict(scale=scale, nc=nc, names=[str(x) for x in names]), {k: v.float() for k, v in sd.items()}
 
 
+def read_checkpoint(path):
+    """(meta, fp32 state dict) of an official yolov5*.pt (downloaded if missing) or of one of ours (a plain dict that
+    torch.load(weights_only=True) reads), without building a model: model.YOLOv5(**meta) is the model it describes.
+    Raises ValueError or FileNotFoundError."""
+    path = str(path)
+    if not os.path.exists(path):
+        if os.path.basename(path) not in OFFICIAL:
+            raise FileNotFoundError(f'{path}: no such weights file')
+        download(RELEASE_URL + os.path.basename(path), path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'{path}: not a PyTorch checkpoint (not a zip archive)')
+    try:  # ours first: a plain dict of tensors and metadata (anything else fails a lookup)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        meta = {k: ckpt[k] for k in ('scale', 'nc', 'names')} | {'p6': ckpt.get('p6', False)}  # older: P5
+        sd = ckpt.get('ema') or ckpt['model']
+    except Exception:
+        try:
+            meta, sd = read_official(path)
+        except Exception as e:
+            raise ValueError(f'{path}: not a YOLOv5 checkpoint ({e})') from None
+    return check_checkpoint(path, meta, sd, 'nsmlx')
+
+
 def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash or a full disk never leaves a truncated checkpoint."""
     tmp = Path(f'{path}.tmp')
@@ -823,6 +865,25 @@ def read_run_checkpoint(path):
                      f'weights, give it to --weights')
 
 
+def stop_run(e, last, saved):
+    """How a training run ends on Ctrl-C (exit 130) or an error that stops it (FloatingPointError): saying what last.pt
+    holds (epoch saved, or None). Running out of GPU memory goes on to train.main's message."""
+    held = f'{last} holds epoch {saved}' if saved is not None else 'no epoch completed'
+    if isinstance(e, KeyboardInterrupt):
+        print(f'\nInterrupted: {held}' + ('; continue with --resume' if saved is not None else ', nothing to resume'))
+        raise SystemExit(130)
+    if isinstance(e, torch.OutOfMemoryError):
+        raise e
+    raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
+
+
+def run_under_torchrun(script, argv, n):
+    """This process becomes torchrun running the same command in n processes, on a free port (--standalone)."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n), script]
+    print(f'{n} GPUs, one process each (DDP): {" ".join(cmd + argv)}', flush=True)
+    os.execv(sys.executable, cmd + argv)
+
+
 def pick_run(opt, parse_args):
     """(options, checkpoint to resume or None, run folder). --resume continues a run; so does a restart by torchrun
     (TORCHELASTIC_RESTART_COUNT > 0): the run this torchrun job began, marked with its run id, from its last.pt,
@@ -869,7 +930,50 @@ def torchvision_nms():
         return torchvision.ops.nms
 
 
-# ---------------------------------------------------------------------------------------------- anchors
+# ---------------------------------------------------------------------------------------------- autoanchor
+# Whether the anchors fit a dataset's boxes under the loss's shape test (w and h within anchor_t of an anchor's), and
+# new anchors if they do not: a setup step, for datasets whose boxes are unlike COCO's.
+def label_wh(dataset, img_size, jitter=None):
+    """Label widths and heights in pixels, for images resized so that the long side is img_size."""
+    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True) * (1 if jitter is None else jitter)
+    return np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, dataset.labels)]).astype(np.float32)
+
+
+def anchor_metric(anchors, wh, thr):
+    """Per label and anchor, the ratio match; per label the best one; the best possible recall (labels some anchor
+    matches within thr) and the mean number of anchors within thr."""
+    r = wh[:, None] / anchors[None]
+    x = torch.min(r, 1 / r).min(2)[0]
+    best = x.max(1)[0]
+    return x, best, (best > 1 / thr).float().mean(), (x > 1 / thr).float().sum(1).mean()
+
+
+def check_anchors(dataset, model, thr, img_size, seed=0):
+    """Best possible recall of the current anchors; below 0.98, evolve new ones and keep them if better."""
+    det = model.detect
+    rng = np.random.default_rng(seed)
+    wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
+    _, _, bpr, aat = anchor_metric(det.pixel_anchors().view(-1, 2).cpu(), wh, thr)
+    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
+    if bpr > 0.98:
+        print(msg + 'Current anchors are a good fit to dataset')
+        return
+    print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
+
+    def fitness(k, wh):  # the mean shape match of the labels that some anchor matches within thr
+        best = anchor_metric(torch.tensor(k, dtype=torch.float32), wh, thr)[1]
+        return torch.where(best > 1 / thr, best, 0.0).mean()
+    new = kmean_anchors(label_wh(dataset, img_size), det.anchors.numel() // 2, fitness, seed=seed)
+    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} anchors past thr; '
+          f'anchors: ' + ', '.join(f'{round(a)},{round(b)}' for a, b in new))
+    if new_bpr > bpr:
+        det.set_anchors(torch.tensor(new))
+        print('AutoAnchor: Done, new anchors saved to the model')
+    else:
+        print('AutoAnchor: Done, original anchors are better and are kept')
+
+
 def kmean_anchors(wh0, n, fitness, gen=1000, seed=0):
     """n anchors (w, h) for the label sizes wh0 (pixels): k-means on them (whitened), then a genetic search that
     maximises fitness(anchors, label sizes); sorted by area."""
@@ -904,6 +1008,41 @@ def kmean_anchors(wh0, n, fitness, gen=1000, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------- pictures
+def save_results(opt, names, save_dir, stem, frame_number, frame, det):
+    """detect.py's outputs of a frame: its crops (--save-crop) and label file (--save-txt, numbered for a video frame),
+    then its boxes drawn on it (unless --nosave). Returns the number of label files written; raises OSError if
+    something cannot be written."""
+    for *xyxy, conf, cls in reversed(det.tolist()) if opt.save_crop else []:  # from the frame before any drawing
+        save_crop(frame, xyxy, save_dir / 'crops' / names[int(cls)] / f'{stem}.jpg')
+    for *xyxy, conf, cls in reversed(det.tolist()) if not opt.nosave else []:
+        label = None if opt.hide_labels else names[int(cls)] + ('' if opt.hide_conf else f' {conf:.2f}')
+        draw_box(frame, xyxy, label, PALETTE[int(cls) % len(PALETTE)], opt.line_thickness)
+    if not (opt.save_txt and len(det)):
+        return 0
+    gain = torch.tensor(frame.shape, device=det.device)[[1, 0, 1, 0]]  # YOLO rows `cls xc yc w h [conf]`, normalized
+    rows = torch.cat((det[:, 5:], xyxy2xywh(det[:, :4]) / gain, det[:, 4:5]), 1).tolist()[::-1]
+    name = f'{stem}_{frame_number}' if frame_number else stem
+    columns = 6 if opt.save_conf else 5
+    save_text(''.join(' '.join(f'{v:g}' for v in r[:columns]) + '\n' for r in rows),
+              save_dir / 'labels' / f'{name}.txt')
+    return 1
+
+
+def print_progress(stats, i, n, t0):
+    """The training line of batch i of n: (epoch, device, box, obj, cls losses, instances, size), speed and ETA; live
+    on a terminal, else printed once, at the end of the epoch."""
+    last = i == n - 1
+    if not (sys.stdout.isatty() or last):
+        return
+    epoch, device, *numbers = stats
+    mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
+    speed = (i + 1) / (time.time() - t0)
+    eta = f'  {i + 1}/{n} {speed:.2f}it/s ETA {(n - i - 1) / speed:.0f}s'
+    line = ('%11s' * 2 + '%11.4g' * 5) % (epoch, mem, *numbers) + eta
+    start = '\r' if sys.stdout.isatty() else ''
+    print(start + line, end='\n' if last else '', flush=True)
+
+
 def draw_box(img, xyxy, label, color, thickness):
     p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
     cv2.rectangle(img, p1, p2, color, thickness, cv2.LINE_AA)
@@ -1235,6 +1374,25 @@ def stop_on_ctrl_c():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGINT, handler)
     return stop
+
+
+def show_batch(dataset_class, collate, hyp, argv=None):
+    """python data.py DATASET [--img 640] [--batch 16] [--names FILE] [--out FILE]: one augmented batch with its
+    labels as a picture (data.py's classes passed in: this module imports none of the project)."""
+    p = argparse.ArgumentParser()
+    p.add_argument('data')
+    p.add_argument('--img', type=number(int, 32), default=640)
+    p.add_argument('--batch', type=number(int, 1), default=16)
+    p.add_argument('--seed', type=number(int, 0), default=0)
+    p.add_argument('--names', type=existing_file, default=None)
+    p.add_argument('--out', default='train_batch.jpg')
+    a = p.parse_args(argv)
+    spec = or_exit(data_spec, a.data)
+    names = read_names(a.names) if a.names else spec['names'] or read_names()
+    ds = or_exit(dataset_class, spec['train'], a.img, a.batch, augment=True, hyp=hyp, nc=len(names), seed=a.seed)
+    imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
+    plot_batch(imgs, labels, names, a.out)
+    print(f'{len(imgs)} augmented images with {len(labels)} labels written to {a.out}')
 
 
 # ---------------------------------------------------------------------------------------------- command line

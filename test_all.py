@@ -203,7 +203,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
 
 
 def test_missing_official_weights_offline_says_where_to_put_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(M, 'RELEASE_URL', 'http://127.0.0.1:9/')  # nothing listens there: offline
+    monkeypatch.setattr(P, 'RELEASE_URL', 'http://127.0.0.1:9/')  # nothing listens there: offline
     with pytest.raises(FileNotFoundError, match='download failed.*put it at .*yolov5s.pt'):
         M.load_model(tmp_path / 'yolov5s.pt')
 
@@ -858,12 +858,12 @@ def test_autoanchor_evolves_anchors_for_unusual_boxes(tmp_path, capsys):
     ds = data.YOLODataset(make_dataset(tmp_path, boxes), 160, nc=18)
     net = M.YOLOv5('n', nc=18)
     before = net.detect.anchors.clone()
-    L.check_anchors(ds, net, 4.0, 160)
+    P.check_anchors(ds, net, 4.0, 160)
     out = capsys.readouterr().out
     assert 'poor fit' in out and 'new anchors saved' in out
     assert not torch.equal(before, net.detect.anchors)
-    wh = torch.tensor(L.label_wh(ds, 160))
-    assert L.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
+    wh = torch.tensor(P.label_wh(ds, 160))
+    assert P.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
 
 
 def test_map_of_perfect_and_of_shifted_predictions():

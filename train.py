@@ -24,13 +24,14 @@ import torch.nn as nn
 
 from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
 from export import load_any
-from loss import YOLOLoss, check_anchors
-from model import SCALES, YOLOv5, non_max_suppression, predict, read_checkpoint, scale_boxes
-from plumbing import (AMP_TYPES, amp_choice, box_iou, check_img_size, checkpoint_file, clock, coco_records,
-                      confusion_add, data_spec, device_name, existing_file, half_dtype, is_coco, key_number,
-                      label_path, number, or_exit, pick_run, plot_batch, plot_curve, plot_labels, plot_results,
-                      read_names, removed_if_unstarted, run_dir, save_atomic, save_coco_json, save_confusion_matrix,
-                      select_device, strip_checkpoint, to_cpu, trim_results, weights_file, write_results, xywh2xyxy)
+from loss import YOLOLoss
+from model import SCALES, YOLOv5, non_max_suppression, predict, scale_boxes
+from plumbing import (AMP_TYPES, amp_choice, box_iou, check_anchors, check_img_size, checkpoint_file, clock,
+                      coco_records, confusion_add, data_spec, device_name, existing_file, half_dtype, is_coco,
+                      key_number, label_path, number, or_exit, pick_run, plot_batch, plot_curve, plot_labels,
+                      plot_results, print_progress, read_checkpoint, read_names, removed_if_unstarted, run_dir,
+                      run_under_torchrun, save_atomic, save_coco_json, save_confusion_matrix, select_device, stop_run,
+                      strip_checkpoint, to_cpu, trim_results, weights_file, write_results, xywh2xyxy)
 
 # YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
 # Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5, or an original hyp file: --hyp hyp.VOC.yaml
@@ -75,8 +76,7 @@ class Trainer:
         if MAIN:  # rows of epochs that run again: a crash came between a row and its checkpoint
             trim_results(self.save_dir / 'results.csv', self.start_epoch)
         torch.manual_seed(opt.seed + max(RANK, 0))
-        # Repeatable on GPUs too, as the original: deterministic kernels where torch has them (a warning where not);
-        # cuBLAS needs a fixed workspace for it, set before its first use
+        # repeatable on GPUs too: deterministic kernels where torch has them; cuBLAS needs a fixed workspace for it
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.hyp = dict(HYP, **dict(opt.hyp))  # the last of a key wins: KEY=VALUE after a file overrides it
@@ -92,9 +92,8 @@ class Trainer:
             log('Using SyncBatchNorm')
         self.raw = model  # the model itself; self.model is what trains: DDP's wrapper, which syncs the gradients
         self.model = model
-        if self.ddp:  # DDP copies rank 0's weights and buffers (anchors included) to every process. static_graph:
-            # every step uses the same parameters (frozen ones never), and a skipped step skips its backward on
-            # every process (finite()), so DDP plans its all-reduces once
+        if self.ddp:  # copies rank 0's weights and buffers (anchors too) to all; static_graph: every step uses the
+            # same parameters, and a skipped step is skipped on all processes (finite()): all-reduces planned once
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device] if self.device.type == 'cuda' else None, static_graph=True)
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
@@ -134,7 +133,8 @@ class Trainer:
         self.coco = is_coco(data)
         self.train_set, val_set = build_datasets(opt, data, self.names, self.hyp, model.max_stride)
         cpu = self.device.type == 'cpu'
-        self.train_loader = create_dataloader(self.train_set, opt.batch // WORLD_SIZE, opt.workers, shuffle=not opt.rect,
+        batch = opt.batch // WORLD_SIZE
+        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect,
                                               cpu=cpu, rank=max(RANK, 0), world_size=WORLD_SIZE)
         self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu) if MAIN else None
         self.nb = len(self.train_loader)  # batches per epoch
@@ -222,7 +222,8 @@ class Trainer:
                 self.last_opt_step = ni
             mloss = (mloss * i + items) / (i + 1)
             if MAIN:
-                self.progress(epoch, i, mloss, len(targets), imgs.shape[-1], t_epoch)
+                stats = (f'{epoch}/{opt.epochs - 1}', device, *mloss, len(targets), imgs.shape[-1])
+                print_progress(stats, i, self.nb, t_epoch)
             if MAIN and epoch == 0 and i == 0:
                 plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
         return mloss
@@ -237,19 +238,6 @@ class Trainer:
             return imgs
         new_shape = [math.ceil(x * f / gs) * gs for x in imgs.shape[2:]]
         return nn.functional.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
-
-    def progress(self, epoch, i, mloss, instances, size, t_epoch):
-        """The epoch's line: live on a terminal, else printed once at the end of the epoch."""
-        last = i == self.nb - 1
-        if not (sys.stdout.isatty() or last):
-            return
-        device = self.device
-        mem = f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
-        speed = (i + 1) / (time.time() - t_epoch)
-        eta = f'  {i + 1}/{self.nb} {speed:.2f}it/s ETA {(self.nb - i - 1) / speed:.0f}s'
-        line = ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{self.opt.epochs - 1}', mem, *mloss, instances, size) + eta
-        start = '\r' if sys.stdout.isatty() else ''
-        print(start + line, end='\n' if last else '', flush=True)
 
     def finite(self, loss, paths):
         """Whether the step may go on. A non-finite loss on any process skips it on all of them (else the gradient
@@ -343,7 +331,10 @@ class Trainer:
                 if self.from_rank0(stop):  # every process must leave the loop together
                     break
         except (KeyboardInterrupt, FloatingPointError, torch.OutOfMemoryError) as e:
-            self.stopped(e)
+            saved = self.unsaved['epoch'] if self.unsaved else self.saved
+            if MAIN and self.unsaved:  # the last complete epoch, so that --resume continues
+                save_atomic(self.unsaved, self.weights_dir / 'last.pt')
+            stop_run(e, self.weights_dir / 'last.pt', saved)
         finally:
             if self.ddp:
                 dist.destroy_process_group()
@@ -352,20 +343,6 @@ class Trainer:
             self.finish()
             log(f'Results saved to {self.save_dir}')
         return self.save_dir
-
-    def stopped(self, e):
-        """Ctrl-C or a run that cannot go on: last.pt holds the last complete epoch, so that --resume continues."""
-        last = self.weights_dir / 'last.pt'
-        done = self.unsaved['epoch'] if self.unsaved else self.saved
-        if MAIN and self.unsaved:
-            save_atomic(self.unsaved, last)
-        held = f'{last} holds epoch {done}' if done is not None else 'no epoch completed'
-        if isinstance(e, KeyboardInterrupt):
-            log(f'\nInterrupted: {held}' + ('; continue with --resume' if done is not None else ', nothing to resume'))
-            raise SystemExit(130)
-        if isinstance(e, torch.OutOfMemoryError):
-            raise e  # main() has the message
-        raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
 
 
 def build_model(opt, resumed=None, data_names=None):
@@ -433,7 +410,7 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
 
 def amp_agrees(model, image, size, dtype):
     """Do all mixed-precision outputs of model (in eval mode; all, not the detections that come and go) agree with
-    fp32 on a real image to 10% (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: train in fp32 there."""
+    fp32 on a real image to 10% (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: fp32 there."""
     x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
     x = x.to(next(model.parameters()).device).float() / 255
     a, b = (next(predict(model, x, d))[0] for d in (None, dtype))
@@ -578,44 +555,44 @@ def parse_args(argv=None):
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
     p.add_argument('--cfg', type=lambda t: Path(t).stem.replace('yolov5', ''), default='',
                    choices=['', *SCALES, *(s + '6' for s in SCALES)], help='model: n ... x, n6 ... x6, or yolov5s.yaml')
-    p.add_argument('--data', default='coco128.yaml', help='data YAML, coco128 / coco, dataset root, images or .txt')
+    p.add_argument('--data', default='coco128.yaml', help='data YAML, dataset root, images or .txt')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
     p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
-    p.add_argument('--names', type=existing_file, help='class names file, one per line (default: the 80 COCO classes)')
+    p.add_argument('--names', type=existing_file, help='class names, one a line')
     p.add_argument('--hyp', nargs='*', type=key_number(HYP, NOT_USED), default=[], metavar='KEY=VALUE or FILE.yaml',
                    help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
     p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
     p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
-    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, help='resume the latest run or a last.pt')
+    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, help='the latest run or a last.pt')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true')
-    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='keep all resized images in memory')
-    p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ... (default: cuda if available)')
+    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='keep the images in memory')
+    p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ...')
     p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
-    p.add_argument('--workers', type=number(int, 0), help='loader workers per process (default: 8 on GPU, spare CPUs)')
-    p.add_argument('--project', help='where runs go: runs/train, with --val-only runs/val')
+    p.add_argument('--workers', type=number(int, 0), help='loader workers per process')
+    p.add_argument('--project', help='runs/train, or runs/val')
     p.add_argument('--name', default='exp')
     p.add_argument('--exist-ok', action='store_true')
     p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
     p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
-    p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement before stopping')
+    p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement')
     p.add_argument('--seed', type=number(int, 0), default=0)
     p.add_argument('--amp', choices=['auto', *AMP_TYPES], default='auto',
-                   help='mixed precision (auto: fp16 on CUDA, bf16 on CPUs with AMX, where it is faster, else off)')
+                   help='auto: fp16 on CUDA, bf16 on CPUs with AMX, else off')
     p.add_argument('--no-amp', dest='amp', action='store_const', const='off', help='--amp off: train in fp32')
     p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
     p.add_argument('--half', action='store_true', help='--val-only in 16 bits where faster, as --amp auto')
-    p.add_argument('--verbose', action='store_true', help='per-class rows in the validation table')
+    p.add_argument('--verbose', action='store_true', help='per-class rows')
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
     p.add_argument('--max-det', type=number(int, 1), default=300)
     p.add_argument('--task', default='val', choices=['val', 'test'], help='--val-only on this split of --data')
-    p.add_argument('--save-json', action='store_true', help='--val-only: also the detections in COCO JSON')
+    p.add_argument('--save-json', action='store_true', help='--val-only: COCO JSON too')
     p.add_argument('--augment', action='store_true', help='--val-only with test-time augmentation')
     opt = p.parse_args(argv)
     opt.hyp = [pair for pairs in opt.hyp for pair in pairs]
@@ -655,10 +632,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     opt = parse_args(argv)
     gpus = len(opt.device.split(','))
-    if gpus > 1 and LOCAL_RANK == -1:  # the same command under torchrun (on a free port), a process per GPU (DDP)
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(gpus), __file__]
-        log(f'{gpus} GPUs, one process each (DDP): {" ".join(cmd + argv)}')
-        os.execv(sys.executable, cmd + argv)
+    if gpus > 1 and LOCAL_RANK == -1:  # several GPUs: one process each (DDP), never one GPU silently
+        run_under_torchrun(__file__, argv, gpus)
     try:
         return run_val_only(opt) if opt.val_only else Trainer(opt).fit()
     except torch.OutOfMemoryError:
