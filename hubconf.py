@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageOps
 
-from data import letterbox, to_tensor
+from data import letterbox
 from export import load_any
 from model import YOLOv5, non_max_suppression, predict, scale_boxes
 from plumbing import PALETTE, check_img_size, draw_box, half_dtype, read_checkpoint, run_dir, select_device, xyxy2xywh
@@ -84,7 +84,8 @@ class AutoShape(nn.Module):
         dets, shapes, dt = [None] * len(ims), [], [time.perf_counter() - t0, 0.0, 0.0]  # pre-process, inference, NMS
         for shape, idx in batches.items():
             t1 = time.perf_counter()
-            x = torch.stack([to_tensor(boxed[i], rgb=True) for i in idx]).to(device).float() / 255
+            rgb = [torch.from_numpy(np.ascontiguousarray(boxed[i])).permute(2, 0, 1) for i in idx]  # RGB already
+            x = torch.stack(rgb).to(device).float() / 255
             t2 = time.perf_counter()
             pred = torch.cat([p for p, _ in predict(self.model, x, half_dtype(device) if self.amp else None)])
             t3 = time.perf_counter()

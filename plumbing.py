@@ -758,7 +758,8 @@ def check_checkpoint(path, meta, sd, scales):
                          f'{nc} classes')
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f'{path}: its weights are not a dict of tensors')
-    return dict(scale=scale, nc=nc, names=[str(x) for x in names]), {k: v.float() for k, v in sd.items()}
+    meta = dict(meta, names=[str(x) for x in names])  # p6 and anchors, where given, stay
+    return meta, {k: v.float() for k, v in sd.items()}
 
 
 def read_checkpoint(path):
