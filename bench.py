@@ -165,8 +165,9 @@ def symlinked_dataset(root, coco, copies, first=128):
 
 
 def epoch_rates(out):
-    """it/s of each training epoch: from our epoch lines ('  16/16 1.55it/s ETA 0s'), or from the original's tqdm bars
-    (its smoothed rate when an epoch's bar is full: '  1/2   22.3G ...  640: 100%|...| 16/16 [00:10<00:00,  1.55it/s]')."""
+    """it/s of each training epoch: from our epoch lines ('  16/16 1.55it/s ETA 0s'), or from the original's tqdm
+    bars (its smoothed rate when an epoch's bar is full: '  1/2   22.3G ...  640: 100%|...| 16/16 [00:10<00:00,
+    1.55it/s]')."""
     ours = [float(rate) for _, rate in re.findall(r' (\d+)/\1 ([\d.]+)it/s ETA', out)]
     if ours:
         return ours
@@ -245,7 +246,8 @@ def gpu_check(shared, orig, dry):
            f'mAP50-95 {gpu_map:.3f}; {amp}; {epoch_rates(r.stdout)} it/s' if gpu_map is not None else said(r))
 
     r = run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1', *train[1:],
-             *fine_tune[:4], '--img', 320, '--epochs', 1, '--device', dev, '--sync-bn', '--project', tmp / 'torchrun'], 180)
+             *fine_tune[:4], '--img', 320, '--epochs', 1, '--device', dev, '--sync-bn', '--project', tmp / 'torchrun'],
+            180)
     report(f'torchrun --nproc_per_node 1 ({"gloo" if dry else "NCCL, SyncBatchNorm"})', passed(r) and '1 process(es)'
            in r.stdout and (dry or 'Using SyncBatchNorm' in r.stdout), 'trained 1 epoch' if passed(r) else said(r))
 
