@@ -1093,7 +1093,7 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     srv = serve(mini_coco_zips(tmp_path))
     repo = tmp_path / 'yolov5'  # a copy of the project: datasets go to ../datasets beside it, as in the original
     repo.mkdir()
-    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'train.py'):
+    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'export.py', 'train.py'):
         (repo / f).write_text((ROOT / f).read_text())
     cmd = [sys.executable, str(repo / 'train.py'), '--data', 'coco.yaml', '--epochs', '1', '--weights', '',
            '--cfg', 'yolov5n.yaml', '--batch-size', '8', '--img', '128', '--workers', '0']
@@ -1140,7 +1140,7 @@ def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, m
     monkeypatch.delenv('YOLO_MIRROR', raising=False)
     repo = tmp_path / 'yolov5'  # a copy of the project: downloads only ever write into ../datasets beside it
     repo.mkdir()
-    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'train.py'):
+    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'export.py', 'train.py'):
         (repo / f).write_text((ROOT / f).read_text())
     (repo / 'ds.yaml').write_text('path: ../datasets/ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
                                   'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
