@@ -25,7 +25,8 @@ import torch
 
 import data
 from model import load_model
-from plumbing import COCO_NAMES, half_dtype
+from support.cli import half_dtype
+from support.datasets import COCO_NAMES
 
 ROOT = Path(__file__).resolve().parent
 
@@ -111,7 +112,7 @@ def main():
         return img
     data.cv2.imread = timed_imread
     for keep in (False, True):  # every image decoded each time; or kept once decoded, as a run does when they fit
-        ds.keep = keep
+        ds.keep_decoded = keep
         for i in range(32):
             ds[(0, i)]
         decodes.clear()
@@ -126,7 +127,7 @@ def main():
                 f'{t / sum(decodes):.2f}x their decoding')
     data.cv2.imread = imread
     loader = data.create_dataloader(ds, 16, 0, shuffle=True)
-    ds.keep, ds.ram = False, [None] * len(ds)  # every image decoded (create_dataloader would keep COCO128's: they fit)
+    ds.keep_decoded, ds.decoded = False, [None] * len(ds)  # every image decoded (create_dataloader would keep COCO128's: they fit)
     n, t = 0, time.perf_counter()
     for epoch in (1, 2):
         data.set_epoch(loader, epoch)

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from model import Detect, load_model
-from plumbing import check_img_size, device_name, number, select_device, weights_file
+from support.cli import check_img_size, device_name, number, select_device, weights_file
 
 SUFFIXES = {'torchscript': '.torchscript', 'onnx': '.onnx'}  # --include: the file each format writes
 

@@ -28,8 +28,12 @@ from PIL import Image, ImageOps
 
 from data import letterbox
 from export import load_any
-from model import YOLOv5, non_max_suppression, predict, scale_boxes
-from plumbing import PALETTE, check_img_size, draw_box, half_dtype, read_checkpoint, run_dir, select_device, xyxy2xywh
+from model import YOLOv5, non_max_suppression, predict, scale_boxes, transfer
+from support.checkpoints import read_checkpoint
+from support.cli import check_img_size, half_dtype, select_device
+from support.datasets import xyxy2xywh
+from support.plots import PALETTE, draw_box
+from support.runs import run_dir
 
 dependencies = ['cv2', 'numpy', 'PIL', 'torch']  # torch.hub checks that these import
 
@@ -191,9 +195,7 @@ def _official(scale, pretrained=True, channels=3, classes=80, autoshape=True, de
         return custom(f'yolov5{scale}.pt', autoshape, device)
     model = YOLOv5(scale, classes)  # new classes: the official weights wherever their shapes fit (all but the head)
     if pretrained:
-        own = model.state_dict()
-        sd = {k: v for k, v in read_checkpoint(f'yolov5{scale}.pt')[1].items() if k in own and v.shape == own[k].shape}
-        model.load_state_dict(sd, strict=False)
+        transfer(model, read_checkpoint(f'yolov5{scale}.pt')[1])
     model = model.to(select_device('' if device is None else str(device))).eval()
     return AutoShape(model) if autoshape else model
 

@@ -1,7 +1,7 @@
 """
-YOLOv5's training loss: each label is matched to the anchors whose shape is within anchor_t of its own,
-in its own grid cell and the two neighbouring cells nearest to its centre; matched predictions get a
-CIoU box loss and a class BCE, and every prediction an objectness BCE whose target is the detached IoU.
+YOLOv5's training loss. Each label is matched to the anchors whose shape is within anchor_t of its
+own, in its grid cell and the two neighbour cells nearest to its centre. Matches get a CIoU box loss
+and a class BCE; every prediction an objectness BCE whose target is the (detached) IoU.
 """
 import math
 
@@ -14,17 +14,39 @@ from model import decode_boxes
 def bbox_ciou(box1, box2, eps=1e-7):
     """Complete IoU of paired xywh boxes (n, 4): IoU - centre distance term - aspect ratio term."""
     (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
-    b1x1, b1x2, b1y1, b1y2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
-    b2x1, b2x2, b2y1, b2y2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
-    inter = (b1x2.minimum(b2x2) - b1x1.maximum(b2x1)).clamp(0) * (b1y2.minimum(b2y2) - b1y1.maximum(b2y1)).clamp(0)
+    left1, right1, top1, bottom1 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
+    left2, right2, top2, bottom2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
+    inter_w = (right1.minimum(right2) - left1.maximum(left2)).clamp(0)
+    inter_h = (bottom1.minimum(bottom2) - top1.maximum(top2)).clamp(0)
+    inter = inter_w * inter_h
     iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
-    cw, ch = b1x2.maximum(b2x2) - b1x1.minimum(b2x1), b1y2.maximum(b2y2) - b1y1.minimum(b2y1)  # enclosing box
-    c2 = cw ** 2 + ch ** 2 + eps
-    rho2 = ((b2x1 + b2x2 - b1x1 - b1x2) ** 2 + (b2y1 + b2y2 - b1y1 - b1y2) ** 2) / 4
+    enclosing_w = right1.maximum(right2) - left1.minimum(left2)
+    enclosing_h = bottom1.maximum(bottom2) - top1.minimum(top2)
+    diagonal2 = enclosing_w ** 2 + enclosing_h ** 2 + eps
+    distance2 = ((left2 + right2 - left1 - right1) ** 2 + (top2 + bottom2 - top1 - bottom1) ** 2)
+    distance2 = distance2 / 4  # between the centres
     v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
     with torch.no_grad():
         alpha = v / (v - iou + (1 + eps))
-    return iou - (rho2 / c2 + v * alpha)
+    return iou - (distance2 / diagonal2 + v * alpha)
+
+
+def shape_ratio(wh, anchors):
+    """How far each box's (w, h) (n, 2) is from each anchor's (a, 2): the largest of w / anchor w,
+    its inverse, and the same for h; (n, a). A label trains the anchors within anchor_t of it, and
+    autoanchor judges anchors by the same test."""
+    ratio = wh[:, None] / anchors[None]
+    return torch.max(ratio, 1 / ratio).max(2)[0]
+
+
+def level_weights(levels):
+    """Objectness weight of each output level, the finest first: small objects are many and hard.
+    The original's values, for 3 levels and for 4 or 5."""
+    if levels == 3:
+        return [4.0, 1.0, 0.4]
+    if levels > 5:
+        raise ValueError(f'no objectness weights for {levels} levels: add them to level_weights')
+    return [4.0, 1.0, 0.25, 0.06, 0.02][:levels]
 
 
 class FocalBCE(nn.Module):
@@ -32,97 +54,110 @@ class FocalBCE(nn.Module):
     def __init__(self, pos_weight, gamma=1.5, alpha=0.25):
         super().__init__()
         self.bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction='none')
-        self.gamma, self.alpha = gamma, alpha
+        self.gamma = gamma
+        self.alpha = alpha
 
     def forward(self, pred, true):
-        p = torch.sigmoid(pred)
-        p_t = true * p + (1 - true) * (1 - p)
+        prob = torch.sigmoid(pred)
+        p_t = true * prob + (1 - true) * (1 - prob)
         alpha_t = true * self.alpha + (1 - true) * (1 - self.alpha)
         return (self.bce(pred, true) * alpha_t * (1.0 - p_t) ** self.gamma).mean()
 
 
 class YOLOLoss:
-    """hyp needs box, obj, cls (the gains for 3 levels, 80 classes and 640 pixels), cls_pw, obj_pw, anchor_t,
-    fl_gamma and label_smoothing."""
-    gr = 1.0                   # objectness target = gr * IoU + (1 - gr)
+    """hyp: box, obj, cls (the gains for 3 levels, 80 classes and 640 pixels), cls_pw, obj_pw,
+    anchor_t, fl_gamma and label_smoothing."""
+    gr = 1.0  # objectness target = gr * IoU + (1 - gr)
 
     def __init__(self, model, hyp, img_size=640):
-        nl = model.detect.nl
-        # objectness weight of P3, P4, ...: small objects are many and hard
-        self.balance = [4.0, 1.0, 0.4] if nl == 3 else [4.0, 1.0, 0.25, 0.06]
-        # The gains scale with the model and the images, so that one hyp file suits all: the box and class terms are
-        # sums over levels (3 / nl) and the class BCE a mean over classes (nc / 80); objectness counts every cell,
-        # whose number grows with the image's area ((img_size / 640) ** 2).
-        self.hyp = dict(hyp, box=hyp['box'] * 3 / nl, cls=hyp['cls'] * model.nc / 80 * 3 / nl,
-                        obj=hyp['obj'] * (img_size / 640) ** 2 * 3 / nl)
+        levels = model.detect.nl
+        self.balance = level_weights(levels)
+        # The gains scale with the model and the images, so that one hyp file suits all: the terms
+        # are sums over levels (3 / levels), the class BCE a mean over classes (nc / 80), and
+        # objectness counts every cell, as many as the image's area ((img_size / 640) ** 2).
+        self.hyp = dict(hyp, box=hyp['box'] * 3 / levels,
+                        cls=hyp['cls'] * model.nc / 80 * 3 / levels,
+                        obj=hyp['obj'] * (img_size / 640) ** 2 * 3 / levels)
         device = next(model.parameters()).device
-        bce = lambda pw: (FocalBCE(torch.tensor([pw], device=device), hyp['fl_gamma']) if hyp['fl_gamma'] > 0
-                          else nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pw], device=device)))
-        self.bce_cls = bce(hyp['cls_pw'])
-        self.bce_obj = bce(hyp['obj_pw'])
+        self.bce_cls = self.bce(hyp['cls_pw'], hyp['fl_gamma'], device)
+        self.bce_obj = self.bce(hyp['obj_pw'], hyp['fl_gamma'], device)
         self.cls_pos = 1.0 - 0.5 * hyp['label_smoothing']  # class targets, smoothed
         self.cls_neg = 0.5 * hyp['label_smoothing']
         self.nc = model.detect.nc
         self.na = model.detect.na
-        self.anchors = model.detect.anchors  # in grid units; the same tensor that autoanchor changes
+        self.anchors = model.detect.anchors  # in grid units; the tensor that autoanchor changes
+
+    @staticmethod
+    def bce(pos_weight, focal_gamma, device):
+        pos_weight = torch.tensor([pos_weight], device=device)
+        if focal_gamma > 0:
+            return FocalBCE(pos_weight, focal_gamma)
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     def __call__(self, preds, targets):
-        """preds: the 3 raw maps (b, na, ny, nx, 5+nc); targets (n, 6): image index, class, xywh normalized.
-        Returns (loss * batch size, detached [box, obj, cls])."""
-        lbox, lobj, lcls = (torch.zeros(1, device=targets.device) for _ in range(3))
+        """preds: each level's raw maps (b, na, ny, nx, 5 + nc); targets (n, 6): image index, class,
+        xywh normalized. Returns the loss times the batch size, and its terms by name (detached)."""
+        box_loss = torch.zeros(1, device=targets.device)
+        obj_loss = torch.zeros(1, device=targets.device)
+        cls_loss = torch.zeros(1, device=targets.device)
         tcls, tbox, indices, anchors = self.build_targets(preds, targets)
-        for i, (p, (b, a, gj, gi)) in enumerate(zip(preds, indices)):
-            tobj = torch.zeros_like(p[..., 4])
-            if len(b):
-                pxywh, _, pcls = p[b, a, gj, gi].split((4, 1, self.nc), 1)
-                pbox = decode_boxes(pxywh, -0.5, anchors[i])  # relative to the cell's corner, in grid units
+        for i, (pred, (image, anchor, cell_y, cell_x)) in enumerate(zip(preds, indices)):
+            tobj = torch.zeros_like(pred[..., 4])
+            if len(image):
+                pxywh, _, pcls = pred[image, anchor, cell_y, cell_x].split((4, 1, self.nc), 1)
+                pbox = decode_boxes(pxywh, -0.5, anchors[i])  # from the cell's corner, grid units
                 iou = bbox_ciou(pbox, tbox[i])
-                lbox += (1.0 - iou).mean()
-                tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * iou.detach().clamp(0).type(tobj.dtype)
+                box_loss += (1.0 - iou).mean()
+                iou_target = iou.detach().clamp(0).type(tobj.dtype)
+                tobj[image, anchor, cell_y, cell_x] = (1.0 - self.gr) + self.gr * iou_target
                 if self.nc > 1:  # a single class has nothing to classify
-                    t = torch.full_like(pcls, self.cls_neg)
-                    t[range(len(b)), tcls[i]] = self.cls_pos
-                    lcls += self.bce_cls(pcls, t)
-            lobj += self.bce_obj(p[..., 4], tobj) * self.balance[i]
-        lbox = lbox * self.hyp['box']
-        lobj = lobj * self.hyp['obj']
-        lcls = lcls * self.hyp['cls']
-        return (lbox + lobj + lcls) * preds[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
+                    target = torch.full_like(pcls, self.cls_neg)
+                    target[range(len(image)), tcls[i]] = self.cls_pos
+                    cls_loss += self.bce_cls(pcls, target)
+            obj_loss += self.bce_obj(pred[..., 4], tobj) * self.balance[i]
+        terms = dict(box_loss=box_loss * self.hyp['box'], obj_loss=obj_loss * self.hyp['obj'],
+                     cls_loss=cls_loss * self.hyp['cls'])
+        loss = sum(terms.values()) * preds[0].shape[0]
+        return loss, {name: term.detach()[0] for name, term in terms.items()}
 
     def build_targets(self, preds, targets):
-        """For each level: the (image, anchor, cell y, cell x) of every positive sample, its class, its box
-        as (offset from the cell corner, wh) in grid units, and its anchor."""
-        na = self.na
+        """Per level, of every positive sample: its class, its box (offset from its cell's corner,
+        wh) in grid units, its (image, anchor, cell y, cell x) and its anchor."""
         device = targets.device
-        tcls = []  # per level: classes, boxes, (image, anchor, cell y, cell x), anchors
+        tcls = []  # per level
         tbox = []
         indices = []
-        anch = []
-        anchor_index = torch.arange(na, device=device).float().view(na, 1).repeat(1, targets.shape[0])
-        targets = torch.cat((targets.repeat(na, 1, 1), anchor_index[..., None]), 2)  # (na, nt, 7), one copy per anchor
-        g = 0.5  # a centre this close to a cell border also makes the neighbour cell a positive
-        offsets_all = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device).float() * g
+        matched_anchors = []
+        # one copy of the labels per anchor, with the anchor's number last: (na, n, 7)
+        anchor_index = torch.arange(self.na, device=device).float().view(self.na, 1)
+        anchor_index = anchor_index.repeat(1, targets.shape[0])
+        targets = torch.cat((targets.repeat(self.na, 1, 1), anchor_index[..., None]), 2)
+        near = 0.5  # a centre this close to a cell's border makes the neighbour a positive too
+        steps = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device) * near
         gain = torch.ones(7, device=device)
-        for anchors, shape in zip(self.anchors, [p.shape for p in preds]):
-            gain[2:6] = torch.tensor(shape, device=device)[[3, 2, 3, 2]].float()  # normalized -> grid units
-            t = targets * gain
-            r = t[..., 4:6] / anchors[:, None]  # wh ratio to each anchor
-            t = t[torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']]
-            gxy = t[:, 2:4]
-            gxi = gain[[2, 3]] - gxy  # distance from the far borders
-            # Each label trains its own cell and the two neighbours nearest to its centre: a centre in the left half
-            # of its cell also trains the cell on the left, and so on (a cell's prediction reaches 0.5 beyond it).
-            left, top = ((gxy % 1 < g) & (gxy > 1)).T  # near the left / top border (and not in the first cell)
-            right, bottom = ((gxi % 1 < g) & (gxi > 1)).T  # near the right / bottom border
-            use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # (5, n): which of the 5 cells
-            t = t.repeat((5, 1, 1))[use]  # one row per (label, cell) pair
-            offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[use]  # each row's step to its cell
-            bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
-            a = a.long().view(-1)
-            b, c = bc.long().T  # image in the batch, class
-            gij = (gxy - offsets).long().clamp(min=0).minimum(gain[[2, 3]].long() - 1)  # inside the grid
-            indices.append((b, a, gij[:, 1], gij[:, 0]))
-            tbox.append(torch.cat((gxy - gij, gwh), 1))  # the box relative to the (clamped) cell it is assigned to
-            anch.append(anchors[a])
-            tcls.append(c)
-        return tcls, tbox, indices, anch
+        for anchors, pred in zip(self.anchors, preds):
+            grid_size = torch.tensor(pred.shape, device=device)[[3, 2]].float()  # (nx, ny)
+            gain[2:6] = grid_size.repeat(2)  # normalized -> grid units
+            labels = targets * gain
+            fits = shape_ratio(labels[0, :, 4:6], anchors).T < self.hyp['anchor_t']  # (na, n)
+            labels = labels[fits]
+            xy = labels[:, 2:4]
+            xy_from_far_side = grid_size - xy
+            # A label trains its cell and the two neighbours nearest to its centre: a centre in the
+            # left half of its cell also trains the cell on its left, and so on (a cell's prediction
+            # reaches 0.5 beyond it). Never a cell outside the grid.
+            left, top = ((xy % 1 < near) & (xy > 1)).T
+            right, bottom = ((xy_from_far_side % 1 < near) & (xy_from_far_side > 1)).T
+            use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # (5, n)
+            labels = labels.repeat((5, 1, 1))[use]  # one row per (label, cell) pair
+            offsets = (torch.zeros_like(xy)[None] + steps[:, None])[use]  # each row's step
+            image, cls = labels[:, :2].long().T
+            xy = labels[:, 2:4]
+            wh = labels[:, 4:6]
+            anchor = labels[:, 6].long()
+            cell = (xy - offsets).long().clamp(min=0).minimum(grid_size.long() - 1)  # in the grid
+            indices.append((image, anchor, cell[:, 1], cell[:, 0]))
+            tbox.append(torch.cat((xy - cell, wh), 1))  # the box, from the corner of its cell
+            matched_anchors.append(anchors[anchor])
+            tcls.append(cls)
+        return tcls, tbox, indices, matched_anchors

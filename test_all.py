@@ -1,6 +1,7 @@
 """Tests: python -m pytest -q test_all.py  (needs ../shared/ for the official weights and COCO128)."""
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,14 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import detect  # noqa: E402
 import model as M  # noqa: E402
-import plumbing as P  # noqa: E402
+import support.checkpoints  # noqa: E402
+import support.cli  # noqa: E402
+import support.data_yaml  # noqa: E402
+import support.datasets  # noqa: E402
+import support.downloads  # noqa: E402
+import support.plots  # noqa: E402
+import support.results  # noqa: E402
+import support.runs  # noqa: E402
 
 
 def shared(path):
@@ -84,7 +92,7 @@ def test_forward_shapes_on_non_square_input_and_decoding():
     assert pred.shape == (2, 3 * (24 * 32 + 12 * 16 + 6 * 8), 8)
     # decoding by hand, level 1 (stride 16), anchor 2, cell (y=5, x=7)
     p = raw[1][1, 2, 5, 7].sigmoid()
-    anchor = torch.tensor(M.ANCHORS[1][4:6], dtype=torch.float32)
+    anchor = torch.tensor(M.ANCHORS['p5'][1][4:6], dtype=torch.float32)
     xy = (p[:2] * 2 - 0.5 + torch.tensor([7.0, 5.0])) * 16
     wh = (p[2:4] * 2) ** 2 * anchor
     row = pred[1, 3 * 24 * 32 + (2 * 12 + 5) * 16 + 7]
@@ -111,7 +119,7 @@ def test_fuse_keeps_outputs(yolov5n):
 def test_official_checkpoint_loads_with_its_metadata(yolov5n):
     assert yolov5n.scale == (0.33, 0.25) and yolov5n.nc == 80 and yolov5n.names[:2] == ['person', 'bicycle']
     anchors = yolov5n.detect.anchors * yolov5n.detect.stride.view(-1, 1, 1)
-    torch.testing.assert_close(anchors.view(3, 6), torch.tensor(M.ANCHORS, dtype=torch.float32))
+    torch.testing.assert_close(anchors.view(3, 6), torch.tensor(M.ANCHORS['p5'], dtype=torch.float32))
     assert not yolov5n.training and next(yolov5n.parameters()).dtype == torch.float32
 
 
@@ -156,7 +164,8 @@ def test_checkpoint_in_the_originals_v7_training_format_loads(tmp_path, monkeypa
                               'head': [[]] * 15}, names={0: 'a', 1: 'b', 2: 'c'})
     renames = [(M.YOLOv5, 'models.yolo', 'DetectionModel'), (M.Detect, 'models.yolo', 'Detect'),
                (M.Conv, 'models.common', 'Conv'), (M.C3, 'models.common', 'C3'),
-               (M.Bottleneck, 'models.common', 'Bottleneck'), (M.SPPF, 'models.common', 'SPPF')]
+               (M.Bottleneck, 'models.common', 'Bottleneck'), (M.SPPF, 'models.common', 'SPPF'),
+               (M.Concat, 'models.common', 'Concat')]
     originals = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
     for module in ('models', 'models.yolo', 'models.common'):  # the original's module names, ours inside
         monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
@@ -196,14 +205,14 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     assert r.returncode == 1 and 'ERROR: ' in r.stderr and 'other.pt: not a YOLOv5 checkpoint' in r.stderr
     assert 'Traceback' not in r.stderr
     liar = tmp_path / 'liar.pt'  # claims to be yolov5s but holds yolov5n weights
-    torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS,
-                'names': P.COCO_NAMES}, liar)
+    torch.save({'model': M.YOLOv5('n').state_dict(), 'scale': M.SCALES['s'], 'nc': 80, 'anchors': M.ANCHORS['p5'],
+                'names': support.datasets.COCO_NAMES}, liar)
     with pytest.raises(ValueError, match='liar.pt: weights do not fit'):
         M.load_model(liar)
 
 
 def test_missing_official_weights_offline_says_where_to_put_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(P, 'RELEASE_URL', 'http://127.0.0.1:9/')  # nothing listens there: offline
+    monkeypatch.setattr(support.checkpoints, 'RELEASE_URL', 'http://127.0.0.1:9/')  # nothing listens there: offline
     with pytest.raises(FileNotFoundError, match='download failed.*put it at .*yolov5s.pt'):
         M.load_model(tmp_path / 'yolov5s.pt')
 
@@ -211,7 +220,7 @@ def test_missing_official_weights_offline_says_where_to_put_them(tmp_path, monke
 def test_our_checkpoint_round_trip(tmp_path):
     net = M.YOLOv5('n', nc=2, names=['cat', 'dog'])
     path = tmp_path / 'ours.pt'
-    torch.save({'model': net.state_dict(), 'scale': list(net.scale), 'nc': 2, 'anchors': M.ANCHORS,
+    torch.save({'model': net.state_dict(), 'scale': list(net.scale), 'nc': 2, 'anchors': M.ANCHORS['p5'],
                 'names': ['cat', 'dog']}, path)
     torch.load(path, weights_only=True)
     loaded = M.load_model(path)
@@ -247,7 +256,7 @@ def test_nms_matches_a_brute_force_reference(multi_label, agnostic):
     out = M.non_max_suppression(torch.from_numpy(pred)[None], 0.3, 0.5, multi_label=multi_label,
                                      agnostic=agnostic, max_det=1000)[0].numpy()
     scores = pred[:, 5:] * pred[:, 4:5]
-    boxes = P.xywh2xyxy(pred[:, :4])
+    boxes = support.datasets.xywh2xyxy(pred[:, :4])
     cand = [(i, c) for i in range(n) for c in range(nc) if scores[i, c] > 0.3 and pred[i, 4] > 0.3
             and (multi_label or c == scores[i].argmax())]
     expected = []
@@ -400,7 +409,7 @@ def check_labels_frame_rectangles(img, labels, areas, rotated=False):
     contain its pixels. And every rectangle that is still well visible has a label."""
     img = np.ascontiguousarray(img.numpy().transpose(1, 2, 0)[:, :, ::-1]).astype(int)
     h, w = img.shape[:2]
-    boxes = P.xywh2xyxy(labels[:, 2:6].numpy()) * (w, h, w, h)
+    boxes = support.datasets.xywh2xyxy(labels[:, 2:6].numpy()) * (w, h, w, h)
 
     def iou(a, b):
         inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -500,7 +509,7 @@ def test_label_checks(tmp_path, capsys):
     img = root / 'images' / 'train' / 'trunc.jpg'  # a JPEG without its end marker that still decodes: kept
     ok, buf = cv2.imencode('.jpg', scene(64, 64, []))
     img.write_bytes(buf.tobytes()[:-2])
-    files, sizes, labels = P.load_labels(P.find_images(root), nc=5)
+    files, sizes, labels = support.datasets.load_labels(support.datasets.find_images(root), nc=5)
     err = capsys.readouterr()
     by_name = {Path(f).stem: lb for f, lb in zip(files, labels)}
     # as in the original, an image with a malformed label row is left out whole: its objects must not be background
@@ -518,38 +527,38 @@ def test_label_checks(tmp_path, capsys):
     assert '5 images, 3 backgrounds, 9 corrupt, 4 instances' in err.out
     (lab / 'im5.txt').write_text('7 0.5 0.5 0.2 0.2\n')
     with pytest.raises(ValueError, match=r'im5.txt: class 7 is out of range.*5 classes'):
-        P.load_labels(P.find_images(root), nc=5)
+        support.datasets.load_labels(support.datasets.find_images(root), nc=5)
 
 
 def test_polygon_rows_become_the_boxes_around_their_points(tmp_path):
     lab = tmp_path / 'a.txt'
     lab.write_text('3 0.1 0.2 0.5 0.2 0.3 0.6\n1 0.5 0.5 0.2 0.4\n0 0.9 0.9 0.95 0.8 0.7 0.85 0.8 1.0\n')  # mixed
-    labels, msgs = P.read_labels(lab)
+    labels, msgs = support.datasets.read_labels(lab)
     np.testing.assert_allclose(labels, [[3, 0.3, 0.4, 0.4, 0.4], [1, 0.5, 0.5, 0.2, 0.4], [0, 0.825, 0.9, 0.25, 0.2]],
                                atol=1e-6)
     for bad in ('3 0.1 0.2 0.5 0.2 0.3 0.6 0.7', '3 0.1 0.2', '3 0.1 0.2 0.5 0.2 0.5 0.2 0.3 0.6 0.9'):
         lab.write_text(bad + '\n')  # an odd number of coordinates, or a single point: a bad row
         with pytest.raises(ValueError, match='a.txt:1: .* numbers'):
-            P.read_labels(lab)
+            support.datasets.read_labels(lab)
 
 
 def test_label_cache_is_reused_and_rebuilt_on_change(tmp_path, capsys):
     root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)], [(1, 20, 20, 80, 90)]])
-    files = P.find_images(root)
-    first = P.load_labels(files, nc=5)
+    files = support.datasets.find_images(root)
+    first = support.datasets.load_labels(files, nc=5)
     cache = root / 'labels' / 'train.cache'
     assert cache.exists() and capsys.readouterr().out.startswith('Scanned')  # (the scan runs in child processes)
-    second = P.load_labels(files, nc=5)
+    second = support.datasets.load_labels(files, nc=5)
     assert capsys.readouterr().out.startswith('Cached') and all(np.array_equal(a, b) for a, b in zip(first[2], second[2]))
     (root / 'labels' / 'train' / 'im1.txt').write_text('2 0.5 0.5 0.25 0.25\n3 0.2 0.2 0.1 0.1\n')
-    third = P.load_labels(files, nc=5)
+    third = support.datasets.load_labels(files, nc=5)
     assert capsys.readouterr().out.startswith('Scanned') and third[2][1][:, 0].tolist() == [2, 3]
     cache.write_bytes(b'garbage')  # unreadable cache: scanned again
-    assert len(P.load_labels(files, nc=5)[2][1]) == 2 and capsys.readouterr().out.startswith('Scanned')
+    assert len(support.datasets.load_labels(files, nc=5)[2][1]) == 2 and capsys.readouterr().out.startswith('Scanned')
 
 
 def test_coco128_scan():
-    files, sizes, labels = P.load_labels(P.find_images(shared(COCO128)), nc=80)
+    files, sizes, labels = support.datasets.load_labels(support.datasets.find_images(shared(COCO128)), nc=80)
     assert len(files) == 128 and sum(len(x) == 0 for x in labels) == 2 and sum(len(x) for x in labels) == 929
 
 
@@ -593,7 +602,7 @@ def test_ram_cache_gives_the_same_samples(tmp_path):
     hyp = dict(AUG_OFF, mosaic=1.0, scale=0.5)
     disk = data.YOLODataset(root, 128, augment=True, hyp=hyp, nc=18)
     ram = data.YOLODataset(root, 128, augment=True, hyp=hyp, nc=18, cache='ram')
-    assert all(x is not None for x in ram.ram)
+    assert all(x is not None for x in ram.decoded)
     assert torch.equal(disk[1][0], ram[1][0]) and torch.equal(disk[1][1], ram[1][1])
 
 
@@ -612,6 +621,8 @@ def test_data_py_writes_a_batch_picture(tmp_path):
 import loss as L  # noqa: E402
 import train as T  # noqa: E402
 
+VAL_METRICS = ['metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss',
+               'val/obj_loss', 'val/cls_loss']
 LOSS_HYP = dict(box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0, anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0)
 
 
@@ -639,7 +650,7 @@ def test_loss_matches_the_original(nc, extra, expected_loss, expected_items):
     hyp = dict(LOSS_HYP, cls=LOSS_HYP['cls'] * 80 / nc, **extra)
     loss, items = L.YOLOLoss(M.YOLOv5('n', nc=nc), hyp)(preds, targets)
     assert abs(loss.item() - expected_loss) < 1e-4
-    np.testing.assert_allclose(items.numpy(), expected_items, atol=1e-5)
+    np.testing.assert_allclose(torch.stack(list(items.values())).numpy(), expected_items, atol=1e-5)
 
 
 def test_ciou_known_values():
@@ -769,7 +780,8 @@ def test_fine_tune_coco128_matches_the_original(tmp_path):
     assert [round(rows[0][k], 6) for k in ('x/lr0', 'x/lr1', 'x/lr2')] == [0.0937, 0.0007, 0.0007]  # the original's warmup
     for name in ('last.pt', 'best.pt'):  # stripped as the original: no optimizer, the EMA's weights in fp16
         ckpt = torch.load(tmp_path / 'runs/train/exp/weights' / name, weights_only=True)
-        assert {'model', 'epoch', 'best_fitness', 'hyp', 'names', 'scale', 'anchors', 'opt'} <= set(ckpt)
+        assert {'model', 'epoch', 'best_fitness', 'hyp', 'config', 'opt'} <= set(ckpt)
+        assert {'names', 'scale', 'anchors'} <= set(ckpt['config'])
         assert not {'optimizer', 'ema'} & set(ckpt) and ckpt['model']['model.0.conv.weight'].dtype == torch.float16
     # the run ends with best.pt validated again, fused, per class, in fp32 (the epochs validate in bf16 where the
     # CPU has it): the mAP is that of its epoch
@@ -863,12 +875,12 @@ def test_autoanchor_evolves_anchors_for_unusual_boxes(tmp_path, capsys):
     ds = data.YOLODataset(make_dataset(tmp_path, boxes), 160, nc=18)
     net = M.YOLOv5('n', nc=18)
     before = net.detect.anchors.clone()
-    P.check_anchors(ds, net, 4.0, 160)
+    T.check_anchors(ds, net, 4.0, 160)
     out = capsys.readouterr().out
     assert 'poor fit' in out and 'new anchors saved' in out
     assert not torch.equal(before, net.detect.anchors)
-    wh = torch.tensor(P.label_wh(ds, 160))
-    assert P.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
+    wh = torch.tensor(T.label_wh(ds, 160))
+    assert T.anchor_metric((net.detect.anchors * net.detect.stride.view(-1, 1, 1)).view(-1, 2), wh, 4.0)[2] > 0.98
 
 
 def test_map_of_perfect_and_of_shifted_predictions():
@@ -888,12 +900,24 @@ def test_map_of_perfect_and_of_shifted_predictions():
 
 # ---------------------------------------------------------------------------------------------- the layers
 
-LAYERS = ['plumbing', 'data', 'model', 'loss', 'train', 'detect']  # bottom-up; train and detect are siblings on top
+LAYERS = ['support', 'data', 'model', 'loss', 'train', 'detect']  # bottom-up; train and detect are siblings on top
+
+
+def copy_project(repo):
+    """The scripts and the support folder, copied into repo (a folder of the tests')."""
+    for f in ('data.py', 'model.py', 'loss.py', 'export.py', 'train.py', 'detect.py'):
+        (repo / f).write_text((ROOT / f).read_text())
+    shutil.copytree(ROOT / 'support', repo / 'support', ignore=shutil.ignore_patterns('__pycache__'))
 
 
 def test_each_file_imports_only_files_below_it():
     import ast
-    for i, name in enumerate(LAYERS):
+    for path in sorted((ROOT / 'support').glob('*.py')):  # the support code imports no stage
+        tree = ast.parse(path.read_text())
+        imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not imported & set(LAYERS[1:]) and 'export' not in imported and 'hubconf' not in imported, path
+    for i, name in enumerate(LAYERS[1:], 1):
         allowed = set(LAYERS[:i]) - ({'train'} if name == 'detect' else set())
         tree = ast.parse((ROOT / f'{name}.py').read_text())
         imported = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -935,7 +959,7 @@ def test_an_edited_block_still_fine_tunes_from_the_official_weights(tmp_path, mo
 def scripted_validate(fitnesses):
     """A stand-in for T.validate whose mAP50-95 follows a script: fitness without the cost of validating."""
     values = iter(fitnesses)
-    return lambda *args, **kwargs: dict(dict.fromkeys(T.METRICS, 0.0), **{'metrics/mAP_0.5:0.95': next(values, 0.0)})
+    return lambda *args, **kwargs: dict(dict.fromkeys(VAL_METRICS, 0.0), **{'metrics/mAP_0.5:0.95': next(values, 0.0)})
 
 
 def test_learning_rate_follows_the_originals_schedule(tmp_path, monkeypatch):
@@ -1009,7 +1033,7 @@ def test_flags_that_depend_on_the_processes_or_the_weights(tmp_path, monkeypatch
     last = tmp_path / 'exp/weights/last.pt'  # --resume (or a torchrun restart) on 3 processes: the default batch
     last.parent.mkdir(parents=True)          # 16 does not divide, the run's own batch does
     torch.save(dict(epoch=0, optimizer={}, opt=dict(batch=6, epochs=3)), last)
-    opt, ckpt, run = P.pick_run(T.parse_args(['--resume', str(last), '--batch', '6']), T.parse_args)
+    opt, ckpt, run = support.runs.pick_run(T.parse_args(['--resume', str(last), '--batch', '6']), T.parse_args)
     assert opt.batch == 6 and ckpt['epoch'] == 0 and run == tmp_path / 'exp'
     monkeypatch.setattr(T, 'WORLD_SIZE', 1)
     (tmp_path / 'three.yaml').write_text(f'path: {shared(COCO128)}\ntrain: images/train2017\nval: images/train2017\n'
@@ -1018,7 +1042,7 @@ def test_flags_that_depend_on_the_processes_or_the_weights(tmp_path, monkeypatch
         T.run_val_only(T.parse_args(['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(tmp_path / 'three.yaml')]))
     if not torch.cuda.is_available():  # --device cuda is cuda:0
         with pytest.raises(ValueError, match="'0': no such CUDA device"):
-            P.select_device('cuda')
+            support.cli.select_device('cuda')
 
 
 def test_bad_flags_on_the_real_command_lines(tmp_path):
@@ -1093,8 +1117,7 @@ def test_the_walk_through_command_downloads_coco_and_trains(tmp_path):
     srv = serve(mini_coco_zips(tmp_path))
     repo = tmp_path / 'yolov5'  # a copy of the project: datasets go to ../datasets beside it, as in the original
     repo.mkdir()
-    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'export.py', 'train.py'):
-        (repo / f).write_text((ROOT / f).read_text())
+    copy_project(repo)
     cmd = [sys.executable, str(repo / 'train.py'), '--data', 'coco.yaml', '--epochs', '1', '--weights', '',
            '--cfg', 'yolov5n.yaml', '--batch-size', '8', '--img', '128', '--workers', '0']
     env = dict(os.environ, YOLO_MIRROR=srv.url)
@@ -1118,21 +1141,21 @@ def test_a_cut_download_resumes_and_bad_zips_leave_nothing(tmp_path, monkeypatch
     monkeypatch.setenv('YOLO_MIRROR', srv.url)
     srv.cut.add('blob.bin')
     with pytest.raises(FileNotFoundError, match='blob.bin: download failed .*1500000 of 3000000 bytes'):
-        P.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
+        support.downloads.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
     assert not (tmp_path / 'blob.bin').exists() and (tmp_path / 'blob.bin.part').stat().st_size == 1_500_000
-    P.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
+    support.downloads.download('https://example.com/x/blob.bin', tmp_path / 'blob.bin')
     assert (tmp_path / 'blob.bin').read_bytes() == blob and not (tmp_path / 'blob.bin.part').exists()
     assert srv.requests[-1] == ('blob.bin', 'bytes=1500000-')  # the second request asked for the rest only
     dest = tmp_path / 'ds'
-    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)  # downloads only ever write inside the datasets folder
+    monkeypatch.setattr(support.downloads, 'DATASETS_DIR', tmp_path)  # downloads only ever write inside the datasets folder
     with pytest.raises(FileNotFoundError, match='bad.zip: not a valid zip'):
-        P.download_zip('https://example.com/bad.zip', dest)
+        support.downloads.download_zip('https://example.com/bad.zip', dest)
     assert list(dest.iterdir()) == []
     # a mirror that is a folder, as on a machine without internet where the zips were copied by hand
     (tmp_path / 'mirror').mkdir()
     (tmp_path / 'mirror' / 'd.zip').write_bytes(zip_bytes({'d/a.txt': b'hello'}))
     monkeypatch.setenv('YOLO_MIRROR', str(tmp_path / 'mirror'))
-    P.download_zip('https://example.com/d.zip', dest)
+    support.downloads.download_zip('https://example.com/d.zip', dest)
     assert (dest / 'd' / 'a.txt').read_text() == 'hello' and not (dest / 'd.zip').exists()
 
 
@@ -1140,8 +1163,7 @@ def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, m
     monkeypatch.delenv('YOLO_MIRROR', raising=False)
     repo = tmp_path / 'yolov5'  # a copy of the project: downloads only ever write into ../datasets beside it
     repo.mkdir()
-    for f in ('plumbing.py', 'data.py', 'model.py', 'loss.py', 'export.py', 'train.py'):
-        (repo / f).write_text((ROOT / f).read_text())
+    copy_project(repo)
     (repo / 'ds.yaml').write_text('path: ../datasets/ds\ntrain: images/train\nval: images/val\nnames: [a]\n'
                                   'download: http://127.0.0.1:9/ds.zip\n')  # nothing listens on port 9
     r = subprocess.run([sys.executable, str(repo / 'train.py'), '--data', str(repo / 'ds.yaml'), '--weights', ''],
@@ -1152,7 +1174,7 @@ def test_offline_without_a_mirror_names_each_url_and_where_to_put_it(tmp_path, m
     (tmp_path / 'coco.yaml').write_text('path: coco\ntrain: train2017.txt\nval: val2017.txt\nnames: [a]\ndownload: |\n'
                                         "  urls = ['http://images.cocodataset.org/zips/val2017.zip']\n  download(urls)\n")
     with pytest.raises(FileNotFoundError, match='is a script, which is never run.*val2017.zip'):
-        P.data_spec(tmp_path / 'coco.yaml')
+        support.data_yaml.data_spec(tmp_path / 'coco.yaml')
 
 
 ORIGINAL_COCO128_YAML = '''# YOLOv5 by Ultralytics, AGPL-3.0 license
@@ -1170,7 +1192,7 @@ test:  # test images (optional)
 
 # Classes
 names:
-''' + ''.join(f'  {i}: {n}\n' for i, n in enumerate(P.COCO_NAMES)) + '''
+''' + ''.join(f'  {i}: {n}\n' for i, n in enumerate(support.datasets.COCO_NAMES)) + '''
 
 # Download script/URL (optional)
 download: https://ultralytics.com/assets/coco128.zip
@@ -1182,8 +1204,8 @@ def test_data_yaml_forms(tmp_path):
     (tmp_path / 'datasets' / 'coco128').symlink_to(shared(COCO128))
     (tmp_path / 'data').mkdir()
     (tmp_path / 'data' / 'coco128.yaml').write_text(ORIGINAL_COCO128_YAML)  # path relative to the YAML's folder
-    spec = P.data_spec(tmp_path / 'data' / 'coco128.yaml')
-    assert spec['names'] == P.COCO_NAMES and Path(spec['train'][0]).resolve() == (COCO128 / 'images/train2017').resolve()
+    spec = support.data_yaml.data_spec(tmp_path / 'data' / 'coco128.yaml')
+    assert spec['names'] == support.datasets.COCO_NAMES and Path(spec['train'][0]).resolve() == (COCO128 / 'images/train2017').resolve()
     # an export service's data.yaml in the dataset root beside train/ and valid/, with ../ paths and its own block
     root = tmp_path / 'export'
     for split, n in (('train', 3), ('valid', 2)):
@@ -1194,27 +1216,27 @@ def test_data_yaml_forms(tmp_path):
     (root / 'data.yaml').write_text("train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 3\n"
                                     "names: ['cat', \"hot dog\", 'it''s']\n\nroboflow:\n  workspace: me\n  version: 2\n"
                                     "  url: https://universe.roboflow.com/me/x/dataset/2\n")
-    spec = P.data_spec(root / 'data.yaml')
+    spec = support.data_yaml.data_spec(root / 'data.yaml')
     assert spec['names'] == ['cat', 'hot dog', "it's"] and spec['val'] == [str(root / 'valid/images')]
     ds = data.YOLODataset(spec['train'], 64, nc=3)
     assert len(ds) == 3 and all(len(lb) == 1 for lb in ds.labels)
     # block lists, block scalars, comments; the errors name file and line
     (root / 'b.yaml').write_text('train: [../train/images, ../valid/images]  # both\nval: ../valid/images\nnames:\n'
                                  '- cat\n- dog\n- "#3"\ndescription: >\n  folded\n  text\n')
-    spec = P.data_spec(root / 'b.yaml')
-    assert spec['names'] == ['cat', 'dog', '#3'] and len(P.find_images(spec['train'])) == 5
-    assert P.read_yaml(root / 'b.yaml')['description'] == 'folded text'
+    spec = support.data_yaml.data_spec(root / 'b.yaml')
+    assert spec['names'] == ['cat', 'dog', '#3'] and len(support.datasets.find_images(spec['train'])) == 5
+    assert support.data_yaml.read_yaml(root / 'b.yaml')['description'] == 'folded text'
     for text, error in [('nc: 2\nnames: [a, b, c]\n', 'nc is 2 but 3 names'),
                         ('names: {0: a}\n', 'c.yaml:3: .* not in the YAML read here'),
                         ('names:\n  a:\n    b: 1\n', 'c.yaml:5: one nested level only'),
                         ('train: x\njust words\n', 'c.yaml:2: not a `key: value` line')]:
         (root / 'c.yaml').write_text('train: ../train/images\nval: ../valid/images\n' * ('train' not in text) + text)
         with pytest.raises(ValueError, match=error):
-            P.data_spec(root / 'c.yaml')
+            support.data_yaml.data_spec(root / 'c.yaml')
     (root / 'c.yaml').write_text('path: elsewhere\ntrain: images/train\nval: images/val\nnames: [a]\n')
     with pytest.raises(FileNotFoundError, match=f'train: images/train not found; tried {root}/elsewhere/images/train, '
                                                 f'{root}/images/train'):
-        P.data_spec(root / 'c.yaml')
+        support.data_yaml.data_spec(root / 'c.yaml')
 
 
 def test_single_class_and_frozen_backbone(tmp_path):
@@ -1224,7 +1246,7 @@ def test_single_class_and_frozen_backbone(tmp_path):
                                 '--noautoanchor', '--single-cls', '--freeze', '10'])).fit()
     ckpt = torch.load(run / 'weights/last.pt', weights_only=True)
     official = M.load_model(WEIGHTS).state_dict()
-    assert ckpt['names'] == ['item'] and ckpt['nc'] == 1
+    assert ckpt['config']['names'] == ['item'] and ckpt['config']['nc'] == 1
     conv = lambda k: k.endswith('conv.weight')
     assert all(torch.equal(ckpt['model'][k].float(), official[k].half().float()) for k in official
                if conv(k) and int(k.split('.')[1]) < 10)  # the backbone kept its weights (stored in fp16)
@@ -1242,12 +1264,12 @@ def test_cache_ram_refuses_what_memory_cannot_hold(tmp_path, monkeypatch):
 def test_results_png_follows_results_csv(tmp_path):
     csv = tmp_path / 'results.csv'
     row = lambda e: {'epoch': e, **{k: 1 / (e + 1) for k in ('train/box_loss', 'train/obj_loss', 'train/cls_loss')},
-                     **{k: e / 10 for k in T.METRICS}, 'x/lr0': 0.01, 'x/lr1': 0.01, 'x/lr2': 0.01}
+                     **{k: e / 10 for k in VAL_METRICS}, 'x/lr0': 0.01, 'x/lr1': 0.01, 'x/lr2': 0.01}
     csv.write_text(','.join(f'{k:>20}' for k in row(0)) + '\n' + ','.join(f'{v:>20.5g}' for v in row(0).values()) + '\n')
-    P.plot_results(csv)  # one epoch: dots, no crash
+    support.plots.plot_results(csv)  # one epoch: dots, no crash
     one = cv2.imread(str(tmp_path / 'results.png'))
     csv.write_text(csv.read_text() + ','.join(f'{v:>20.5g}' for v in row(1).values()) + '\n')
-    P.plot_results(csv)
+    support.plots.plot_results(csv)
     two = cv2.imread(str(tmp_path / 'results.png'))
     assert one.shape == two.shape == (1000, 2000, 3) and (one != two).any()
 
@@ -1331,7 +1353,7 @@ def test_weights_that_turn_non_finite_leave_the_last_good_epoch(tmp_path, monkey
     def poison(self):  # one step an epoch (8 images, batch 8, nbs 8): the weights go bad in epoch 1
         real(self)
         if self.updates == 2:
-            next(self.raw.parameters()).data.fill_(float('nan'))
+            next(self.model.parameters()).data.fill_(float('nan'))
     monkeypatch.setattr(T.Trainer, 'optimizer_step', poison)
     args = ['--weights', '', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64', '--batch', '8',
             '--epochs', '3', '--workers', '0', '--noautoanchor', '--hyp', 'nbs=8', '--project', str(tmp_path)]
@@ -1366,7 +1388,7 @@ def test_a_full_disk_or_an_unwritable_run_folder_is_a_clear_error(tmp_path, monk
 
 # ---------------------------------------------------------------------------------------------- mixed precision
 
-HALF = P.half_dtype(torch.device('cpu'))  # bf16 where the CPU has it natively, else None
+HALF = support.cli.half_dtype(torch.device('cpu'))  # bf16 where the CPU has it natively, else None
 
 
 @pytest.mark.skipif(HALF is None, reason='this CPU has no native bf16')
@@ -1402,11 +1424,11 @@ def test_mixed_precision_training_checks_itself_first(tmp_path, monkeypatch, cap
 def test_a_stripped_checkpoint_validates_as_before(tmp_path):
     net = M.load_model(shared(WEIGHTS))
     copy = lambda: {k: v.clone() for k, v in net.state_dict().items()}  # as a training run's: 3 copies of the weights
-    state = dict(epoch=2, model=copy(), ema=copy(), optimizer={'state': copy()}, updates=9, opt={}, hyp={}, **net.meta())
+    state = dict(epoch=2, model=copy(), ema=copy(), optimizer={'state': copy()}, updates=9, opt={}, hyp={}, config=net.config())
     rows = []
     for name in ('full.pt', 'stripped.pt'):
         torch.save(state, tmp_path / name)
-    P.strip_checkpoint(tmp_path / 'stripped.pt')
+    support.checkpoints.strip_checkpoint(tmp_path / 'stripped.pt')
     stripped = torch.load(tmp_path / 'stripped.pt', weights_only=True)
     assert not {'optimizer', 'ema', 'updates'} & set(stripped) and stripped['model']['model.0.conv.weight'].dtype == torch.float16
     assert (tmp_path / 'stripped.pt').stat().st_size < (tmp_path / 'full.pt').stat().st_size / 5
@@ -1423,18 +1445,18 @@ def test_results_csv_is_matched_by_name_when_a_column_is_added():
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         csv = Path(d) / 'results.csv'
-        P.write_results(csv, {'epoch': 0, 'train/box_loss': 0.5, 'metrics/mAP_0.5': 0.1, 'x/lr0': 0.01})
-        P.write_results(csv, {'epoch': 1, 'train/box_loss': 0.4, 'metrics/new': 7.0, 'metrics/mAP_0.5': 0.2,
+        support.results.write_results(csv, {'epoch': 0, 'train/box_loss': 0.5, 'metrics/mAP_0.5': 0.1, 'x/lr0': 0.01})
+        support.results.write_results(csv, {'epoch': 1, 'train/box_loss': 0.4, 'metrics/new': 7.0, 'metrics/mAP_0.5': 0.2,
                               'x/lr0': 0.01})  # a column added in the middle
-        head, rows = P.read_results(csv)
+        head, rows = support.results.read_results(csv)
         assert head == ['epoch', 'train/box_loss', 'metrics/new', 'metrics/mAP_0.5', 'x/lr0']
         assert rows[0][:2] == [0, 0.5] and np.isnan(rows[0][2]) and rows[0][3:] == [0.1, 0.01]
         assert rows[1] == [1, 0.4, 7.0, 0.2, 0.01]
-        P.plot_results(csv)  # by name: the new column gets its own panel, the nan before it is no line
+        support.plots.plot_results(csv)  # by name: the new column gets its own panel, the nan before it is no line
         assert cv2.imread(str(Path(d) / 'results.png')).shape == (500, 2000, 3)
         csv.write_text(csv.read_text() + '   2, 0.3, 7')  # a row cut short by a crash
-        P.trim_results(csv, 1)
-        (kept,) = P.read_results(csv)[1]  # epoch 0 only, its nan kept, the cut row gone
+        support.results.trim_results(csv, 1)
+        (kept,) = support.results.read_results(csv)[1]  # epoch 0 only, its nan kept, the cut row gone
         assert kept[:2] == [0, 0.5] and np.isnan(kept[2]) and kept[3:] == [0.1, 0.01]
 
 
@@ -1451,7 +1473,7 @@ def test_a_resumed_run_takes_a_metric_added_in_the_middle(tmp_path, monkeypatch)
     monkeypatch.setattr(T, 'validate', with_a_new_metric)
     run = tmp_path / 'runs' / 'exp'
     T.Trainer(T.parse_args(['--resume', str(run / 'weights/last.pt'), '--workers', '0'])).fit()
-    head, rows = P.read_results(run / 'results.csv')
+    head, rows = support.results.read_results(run / 'results.csv')
     new = head.index('metrics/new')
     assert head[new + 1] == 'metrics/mAP_0.5' and [r[0] for r in rows] == [0, 1]
     assert np.isnan(rows[0][new]) and rows[1][new] == 42.0
@@ -1460,7 +1482,6 @@ def test_a_resumed_run_takes_a_metric_added_in_the_middle(tmp_path, monkeypatch)
 # ---------- export.py and hubconf.py (issue 21)
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
@@ -1511,7 +1532,7 @@ def test_exported_files_hold_one_output_and_the_metadata(exported):
     files = {'config.txt': ''}
     ts = torch.jit.load(str(exported['torchscript']), _extra_files=files)
     meta = json.loads(files['config.txt'])
-    assert meta['names'] == list(P.COCO_NAMES) and meta['stride'] == 32 and meta['shape'] == [1, 3, 640, 640]
+    assert meta['names'] == list(support.datasets.COCO_NAMES) and meta['stride'] == 32 and meta['shape'] == [1, 3, 640, 640]
     with torch.no_grad():
         y = ts(torch.rand(2, 3, 320, 192))  # any batch and size: the original's layout, (batch, anchors, 85)
     assert isinstance(y, torch.Tensor) and y.shape == (2, 3 * (40 * 24 + 20 * 12 + 10 * 6), 85)
@@ -1520,7 +1541,7 @@ def test_exported_files_hold_one_output_and_the_metadata(exported):
     import onnx
     proto = onnx.load(str(exported['onnx']))
     props = {p.key: p.value for p in proto.metadata_props}
-    assert eval(props['names']) == list(P.COCO_NAMES) and int(props['stride']) == 32  # as the original reads them
+    assert eval(props['names']) == list(support.datasets.COCO_NAMES) and int(props['stride']) == 32  # as the original reads them
     dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]
     assert [o.name for o in proto.graph.output] == ['output0'] and dims(proto.graph.output[0]) == [1, 25200, 85]
     assert dims(proto.graph.input[0]) == [1, 3, 640, 640]  # declared: the export size
@@ -1560,7 +1581,7 @@ def test_missing_onnx_is_named_with_its_pip_command(exported, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ['yolov5n.pt'], 'nothing written before the message'
     if exported['onnx'].exists():  # reading an ONNX file never needs the package
         model = E.load_any(exported['onnx'])
-        assert model.names == list(P.COCO_NAMES)
+        assert model.names == list(support.datasets.COCO_NAMES)
 
 
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch's legacy ONNX exporter, as export.py uses it
@@ -1573,10 +1594,10 @@ def test_an_onnx_file_of_fixed_sizes_is_run_as_the_original_runs_it(exported, tm
     torch.onnx.export(net, torch.zeros(1, 3, 640, 640), str(file), input_names=['images'], output_names=['output0'],
                       dynamo=False)
     proto = onnx.load(str(file))
-    proto.metadata_props.add(key='names', value=str(dict(enumerate(P.COCO_NAMES))))
+    proto.metadata_props.add(key='names', value=str(dict(enumerate(support.datasets.COCO_NAMES))))
     onnx.save(proto, str(file))
     model = E.load_any(file)
-    assert model.fixed == [1, 3, 640, 640] and model.names == list(P.COCO_NAMES)
+    assert model.fixed == [1, 3, 640, 640] and model.names == list(support.datasets.COCO_NAMES)
     img = cv2.imread(str(shared(BUS)))
     square = data.to_tensor(data.letterbox(img, 640, auto=False)[0]).float()[None] / 255
     rect = data.to_tensor(data.letterbox(img, 640)[0]).float()[None] / 255
@@ -1618,12 +1639,12 @@ def test_hub_custom_takes_files_arrays_pil_images_and_lists(exported, tmp_path, 
         r = hub(im)
         assert match_rows(xywhn_rows(r, 0), want['bus']) < 0.002, kind  # detect.py rounds its boxes to pixels
     r = hub([str(BUS), str(COCO_IMG), rgb, Image.open(COCO_IMG)], size=640)
-    assert len(r) == r.n == 4 and r.names == list(P.COCO_NAMES)
+    assert len(r) == r.n == 4 and r.names == list(support.datasets.COCO_NAMES)
     for i, stem in enumerate(['bus', '000000000009'] * 2):
         assert match_rows(xywhn_rows(r, i), want[stem]) < 0.002, i
         wh = torch.tensor([r.ims[i].shape[1], r.ims[i].shape[0]] * 2)
         torch.testing.assert_close(r.xyxyn[i][:, :4] * wh, r.xyxy[i][:, :4])
-        torch.testing.assert_close(r.xywh[i][:, :4], P.xyxy2xywh(r.xyxy[i][:, :4]))
+        torch.testing.assert_close(r.xywh[i][:, :4], support.datasets.xyxy2xywh(r.xyxy[i][:, :4]))
         assert torch.equal(r.xywhn[i][:, 4:], r.xyxy[i][:, 4:])
     r.print()
     out = capsys.readouterr().out
@@ -1634,7 +1655,7 @@ def test_hub_custom_takes_files_arrays_pil_images_and_lists(exported, tmp_path, 
     assert sorted(p.name for p in save_dir.iterdir()) == ['000000000009_1.jpg', '000000000009_3.jpg', 'bus.jpg',
                                                           'image2.jpg']  # one file per image
     crops = r.crop(save_dir=tmp_path / 'hub/exp')
-    assert len(crops) == sum(len(p) for p in r.xyxy) and crops[0]['label'].split()[0] in P.COCO_NAMES
+    assert len(crops) == sum(len(p) for p in r.xyxy) and crops[0]['label'].split()[0] in support.datasets.COCO_NAMES
     assert len(list((tmp_path / 'hub/exp2/crops').rglob('*.jpg'))) == len(crops)
     hub.conf, hub.classes = 0.5, [5]  # the original's NMS attributes
     assert hub(str(BUS)).xyxy[0][:, 5].tolist() == []  # the bus is at 0.49
@@ -1723,7 +1744,7 @@ def encrypted_zip():
 
 
 def test_downloads_only_write_inside_the_datasets_folder_and_replace_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path / 'datasets')
+    monkeypatch.setattr(support.downloads, 'DATASETS_DIR', tmp_path / 'datasets')
     monkeypatch.delenv('YOLO_MIRROR', raising=False)
     img = cv2.imencode('.jpg', scene(64, 64, []))[1].tobytes()
     srv = serve({'ds.zip': zip_bytes({'important.txt': b'from the zip', 'ds/images/train/a.jpg': img,
@@ -1735,14 +1756,14 @@ def test_downloads_only_write_inside_the_datasets_folder_and_replace_nothing(tmp
                     f'download: {srv.url}ds.zip\n')
     with pytest.raises(FileNotFoundError, match=f'ds.zip: not unpacked into {tmp_path}/some/dir: downloads only ever '
                                                 f'write inside the datasets folder {tmp_path}/datasets'):
-        P.data_spec(yaml)
+        support.data_yaml.data_spec(yaml)
     assert srv.requests == [] and sorted(p.name for p in (tmp_path / 'some').rglob('*')) == ['dir', 'important.txt']
     yaml.write_text(f'path: ../datasets/ds\ntrain: images/train\nval: images/train\ndownload: {srv.url}ds.zip\n')
     (tmp_path / 'yaml').mkdir()
     os.replace(yaml, tmp_path / 'yaml' / 'ds.yaml')  # inside the datasets folder: fetched, merged, nothing replaced
     (tmp_path / 'datasets').mkdir()
     (tmp_path / 'datasets' / 'important.txt').write_text('mine')
-    spec = P.data_spec(tmp_path / 'yaml' / 'ds.yaml')
+    spec = support.data_yaml.data_spec(tmp_path / 'yaml' / 'ds.yaml')
     assert [Path(x).resolve() for x in spec['train']] == [tmp_path / 'datasets/ds/images/train']
     assert (tmp_path / 'datasets' / 'important.txt').read_text() == 'mine' and 'already in' in capsys.readouterr().err
     assert (tmp_path / 'datasets' / 'escaped.txt').exists() and not list(tmp_path.glob('**/*.zip'))
@@ -1751,28 +1772,28 @@ def test_downloads_only_write_inside_the_datasets_folder_and_replace_nothing(tmp
     (tmp_path / 'yaml' / 'pairs.yaml').write_text(f'train: images/train\nval: images/train\n'
                                                   f'download: [{srv.url}ds.zip, /etc]\n')
     with pytest.raises(ValueError, match=r'pairs.yaml:3: download: .* is not the URL of a .zip'):
-        P.data_spec(tmp_path / 'yaml' / 'pairs.yaml')
+        support.data_yaml.data_spec(tmp_path / 'yaml' / 'pairs.yaml')
 
 
 def test_download_markers_follow_url_destination_and_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)
+    monkeypatch.setattr(support.downloads, 'DATASETS_DIR', tmp_path)
     monkeypatch.delenv('YOLO_MIRROR', raising=False)
     srv = serve({'a/data.zip': zip_bytes({'a/x.txt': b'a'}), 'b/data.zip': zip_bytes({'b/x.txt': b'b'})})
     for name in ('a', 'b'):  # two datasets that both ship a data.zip, into one folder
-        P.download_zip(f'{srv.url}{name}/data.zip', tmp_path)
+        support.downloads.download_zip(f'{srv.url}{name}/data.zip', tmp_path)
     assert (tmp_path / 'a/x.txt').read_text() == 'a' and (tmp_path / 'b/x.txt').read_text() == 'b'
-    P.download_zip(f'{srv.url}a/data.zip', tmp_path)
-    assert len(srv.requests) == 2 and P.is_downloaded(f'{srv.url}a/data.zip', tmp_path)  # done: not fetched again
+    support.downloads.download_zip(f'{srv.url}a/data.zip', tmp_path)
+    assert len(srv.requests) == 2 and support.downloads.is_downloaded(f'{srv.url}a/data.zip', tmp_path)  # done: not fetched again
     __import__('shutil').rmtree(tmp_path / 'a')  # the dataset deleted: its marker no longer holds
-    assert not P.is_downloaded(f'{srv.url}a/data.zip', tmp_path)
-    P.download_zip(f'{srv.url}a/data.zip', tmp_path)
+    assert not support.downloads.is_downloaded(f'{srv.url}a/data.zip', tmp_path)
+    support.downloads.download_zip(f'{srv.url}a/data.zip', tmp_path)
     assert len(srv.requests) == 3 and (tmp_path / 'a/x.txt').read_text() == 'a'
-    assert not P.is_downloaded(f'{srv.url}a/data.zip', tmp_path / 'b')  # keyed by destination too
+    assert not support.downloads.is_downloaded(f'{srv.url}a/data.zip', tmp_path / 'b')  # keyed by destination too
 
 
 @pytest.mark.parametrize('case', ['corrupt member', 'encrypted', 'folder clash', 'full disk'])
 def test_a_zip_that_cannot_be_unpacked_leaves_nothing_half_written(tmp_path, monkeypatch, case):
-    monkeypatch.setattr(P, 'DATASETS_DIR', tmp_path)
+    monkeypatch.setattr(support.downloads, 'DATASETS_DIR', tmp_path)
     good = zip_bytes({'d/a.txt': b'hello', 'd/sub/b.txt': b'world'})
     srv = serve({'d.zip': {'corrupt member': corrupt_member_zip(), 'encrypted': encrypted_zip()}.get(case, good)})
     monkeypatch.setenv('YOLO_MIRROR', srv.url)  # the errors name the URL actually used
@@ -1793,13 +1814,13 @@ def test_a_zip_that_cannot_be_unpacked_leaves_nothing_half_written(tmp_path, mon
                 'folder clash': f'{dest}/d is a file where the zip has a folder', 'full disk': 'No space left'}[case]
     with pytest.raises(FileNotFoundError, match=f'{dest}/d.zip \\(from {srv.url}d.zip\\): cannot unzip it.*'
                                                 f'{expected}.*'):
-        P.download_zip('https://example.com/x/d.zip', dest)
+        support.downloads.download_zip('https://example.com/x/d.zip', dest)
     zip_kept = case in ('folder clash', 'full disk')  # the destination's fault: the zip is fine
     left = sorted(p.name for p in dest.iterdir())
     assert left == ['d'] * (case == 'folder clash') + ['d.zip'] * zip_kept, left  # no .tmp, no marker, no half file
     if not zip_kept:  # a bad zip is deleted: the next run fetches it again (and the mirror now serves a good one)
         srv.files['d.zip'] = good
-        P.download_zip('https://example.com/x/d.zip', dest)
+        support.downloads.download_zip('https://example.com/x/d.zip', dest)
         assert (dest / 'd/sub/b.txt').read_text() == 'world' and len(srv.requests) == 2
 
 
@@ -1812,17 +1833,17 @@ def test_a_mirror_error_page_as_weights_is_deleted_and_ctrl_c_keeps_the_part(tmp
             M.read_checkpoint(tmp_path / 'yolov5s.pt')
         assert list(tmp_path.iterdir()) == []
     assert len(srv.requests) == 2
-    real = P._fetch
+    real = support.downloads._fetch
 
     def interrupted(url, part):  # Ctrl-C when half of it has come
         part.write_bytes(srv.files['blob.bin'][:1_000_000])
         raise KeyboardInterrupt
-    monkeypatch.setattr(P, '_fetch', interrupted)
+    monkeypatch.setattr(support.downloads, '_fetch', interrupted)
     with pytest.raises(SystemExit) as e:
-        P.download('https://example.com/blob.bin', tmp_path / 'blob.bin')
+        support.downloads.download('https://example.com/blob.bin', tmp_path / 'blob.bin')
     assert e.value.code == 130 and 'blob.bin.part keeps what came, the next run resumes' in capsys.readouterr().err
-    monkeypatch.setattr(P, '_fetch', real)
-    P.download('https://example.com/blob.bin', tmp_path / 'blob.bin')
+    monkeypatch.setattr(support.downloads, '_fetch', real)
+    support.downloads.download('https://example.com/blob.bin', tmp_path / 'blob.bin')
     assert srv.requests[-1] == ('blob.bin', 'bytes=1000000-')
     assert (tmp_path / 'blob.bin').read_bytes() == srv.files['blob.bin']
 
@@ -1846,31 +1867,31 @@ def test_yaml_values_are_checked_by_type_and_bounded(tmp_path):
                         ('path: 7\n', 'c.yaml:3: path: 7 is not a folder')]:
         (tmp_path / 'c.yaml').write_text(head + text)
         with pytest.raises(ValueError, match=error):
-            P.data_spec(tmp_path / 'c.yaml')
+            support.data_yaml.data_spec(tmp_path / 'c.yaml')
     (tmp_path / 'c.yaml').write_text('train: 2017\nval: images\n')
     with pytest.raises(ValueError, match=r'c.yaml:1: train: 2017 is not a path'):
-        P.data_spec(tmp_path / 'c.yaml')
+        support.data_yaml.data_spec(tmp_path / 'c.yaml')
     (tmp_path / 'c.yaml').write_text('\ufeffnames: [0, 1, 2.5]\n' + head)  # a BOM first; numeric names
-    assert P.data_spec(tmp_path / 'c.yaml')['names'] == ['0', '1', '2.5']
+    assert support.data_yaml.data_spec(tmp_path / 'c.yaml')['names'] == ['0', '1', '2.5']
     (tmp_path / 'c.yaml').write_bytes(b'names: [a]\n\xff\xfe\n')
     with pytest.raises(ValueError, match='c.yaml: not UTF-8 text'):
-        P.data_spec(tmp_path / 'c.yaml')
+        support.data_yaml.data_spec(tmp_path / 'c.yaml')
     import time
     blanks = ' ' * 1_000_000
     for line in ('a' + blanks, 'names: [' + blanks + 'x' + blanks, 'nc: ' + '1' * 1_000_000 + 'x'):
         (tmp_path / 'c.yaml').write_text(line + '\n')
         t0 = time.perf_counter()
         with pytest.raises(ValueError):
-            P.data_spec(tmp_path / 'c.yaml')
+            support.data_yaml.data_spec(tmp_path / 'c.yaml')
         assert time.perf_counter() - t0 < 3  # linear: the old key pattern took ~30 minutes on a megabyte of blanks
 
 
 def test_numeric_class_names_draw(tmp_path):
     labels = np.array([[0, 0.5, 0.5, 0.2, 0.2], [2, 0.3, 0.3, 0.1, 0.1]], np.float32)
-    P.plot_labels(labels, [0, 1, 2], tmp_path / 'labels.jpg')
+    support.plots.plot_labels(labels, [0, 1, 2], tmp_path / 'labels.jpg')
     assert cv2.imread(str(tmp_path / 'labels.jpg')).std() > 10
     img = np.zeros((64, 64, 3), np.uint8)
-    P.draw_box(img, (10, 20, 40, 50), 0, (255, 255, 255), 2)  # a name 0 is drawn, not taken for no name
+    support.plots.draw_box(img, (10, 20, 40, 50), 0, (255, 255, 255), 2)  # a name 0 is drawn, not taken for no name
     assert img[10:20, 10:40].any()
 
 
@@ -1880,13 +1901,13 @@ def test_label_classes_too_big_shared_label_files_and_empty_caches(tmp_path, cap
     (lab / 'im1.txt').write_text('1e40 0.5 0.5 0.2 0.2\n')
     (lab / 'im2.txt').write_text('100000 0.5 0.5 0.2 0.2\n')
     for single_cls in (False, True):
-        files, _, labels = P.load_labels(P.find_images(root), nc=3, single_cls=single_cls)
+        files, _, labels = support.datasets.load_labels(support.datasets.find_images(root), nc=3, single_cls=single_cls)
         assert [Path(f).name for f in files] == ['im0.jpg'] and labels[0].tolist() == [[0, 0.1875, 0.1875, 0.25, 0.25]]
         err = capsys.readouterr().err
         assert 'im1.txt:1: class 1e+40 is not a class index: an integer from 0 to 99999' in err
         assert 'im2.txt:1: class 100000 is not a class index' in err
     cv2.imwrite(str(root / 'images' / 'train' / 'im0.bmp'), scene(32, 32, []))
-    P.load_labels(P.find_images(root), nc=3)
+    support.datasets.load_labels(support.datasets.find_images(root), nc=3)
     assert f'im0.jpg share one label file, {lab}/im0.txt' in capsys.readouterr().err
     broken = tmp_path / 'broken'  # a scan that keeps no image, then read from its cache: 0 backgrounds, not 1
     (broken / 'images').mkdir(parents=True)
@@ -1895,7 +1916,7 @@ def test_label_classes_too_big_shared_label_files_and_empty_caches(tmp_path, cap
         (broken / 'images' / f'{k}.jpg').write_bytes(b'not an image')
     for how in ('Scanned', 'Cached'):
         with pytest.raises(ValueError, match='no usable images'):
-            P.load_labels(P.find_images(broken / 'images'), nc=3)
+            support.datasets.load_labels(support.datasets.find_images(broken / 'images'), nc=3)
         assert f'{how} {broken}/labels: 0 images, 0 backgrounds, 2 corrupt, 0 instances' in capsys.readouterr().out
 
 
@@ -1904,7 +1925,7 @@ def write_in_every_format(folder, name, img):
     from PIL import Image
     rgb = Image.fromarray(img[:, :, ::-1].copy())
     files = []
-    for ext in sorted(P.IMAGE_EXTS):
+    for ext in sorted(support.datasets.IMAGE_EXTS):
         path = str(folder / f'{name}_{ext[1:]}{ext}')
         if ext == '.dng':  # no writer for it in either
             continue
@@ -1925,7 +1946,7 @@ def test_every_image_format_that_can_be_written_is_scanned_and_trains(tmp_path, 
     img = scene(128, 160, [(40, 30, 100, 90)])  # 160 wide: training at --img 64 decodes them at half size
     files = write_in_every_format(root / 'images' / 'train', 'im', img)
     exts = {Path(f).suffix for f in files}
-    assert exts == P.IMAGE_EXTS - {'.dng'}, exts
+    assert exts == support.datasets.IMAGE_EXTS - {'.dng'}, exts
     rotated = Image.Exif()
     rotated[274] = 6  # EXIF: turned 90 degrees, which OpenCV applies when it decodes
     for ext, kind in (('.png', 'PNG'), ('.jpg', 'JPEG'), ('.webp', 'WEBP'), ('.tif', 'TIFF')):  # OpenCV 4.14 cannot
@@ -1933,11 +1954,11 @@ def test_every_image_format_that_can_be_written_is_scanned_and_trains(tmp_path, 
     for split in ('train', 'val'):
         for f in (root / 'images' / split).iterdir():
             (root / 'labels' / split / f'{f.stem}.txt').write_text('1 0.4375 0.46875 0.375 0.46875\n')
-    scanned, sizes, _ = P.load_labels(P.find_images(root / 'images' / 'val'), nc=3)  # decode a turned TIFF: left out
+    scanned, sizes, _ = support.datasets.load_labels(support.datasets.find_images(root / 'images' / 'val'), nc=3)  # decode a turned TIFF: left out
     assert 'r_TIFF.tif: ignoring corrupt image/label: not an image that OpenCV decodes' in capsys.readouterr().err
     assert len(scanned) == 3 and [tuple(s) for s in sizes] == [(128, 160)] * 3  # turned, as cv2.imread decodes them
     assert all(cv2.imread(f).shape[1::-1] == tuple(s) for f, s in zip(scanned, sizes))
-    scanned, sizes, _ = P.load_labels(P.find_images(root / 'images' / 'train'), nc=3)
+    scanned, sizes, _ = support.datasets.load_labels(support.datasets.find_images(root / 'images' / 'train'), nc=3)
     assert sorted(scanned) == sorted(files) and [tuple(s) for s in sizes] == [(160, 128)] * len(files)
     (root / 'data.yaml').write_text('path: .\ntrain: images/train\nval: images/val\nnames: [0, 1, 2]\n')  # numbers
     trainer = T.Trainer(T.parse_args(['--weights', '', '--cfg', 'n', '--data', str(root / 'data.yaml'), '--img',
@@ -1949,14 +1970,14 @@ def test_every_image_format_that_can_be_written_is_scanned_and_trains(tmp_path, 
         pixels = trainer.train_set.load_image(i)[0]
         expected = cv2.resize(img, pixels.shape[1::-1], interpolation=cv2.INTER_AREA)
         assert np.abs(pixels.astype(int) - expected).mean() < 8, f
-    assert torch.load(run / 'weights/last.pt', weights_only=True)['names'] == ['0', '1', '2']
+    assert torch.load(run / 'weights/last.pt', weights_only=True)['config']['names'] == ['0', '1', '2']
     for picture in ('labels.jpg', 'train_batch0.jpg', 'confusion_matrix.png'):
         assert cv2.imread(str(run / picture)) is not None, picture
 
 
 def test_hand_made_checkpoint_metadata_is_a_clear_error(tmp_path):
     net = M.YOLOv5('n', nc=2, names=['a', 'b'])
-    good = dict(model=net.state_dict(), **net.meta())
+    good = dict(model=net.state_dict(), config=net.config())
     for change, error in [(dict(scale='q'), "scale 'q' is not one of n, s, m, l, x"),
                           (dict(scale=[0.33]), r'scale \[0.33\] is not'),
                           (dict(scale=[0.33, 0]), r'scale \[0.33, 0\] is not'),
@@ -1964,11 +1985,12 @@ def test_hand_made_checkpoint_metadata_is_a_clear_error(tmp_path):
                           (dict(names=['a']), '1 class names for its 2 classes'),
                           (dict(names=None), 'no class names for its 2 classes'),
                           (dict(model=[1, 2]), 'its weights are not a dict of tensors')]:
-        torch.save({**good, **change}, tmp_path / 'hand.pt')
+        torch.save({**good, **change} if 'model' in change else {**good, 'config': {**good['config'], **change}},
+                   tmp_path / 'hand.pt')
         for fn in (M.read_checkpoint, M.load_model):
             with pytest.raises(ValueError, match=f'{tmp_path}/hand.pt: ({error})'):
                 fn(tmp_path / 'hand.pt')
-    torch.save({**good, 'names': [0, 1]}, tmp_path / 'hand.pt')  # numbers as names: fine, as text
+    torch.save({**good, 'config': {**good['config'], 'names': [0, 1]}}, tmp_path / 'hand.pt')  # numbers as names: fine, as text
     assert M.load_model(tmp_path / 'hand.pt').names == ['0', '1']
 
 
@@ -1978,7 +2000,7 @@ def test_run_folders_are_claimed_atomically(tmp_path):
 
     def start():
         barrier.wait()  # all at the same instant
-        claimed.append(P.run_dir(tmp_path / 'runs', 'exp'))
+        claimed.append(support.runs.run_dir(tmp_path / 'runs', 'exp'))
     threads = [threading.Thread(target=start) for _ in range(8)]
     for t in threads:
         t.start()
@@ -1986,7 +2008,7 @@ def test_run_folders_are_claimed_atomically(tmp_path):
         t.join()
     assert sorted(p.name for p in claimed) == sorted(['exp'] + [f'exp{n}' for n in range(2, 9)])
     assert all(p.is_dir() for p in claimed)
-    assert P.run_dir(tmp_path / 'runs', 'exp', exist_ok=True) == tmp_path / 'runs' / 'exp'
+    assert support.runs.run_dir(tmp_path / 'runs', 'exp', exist_ok=True) == tmp_path / 'runs' / 'exp'
 
 
 class _Pwned:
@@ -2046,7 +2068,7 @@ def test_a_start_that_fails_leaves_no_run_folder(tmp_path, monkeypatch):
 
     def ctrl_c(*args, **kwargs):  # Ctrl-C while the dataset is read
         raise KeyboardInterrupt
-    monkeypatch.setattr(T, 'build_datasets', ctrl_c)
+    monkeypatch.setattr(T, 'train_dataset', ctrl_c)
     with pytest.raises(SystemExit) as e:
         T.Trainer(tiny_args(root, tmp_path / 'runs'))
     assert e.value.code == 130 and list((tmp_path / 'runs').iterdir()) == []
@@ -2069,11 +2091,11 @@ def test_amp_auto_picks_16_bits_only_where_they_are_faster(monkeypatch):
     cpu, cuda = torch.device('cpu'), torch.device('cuda', 0)
     monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: True)  # bf16 instructions, no AMX: slower
     monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
-    assert P.amp_choice(cpu) == (None, 'auto: this CPU has no AMX, where bf16 is slower than fp32')
-    assert P.half_dtype(cpu) is None and P.amp_choice(cuda) == (torch.float16, 'auto: CUDA')
+    assert support.cli.amp_choice(cpu) == (None, 'auto: this CPU has no AMX, where bf16 is slower than fp32')
+    assert support.cli.half_dtype(cpu) is None and support.cli.amp_choice(cuda) == (torch.float16, 'auto: CUDA')
     monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: True)
-    assert P.amp_choice(cpu) == (torch.bfloat16, 'auto: this CPU has AMX') and P.half_dtype(cpu) == torch.bfloat16
-    assert P.amp_choice(cpu, 'fp16') == (torch.float16, '--amp fp16') and P.amp_choice(cuda, 'off')[0] is None
+    assert support.cli.amp_choice(cpu) == (torch.bfloat16, 'auto: this CPU has AMX') and support.cli.half_dtype(cpu) == torch.bfloat16
+    assert support.cli.amp_choice(cpu, 'fp16') == (torch.float16, '--amp fp16') and support.cli.amp_choice(cuda, 'off')[0] is None
     assert [T.parse_args(a).amp for a in ([], ['--no-amp'], ['--amp', 'bf16'])] == ['auto', 'off', 'bf16']
 
 
@@ -2120,13 +2142,13 @@ def test_fp16_with_loss_scaling_on_the_cpu_skips_overflows_and_resumes_its_scale
 def test_each_torchrun_process_takes_its_own_gpu_of_the_list(monkeypatch):
     fake_gpus(monkeypatch, 4)
     cuda = lambda i: torch.device('cuda', i)
-    assert P.select_device('2,3', local_rank=0) == cuda(2) and P.select_device('2,3', local_rank=1) == cuda(3)
-    assert P.select_device('', local_rank=3) == cuda(3) and P.select_device('cuda:1') == cuda(1)
-    assert P.select_device('1,2') == cuda(1)  # one process: the first (train.py starts one per GPU first)
+    assert support.cli.select_device('2,3', local_rank=0) == cuda(2) and support.cli.select_device('2,3', local_rank=1) == cuda(3)
+    assert support.cli.select_device('', local_rank=3) == cuda(3) and support.cli.select_device('cuda:1') == cuda(1)
+    assert support.cli.select_device('1,2') == cuda(1)  # one process: the first (train.py starts one per GPU first)
     monkeypatch.setenv('LOCAL_RANK', '1')
-    assert P.select_device('2,3') == cuda(3)
+    assert support.cli.select_device('2,3') == cuda(3)
     with pytest.raises(ValueError, match='2 GPU.* for more processes .*LOCAL_RANK 2.*--nproc_per_node 2'):
-        P.select_device('0,1', local_rank=2)
+        support.cli.select_device('0,1', local_rank=2)
 
 
 def test_start_processes_sets_the_gpu_and_waits_3_hours(monkeypatch):
@@ -2182,15 +2204,15 @@ def test_nms_time_limit_starts_when_the_gpu_has_finished(monkeypatch):
     synced = []
     monkeypatch.setattr(torch.cuda, 'synchronize', lambda device: synced.append(device) or time.sleep(0.2))
     t = time.perf_counter()
-    assert P.clock(torch.device('cuda', 1)) - t >= 0.2 and synced == [torch.device('cuda', 1)]
-    assert P.clock(torch.device('cpu')) - t < 0.2 + 0.1 and len(synced) == 1
+    assert support.cli.clock(torch.device('cuda', 1)) - t >= 0.2 and synced == [torch.device('cuda', 1)]
+    assert support.cli.clock(torch.device('cpu')) - t < 0.2 + 0.1 and len(synced) == 1
 
 
 def test_the_nosave_copy_is_a_cpu_copy_apart_from_the_live_state():
     w = torch.nn.Parameter(torch.ones(3))
     state = dict(epoch=1, model={'w': w}, optimizer=dict(state={0: dict(buf=torch.zeros(2))}, groups=[dict(lr=0.1)]),
                  scale=(0.33, 0.25), names=['a'])
-    copy = P.to_cpu(state)
+    copy = support.checkpoints.to_cpu(state)
     with torch.no_grad():
         w.add_(1)
     state['optimizer']['state'][0]['buf'].add_(1)
@@ -2245,7 +2267,7 @@ def mosaic_the_plain_way(ds, epoch, index):
         x, y = (xc - w if k % 2 == 0 else xc), (yc - h if k < 2 else yc)  # its top left: it touches the centre
         canvas[max(y, 0):y + h, max(x, 0):x + w] = img[max(-y, 0):2 * s - y, max(-x, 0):2 * s - x]
         lb = ds.labels[i].copy()
-        lb[:, 1:] = P.xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (x, y, x, y)
+        lb[:, 1:] = support.datasets.xywh2xyxy(lb[:, 1:]) * (w, h, w, h) + (x, y, x, y)
         labels.append(lb)
     labels = np.concatenate(labels)
     labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
@@ -2486,10 +2508,10 @@ def test_val_only_save_json_equals_the_originals(tmp_path):
 
 def test_coco_ids_only_on_coco_and_pycocotools_where_installed(tmp_path, monkeypatch, capsys):
     det = torch.tensor([[10.0, 20.0, 50.0, 80.0, 0.9, 0.0], [0.0, 0.0, 5.0, 5.0, 0.123456, 79.0]])
-    assert P.coco_records(det, 'x/000000000042.jpg') == [
+    assert support.results.coco_records(det, 'x/000000000042.jpg') == [
         dict(image_id=42, category_id=0, bbox=[10.0, 20.0, 40.0, 60.0], score=0.9),
         dict(image_id=42, category_id=79, bbox=[0.0, 0.0, 5.0, 5.0], score=0.12346)]
-    assert P.coco_records(det, 'a/cat_1.png')[0]['image_id'] == 'cat_1'
+    assert support.results.coco_records(det, 'a/cat_1.png')[0]['image_id'] == 'cat_1'
     fake = tmp_path / 'site/pycocotools'  # a stand-in that records how it is called
     fake.mkdir(parents=True)
     (fake / '__init__.py').write_text('')
@@ -2506,7 +2528,7 @@ def test_coco_ids_only_on_coco_and_pycocotools_where_installed(tmp_path, monkeyp
     (tmp_path / 'coco/annotations/instances_val2017.json').write_text('{}')
     for spec, ids in [({'val': [str(tmp_path / 'other/val.txt')]}, [0, 79]), (coco, [1, 90])]:
         path = tmp_path / 'out.json'
-        P.save_coco_json(P.coco_records(det, 'x/000000000042.jpg'), path, spec, ['x/000000000042.jpg'])
+        support.results.save_coco_json(support.results.coco_records(det, 'x/000000000042.jpg'), path, spec, ['x/000000000042.jpg'])
         assert [r['category_id'] for r in __import__('json').loads(path.read_text())] == ids
     out = capsys.readouterr().out  # pycocotools ran on COCO only, on its images
     assert out.count('summary of') == 1 and 'images [42]' in out and 'instances_val2017.json' in out
@@ -2602,7 +2624,7 @@ def formula_weights(net):
                                                 ('x6', 140794780, None)])  # the original's, as built by its code
 def test_p6_scales_have_the_original_parameter_counts(scale, params, fused):
     net = M.YOLOv5(scale)
-    assert net.p6 and net.detect.stride.tolist() == [8, 16, 32, 64] and len(net.model) == 34
+    assert net.arch == 'p6' and net.detect.stride.tolist() == [8, 16, 32, 64] and len(net.model) == 34
     assert sum(p.numel() for p in net.parameters()) == params
     if fused:
         assert sum(p.numel() for p in net.fuse().parameters()) == fused
@@ -2636,7 +2658,8 @@ def test_official_p6_checkpoint_downloads_by_name_and_loads(tmp_path, monkeypatc
                                    'head': [[]] * 22}, names={0: 'a', 1: 'b', 2: 'c', 3: 'd'})
     renames = [(M.YOLOv5, 'models.yolo', 'DetectionModel'), (M.Detect, 'models.yolo', 'Detect'),
                (M.Conv, 'models.common', 'Conv'), (M.C3, 'models.common', 'C3'),
-               (M.Bottleneck, 'models.common', 'Bottleneck'), (M.SPPF, 'models.common', 'SPPF')]
+               (M.Bottleneck, 'models.common', 'Bottleneck'), (M.SPPF, 'models.common', 'SPPF'),
+               (M.Concat, 'models.common', 'Concat')]
     mirror = tmp_path / 'mirror'
     mirror.mkdir()
     originals = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
@@ -2654,7 +2677,7 @@ def test_official_p6_checkpoint_downloads_by_name_and_loads(tmp_path, monkeypatc
                 cls.__module__, cls.__qualname__ = module, name
     monkeypatch.setenv('YOLO_MIRROR', str(mirror))
     loaded = M.load_model(tmp_path / 'weights' / 'yolov5s6.pt')  # fetched by its name, as the P5 ones
-    assert loaded.p6 and loaded.names == ['a', 'b', 'c', 'd'] and loaded.scale == (0.33, 0.5)
+    assert loaded.arch == 'p6' and loaded.names == ['a', 'b', 'c', 'd'] and loaded.scale == (0.33, 0.5)
     x = torch.rand(1, 3, 128, 192)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], net.half().float()(x)[0])
@@ -2669,7 +2692,7 @@ def test_p6_trains_validates_and_detects(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'must be a multiple of 64 and >= 128, using 128' in out and 'Validating' in out
     ckpt = torch.load(run / 'weights/best.pt', weights_only=True)
-    assert ckpt['p6'] and ckpt['opt']['img'] == 128 and ckpt['model']['model.33.anchors'].shape == (4, 3, 2)
+    assert ckpt['config']['arch'] == 'p6' and ckpt['opt']['img'] == 128 and ckpt['model']['model.33.anchors'].shape == (4, 3, 2)
     opt = detect.parse_args([str(root / 'images/val/0000.jpg'), '--weights', str(run / 'weights/best.pt'),
                              '--img', '100', '--project', str(tmp_path / 'detect')])
     assert detect.run(opt) == 0 and ': 128x128 ' in capsys.readouterr().out

@@ -1,11 +1,11 @@
 """
 Train or validate YOLOv5, the entry point beside detect.py:
   python train.py --data coco128.yaml --weights yolov5n.pt --img 640 --epochs 100
-  torchrun --nproc_per_node 2 train.py --data ... --device 0,1          (DDP: NCCL on GPUs, gloo on CPU)
-  python train.py --val-only --weights yolov5n.pt --data coco128.yaml --batch 32 [--save-json --task test]
-Owns the training hyperparameters, the training loop (warmup, LR schedule, gradient accumulation, mixed precision,
-EMA, checkpoints, resume, early stopping) and validation with YOLOv5's metrics (P, R, mAP, confusion matrix).
-Runs go to runs/train/exp, exp2, ...: weights/last.pt and best.pt, results.csv and pictures.
+  torchrun --nproc_per_node 2 train.py --data ... --device 0,1   (DDP: NCCL on GPUs, gloo on CPU)
+  python train.py --val-only --weights yolov5n.pt --data coco128.yaml --batch 32
+Owns the hyperparameters, the training loop (warmup, LR schedule, gradient accumulation, mixed
+precision, EMA, checkpoints, resume, early stopping), autoanchor, and validation with YOLOv5's
+metrics. Runs go to runs/train/exp, exp2, ... In a notebook: training_data().
 """
 import argparse
 import math
@@ -24,32 +24,35 @@ import torch.nn as nn
 
 from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
 from export import load_any
-from loss import YOLOLoss
-from model import SCALES, YOLOv5, non_max_suppression, predict, scale_boxes
-from plumbing import (AMP_TYPES, amp_choice, box_iou, check_anchors, check_img_size, checkpoint_file, clock,
-                      coco_records, confusion_add, data_spec, device_name, existing_file, half_dtype, is_coco,
-                      key_number, label_path, number, or_exit, pick_run, plot_batch, plot_curve, plot_labels,
-                      plot_results, print_progress, read_checkpoint, read_names, removed_if_unstarted, run_dir,
-                      run_under_torchrun, save_atomic, save_coco_json, save_confusion_matrix, select_device, stop_run,
-                      strip_checkpoint, to_cpu, trim_results, weights_file, write_results, xywh2xyxy)
+from loss import YOLOLoss, shape_ratio
+from model import YOLOv5, from_config, non_max_suppression, parse_cfg, predict, scale_boxes
+from model import transfer
+from support.checkpoints import checked_config, config_of, read_checkpoint, save_checkpoint
+from support.checkpoints import strip_checkpoint, to_cpu
+from support.cli import amp_choice, check_img_size, clock, half_dtype, memory_used, or_exit
+from support.cli import print_progress, select_device, train_args
+from support.data_yaml import data_spec, is_coco
+from support.datasets import label_path, read_names, xywh2xyxy
+from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
+from support.results import coco_records, save_coco_json, trim_results, write_results
+from support.runs import pick_run, removed_if_unstarted, run_dir, run_under_torchrun, stop_run
 
-# YOLOv5's hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations from data.py.
-# Override any of them from the command line: --hyp lr0=0.02 mosaic=0.5, or an original hyp file: --hyp hyp.VOC.yaml
-HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,   # SGD; final lr = lr0 * lrf
+# hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations in data.py. Change
+# them on the command line: --hyp lr0=0.02 mosaic=0.5, or an original file: --hyp hyp.VOC.yaml
+HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,  # SGD; final lr: lr0 * lrf
            warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
-           nbs=64,                                                    # nominal batch: gradients accumulate to it
-           box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,        # loss gains and BCE positive weights
-           anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0, **AUG)    # anchor-label wh ratio limit, focal loss gamma
+           nbs=64,                                              # gradients accumulate to it
+           box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,  # loss gains, BCE weights
+           anchor_t=4.0,                                        # label-anchor shape limit
+           fl_gamma=0.0, label_smoothing=0.0, **AUG)            # focal loss gamma (0: BCE)
 # keys of the original's hyp files that are not used here, and why
-NOT_USED = dict(iou_t='unused by the original too', anchors='3 anchors per level here, refitted by autoanchor if poor',
+NOT_USED = dict(iou_t='unused by the original too',
+                anchors='3 anchors per level here, refitted by autoanchor if poor',
                 copy_paste='it pastes segments: polygon labels are read as boxes here')
-RANK = int(os.getenv('RANK', -1))  # set by torchrun: this process among all; -1 without torchrun
+RANK = int(os.getenv('RANK', -1))  # set by torchrun: this process among all; -1 without it
 LOCAL_RANK = int(os.getenv('LOCAL_RANK', -1))  # this process on its machine
 WORLD_SIZE = int(os.getenv('WORLD_SIZE', 1))
 MAIN = RANK in (-1, 0)  # only this process validates, prints and saves
-LOSSES = ['box_loss', 'obj_loss', 'cls_loss']
-METRICS = ['metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
-           *(f'val/{k}' for k in LOSSES)]  # what validate() returns, as named in results.csv
 
 
 def log(*args, **kwargs):
@@ -57,15 +60,20 @@ def log(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- training
+def fitness(results):
+    """What makes an epoch the best (0 before the first validation)."""
+    return 0.1 * results.get('metrics/mAP_0.5', 0) + 0.9 * results.get('metrics/mAP_0.5:0.95', 0)
+
+
+# ---------------------------------------------------------------------------------- training
 class Trainer:
-    """One training run. __init__ sets it up (or restores it from last.pt with --resume); fit() runs the epochs:
-    train_epoch() then end_epoch() (validate, results.csv, checkpoints, early stopping), and finish()."""
+    """One training run. __init__ sets it up (or restores it from last.pt); fit() runs the epochs:
+    train_epoch(), end_epoch() (validation, results.csv, checkpoints), and finish()."""
 
     def __init__(self, opt):
-        self.start_processes(opt)  # DDP first: the steps below broadcast, wait on each other
+        self.start_processes(opt)  # DDP first: the steps below broadcast and wait on each other
         opt, resumed, self.save_dir = self.from_rank0(pick_run(opt, parse_args) if MAIN else None)
-        with removed_if_unstarted(self.save_dir, MAIN and not resumed):  # a failed start leaves no run folder
+        with removed_if_unstarted(self.save_dir, MAIN and not resumed):  # a failed start: no folder
             self.setup(opt, resumed)
 
     def setup(self, opt, resumed):
@@ -76,31 +84,33 @@ class Trainer:
         if MAIN:  # rows of epochs that run again: a crash came between a row and its checkpoint
             trim_results(self.save_dir / 'results.csv', self.start_epoch)
         torch.manual_seed(opt.seed + max(RANK, 0))
-        # repeatable on GPUs too: deterministic kernels where torch has them; cuBLAS needs a fixed workspace for it
+        # repeatable on GPUs too: deterministic kernels (cuBLAS needs a fixed workspace for them)
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
-        self.hyp = dict(HYP, **dict(opt.hyp))  # the last of a key wins: KEY=VALUE after a file overrides it
+        self.hyp = dict(HYP, **dict(opt.hyp))  # the last of a key wins: KEY=VALUE after a file
         self.hyp['label_smoothing'] = opt.label_smoothing or self.hyp['label_smoothing']
         model = self.setup_model_and_data(resumed)  # the model's classes come from the data
-        if MAIN and not resumed:  # before the EMA copies the model, and before DDP sends rank 0's anchors to all
-            plot_labels(np.concatenate(self.train_set.labels), self.names, self.save_dir / 'labels.jpg')
+        if MAIN and not resumed:  # before the EMA copies the model and DDP sends rank 0's anchors
+            labels = np.concatenate(self.train_set.labels)
+            plot_labels(labels, self.names, self.save_dir / 'labels.jpg')
             if not opt.noautoanchor:
                 check_anchors(self.train_set, model, self.hyp['anchor_t'], opt.img, opt.seed)
-        self.setup_optimizer(model, resumed)  # the EMA and the mixed precision check copy the anchors chosen above
+        self.setup_optimizer(model, resumed)  # the EMA and the AMP check copy the anchors chosen
         if opt.sync_bn and self.ddp and self.device.type == 'cuda':
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             log('Using SyncBatchNorm')
-        self.raw = model  # the model itself; self.model is what trains: DDP's wrapper, which syncs the gradients
         self.model = model
-        if self.ddp:  # copies rank 0's weights and buffers (anchors too) to all; static_graph: every step uses the
-            # same parameters, and a skipped step is skipped on all processes (finite()): all-reduces planned once
-            self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == 'cuda' else None, static_graph=True)
+        self.ddp_model = model  # what trains: under DDP its wrapper, which syncs the gradients
+        if self.ddp:
+            # DDP copies rank 0's weights and buffers to all. static_graph: every step uses the same
+            # parameters, and a skipped step is skipped on all processes (finite())
+            gpus = [self.device] if self.device.type == 'cuda' else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(model, gpus, static_graph=True)
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
-        self.saved = resumed['epoch'] if resumed else None  # the epoch that last.pt holds
-        self.unsaved = None  # with --nosave: the state of the last epoch, written only if the run stops early
+        self.last_saved = resumed['epoch'] if resumed else None  # the epoch last.pt holds
+        self.held_back = None  # with --nosave: the last epoch, written if the run stops early
         self.bad_steps = 0  # non-finite steps in a row
-        self.results = dict.fromkeys(METRICS, 0.0)  # of the latest validation
+        self.results = {}  # of the latest validation, by name
 
     def start_processes(self, opt):
         """Under torchrun: one process per GPU (NCCL), or per CPU share (gloo)."""
@@ -110,9 +120,10 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if not self.ddp:
             return
-        timeout = timedelta(hours=3)  # as the original: the others wait while rank 0 downloads, validates or saves
+        timeout = timedelta(hours=3)  # the others wait while rank 0 downloads, validates, saves
         store, rank, world = next(dist.rendezvous('env://', timeout=timeout))
-        store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)  # stale keys hang
+        restart = os.getenv('TORCHELASTIC_RESTART_COUNT', 0)
+        store = dist.PrefixStore(f'restart{restart}', store)  # not the keys of the group before
         backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
@@ -124,127 +135,142 @@ class Trainer:
         data = or_exit(data_spec, opt.data)
         if LOCAL_RANK == 0:
             dist.barrier()
-        # channels-last (as the loader's images are): bf16 training steps ~25% faster on CPU, and fp16 ones on GPUs
-        model = build_model(opt, resumed, data['names']).to(self.device, memory_format=torch.channels_last)
-        frozen = tuple(f'model.{i}.' for i in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0])))
-        for k, p in model.named_parameters():  # --freeze 10: the backbone keeps its starting weights, resumed too
-            p.requires_grad_(not k.startswith(frozen))
+        # channels-last, as the loader's images: bf16 steps ~25% faster on CPU, fp16 ones on GPUs
+        model = build_model(opt, resumed, data['names'])
+        model = model.to(self.device, memory_format=torch.channels_last)
+        frozen = opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0])  # 10: the backbone
+        frozen = tuple(f'model.{i}.' for i in frozen)
+        for name, param in model.named_parameters():
+            param.requires_grad_(not name.startswith(frozen))
         self.names = model.names
         self.coco = is_coco(data)
-        self.train_set, val_set = build_datasets(opt, data, self.names, self.hyp, model.max_stride)
-        cpu = self.device.type == 'cpu'
+        stride = model.max_stride
+        opt.img = check_img_size(opt.img, 2 * stride, stride)  # at least 2 strides, as the original
         batch = opt.batch // WORLD_SIZE
-        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, shuffle=not opt.rect,
-                                              cpu=cpu, rank=max(RANK, 0), world_size=WORLD_SIZE)
-        self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu) if MAIN else None
+        cpu = self.device.type == 'cpu'
+        self.train_set = train_dataset(opt, data, self.names, self.hyp, stride)
+        self.train_loader = create_dataloader(self.train_set, batch, opt.workers, not opt.rect,
+                                              max(RANK, 0), WORLD_SIZE, cpu)
+        self.val_loader = None
+        if MAIN:  # only rank 0 validates; it needs no gradients: twice the batch fits
+            val_set = val_dataset(opt, data, self.names, stride, 2 * batch)
+            self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu)
         self.nb = len(self.train_loader)  # batches per epoch
         return model
 
     def setup_optimizer(self, model, resumed):
-        """Optimizer, EMA, mixed precision and their state when resuming."""
+        """Optimizer, EMA, mixed precision and, when resuming, their state."""
         opt, hyp = self.opt, self.hyp
-        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)  # at least 100: tiny datasets warm up too
-        decay = hyp['weight_decay'] * opt.batch * max(round(hyp['nbs'] / opt.batch), 1) / hyp['nbs']
+        # at least 100 iterations: tiny datasets warm up too
+        self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)
+        accumulate = max(round(hyp['nbs'] / opt.batch), 1)
+        decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
-        self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # only rank 0 validates and saves
+        self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # rank 0's
         self.amp, why = amp_choice(self.device, opt.amp)
-        if MAIN and self.amp and not amp_agrees(self.ema, self.train_set.files[0], opt.img, self.amp):
-            log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {self.train_set.files[0]}, training in fp32')
+        image = self.train_set.files[0]
+        if MAIN and self.amp and not amp_agrees(self.ema, image, opt.img, self.amp):
+            log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {image}, training in fp32')
             self.amp, why = None, 'the check above'
-        self.amp, why = self.from_rank0((self.amp, why))  # all processes as rank 0, whose anchors DDP will share
-        scaling = ' with loss scaling' if self.amp == torch.float16 else ''  # bf16 has fp32's range: no scaling
+        self.amp, why = self.from_rank0((self.amp, why))
+        scaling = ' with loss scaling' if self.amp == torch.float16 else ''  # bf16 has fp32's range
         log(f'AMP: mixed precision training in {self.amp}{scaling} ({why})' if self.amp
             else f'AMP: off, training in fp32 ({why})')
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_fitness = 0.0
         self.best_epoch = 0
         self.updates = 0  # optimizer steps, for the EMA's decay
-        self.last_opt_step = -1  # the iteration of the last optimizer step, for gradient accumulation
+        self.last_opt_step = -1  # the iteration of the last optimizer step
         if resumed:
             if MAIN:
                 self.ema.load_state_dict(resumed['ema'])
             self.optimizer.load_state_dict(resumed['optimizer'])
             if self.scaler.is_enabled() and resumed.get('scaler'):
                 self.scaler.load_state_dict(resumed['scaler'])
-            for k in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'):
-                setattr(self, k, resumed[k])
+            for key in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'):
+                setattr(self, key, resumed[key])
 
     def from_rank0(self, obj):
-        """Rank 0's obj on every process: under DDP they all take the same path (and need no shared disk)."""
+        """Rank 0's obj on every process: under DDP all take one path, with no shared disk."""
         box = [obj]
         if self.ddp:
             dist.broadcast_object_list(box, 0)
         return box[0]
 
-    def schedule(self, ni):
-        """Sets the learning rates and momentum of iteration ni, returns the gradient accumulation: a linear warmup
-        (biases from warmup_bias_lr down, the rest from 0 up, momentum from warmup_momentum, accumulation from 1 to
-        nbs / batch) towards lf(epoch), then the linear or cosine decay lf."""
-        hyp, opt, nw = self.hyp, self.opt, self.warmup_iters
-        epoch = ni // self.nb
-        # After warmup, epoch e trains at lf(e - 1): the original steps its LambdaLR at the end of each epoch, and
-        # warmup overrides the first epochs' rates, so the decay runs one epoch late. Kept: the same LR curve.
-        e = epoch if nw >= epoch * self.nb else epoch - 1
+    def schedule(self, iteration):
+        """Sets an iteration's learning rates and momentum; returns its gradient accumulation.
+        Warmup ramps linearly (bias lr from warmup_bias_lr down, the others from 0 up, momentum from
+        warmup_momentum, accumulation from 1 to nbs / batch) to the linear or cosine decay lf."""
+        hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters
+        epoch = iteration // self.nb
+        # After warmup, epoch e trains at lf(e - 1): the original steps its LambdaLR at the end of
+        # an epoch and warmup overrides the first epochs' rates, so its decay runs an epoch late.
+        decay_epoch = epoch if warmup >= epoch * self.nb else epoch - 1
         if opt.cos_lr:
-            lf = (1 - math.cos(e / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1
+            lf = (1 - math.cos(decay_epoch / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1
         else:
-            lf = (1 - e / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']
-        ramp = lambda start, end: float(np.interp(min(ni, nw), [0, nw], [start, end]))
-        for j, g in enumerate(self.optimizer.param_groups):
-            g['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf)
-            if 'momentum' in g:  # SGD (Adam keeps its betas)
-                g['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
+            lf = (1 - decay_epoch / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']
+
+        def ramp(start, end):  # start at iteration 0, end once warmup is over
+            return float(np.interp(min(iteration, warmup), [0, warmup], [start, end]))
+        for j, group in enumerate(self.optimizer.param_groups):
+            group['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf)
+            if 'momentum' in group:  # SGD (Adam keeps its betas)
+                group['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
         return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
 
     def train_epoch(self, epoch):
-        """One pass over the training set; returns the mean (box, obj, cls) losses."""
+        """One pass over the training set; returns the mean of each loss term, by name."""
         opt, device = self.opt, self.device
-        self.model.train()
+        self.ddp_model.train()
         set_epoch(self.train_loader, epoch)
         self.optimizer.zero_grad()
-        log(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', *LOSSES, 'Instances', 'Size'))
-        mloss = torch.zeros(3, device=device)
-        t_epoch = time.time()
+        mean_losses = {}
+        start = time.time()
         for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
-            ni = i + self.nb * epoch  # iterations since the start of training
-            accumulate = self.schedule(ni)
+            iteration = i + self.nb * epoch  # since the start of training
+            accumulate = self.schedule(iteration)
             imgs = imgs.to(device, non_blocking=True).float() / 255
             if opt.multi_scale:
-                imgs = self.rescale(imgs, ni)
+                imgs = self.rescale(imgs, iteration)
             with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
-                preds = self.model(imgs)
-            loss, items = self.loss_fn(preds, targets.to(device))  # in fp32: Detect returns fp32 maps
+                preds = self.ddp_model(imgs)
+            loss, terms = self.loss_fn(preds, targets.to(device))  # fp32: Detect returns fp32 maps
             if not self.finite(loss, paths):
                 continue
-            self.scaler.scale(loss * WORLD_SIZE).backward()  # DDP averages gradients; YOLOv5's loss is per global batch
-            if ni - self.last_opt_step >= accumulate:
+            # DDP averages the gradients, and YOLOv5's loss is per global batch
+            self.scaler.scale(loss * WORLD_SIZE).backward()
+            if iteration - self.last_opt_step >= accumulate:
                 self.optimizer_step()
-                self.last_opt_step = ni
-            mloss = (mloss * i + items) / (i + 1)
-            if MAIN:
-                stats = (f'{epoch}/{opt.epochs - 1}', device, *mloss, len(targets), imgs.shape[-1])
-                print_progress(stats, i, self.nb, t_epoch)
+                self.last_opt_step = iteration
+            mean_losses = {k: (mean_losses.get(k, 0) * i + v) / (i + 1) for k, v in terms.items()}
+            if MAIN:  # the training line, a value a name
+                line = {'Epoch': f'{epoch}/{opt.epochs - 1}', 'GPU_mem': memory_used(device),
+                        **mean_losses, 'Instances': len(targets), 'Size': imgs.shape[-1]}
+                print_progress(line, i, self.nb, start)
             if MAIN and epoch == 0 and i == 0:
-                plot_batch((imgs * 255).byte().cpu(), targets, self.names, self.save_dir / 'train_batch0.jpg')
-        return mloss
+                picture = self.save_dir / 'train_batch0.jpg'
+                plot_batch((imgs * 255).byte().cpu(), targets, self.names, picture)
+        return mean_losses
 
-    def rescale(self, imgs, ni):
-        """--multi-scale: the batch resized to a random size in [0.5, 1.5] x --img, a multiple of the stride."""
-        rng = np.random.default_rng([self.opt.seed, ni])  # seeded by iteration: a resumed run draws the same
-        gs = self.raw.max_stride
-        size = int(rng.integers(self.opt.img * 0.5, self.opt.img * 1.5 + gs)) // gs * gs
-        f = size / max(imgs.shape[2:])
-        if f == 1:
+    def rescale(self, imgs, iteration):
+        """--multi-scale: the batch resized to a random multiple of the stride in 0.5-1.5 --img."""
+        rng = np.random.default_rng([self.opt.seed, iteration])  # a resumed run draws the same
+        stride = self.model.max_stride
+        size = int(rng.integers(self.opt.img * 0.5, self.opt.img * 1.5 + stride)) // stride * stride
+        factor = size / max(imgs.shape[2:])
+        if factor == 1:
             return imgs
-        new_shape = [math.ceil(x * f / gs) * gs for x in imgs.shape[2:]]
+        new_shape = [math.ceil(x * factor / stride) * stride for x in imgs.shape[2:]]
         return nn.functional.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
 
     def finite(self, loss, paths):
-        """Whether the step may go on. A non-finite loss on any process skips it on all of them (else the gradient
-        all-reduce of DDP would hang), with a warning naming the files; 3 in a row stop the run."""
+        """Whether the step may go on. A non-finite loss on any process skips it on all (else DDP's
+        all-reduce would hang), with a warning naming the files; 3 in a row stop the run."""
         bad = (~loss.detach().isfinite()).float()
-        if bad:  # this process's batch (before the other processes' verdicts are added)
-            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
+        if bad:  # this process's batch (before the others' verdicts are added)
+            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}',
+                  file=sys.stderr)
         if self.ddp:
             dist.all_reduce(bad)
         self.bad_steps = self.bad_steps + 1 if bad else 0
@@ -254,197 +280,335 @@ class Trainer:
 
     def optimizer_step(self):
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        self.scaler.step(self.optimizer)  # with fp16, the scaler skips a step whose gradients are not finite
+        nn.utils.clip_grad_norm_(self.ddp_model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)  # with fp16 it skips a step whose gradients are not finite
         self.scaler.update()
         self.optimizer.zero_grad()
         self.updates += 1
         if MAIN:
-            ema_update(self.ema, self.raw, self.updates)
+            ema_update(self.ema, self.model, self.updates)
 
-    def end_epoch(self, epoch, mloss):
-        """Validate the EMA, write results.csv and the checkpoints (rank 0 only); returns whether to stop early.
-        An epoch that may end the run is validated and saved even with --noval or --nosave, so that the run's last
-        results and weights are real; fitness equal to the best counts as better; --patience 0 never stops."""
+    def end_epoch(self, epoch, mean_losses):
+        """Validates the EMA, writes results.csv and the checkpoints (rank 0); returns whether to
+        stop early. An epoch that may end the run is validated and saved even with --noval or
+        --nosave; fitness equal to the best counts as better; --patience 0 never stops."""
         opt = self.opt
         patience = opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
         if not opt.noval or final:  # else the last results are carried forward
-            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn, dtype=self.amp)
-        fitness = 0.1 * self.results['metrics/mAP_0.5'] + 0.9 * self.results['metrics/mAP_0.5:0.95']
-        if fitness >= self.best_fitness:
-            self.best_fitness = fitness
+            self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn,
+                                    dtype=self.amp)
+        if fitness(self.results) >= self.best_fitness:
+            self.best_fitness = fitness(self.results)
             self.best_epoch = epoch
         stop = epoch - self.best_epoch >= patience
-        if not all(v.isfinite().all() for m in (self.raw, self.ema) for v in m.state_dict().values()):
-            raise FloatingPointError('the weights are no longer finite')  # nothing written: last.pt keeps good ones
-        row = {'epoch': epoch, **dict(zip([f'train/{k}' for k in LOSSES], mloss.tolist(), strict=True)),
-               **self.results, **{f'x/lr{j}': g['lr'] for j, g in enumerate(self.optimizer.param_groups)}}
+        tensors = [v for m in (self.model, self.ema) for v in m.state_dict().values()]
+        if not all(v.isfinite().all() for v in tensors):  # nothing written: last.pt stays good
+            raise FloatingPointError('the weights are no longer finite')
+        rates = {f'x/lr{j}': group['lr'] for j, group in enumerate(self.optimizer.param_groups)}
+        row = {'epoch': epoch, **{f'train/{k}': float(v) for k, v in mean_losses.items()},
+               **self.results, **rates}  # results.csv's columns, by name
         write_results(self.save_dir / 'results.csv', row)
         plot_results(self.save_dir / 'results.csv')
         state = self.checkpoint(epoch)
         if not opt.nosave or final:
-            save_atomic(state, self.weights_dir / 'last.pt')
+            save_checkpoint(state, self.weights_dir / 'last.pt')
             if self.best_epoch == epoch:
-                save_atomic(state, self.weights_dir / 'best.pt')
-            self.saved = epoch
-            self.unsaved = None
-        else:  # --nosave: a copy (the live tensors move on) off the GPU, written only if the run stops before its end
-            self.unsaved = to_cpu(state)
+                save_checkpoint(state, self.weights_dir / 'best.pt')
+            self.last_saved = epoch
+            self.held_back = None
+        else:  # --nosave: a CPU copy (the live tensors move on), written if the run stops early
+            self.held_back = to_cpu(state)
         if stop:
-            log(f'Stopping early: no improvement in the last {opt.patience} epochs; best was epoch {self.best_epoch}')
+            log(f'Stopping early: no improvement in the last {opt.patience} epochs; '
+                f'best was epoch {self.best_epoch}')
         return stop
 
     def checkpoint(self, epoch):
-        """Everything --resume needs to continue exactly, and what load_model needs."""
-        return dict(epoch=epoch, best_fitness=float(self.best_fitness), best_epoch=int(self.best_epoch),
-                    updates=self.updates, last_opt_step=self.last_opt_step, model=self.raw.state_dict(),
+        """All --resume needs to go on exactly, and the model's config for every other reader."""
+        return dict(epoch=epoch, best_fitness=float(self.best_fitness),
+                    best_epoch=int(self.best_epoch), updates=self.updates,
+                    last_opt_step=self.last_opt_step, model=self.model.state_dict(),
                     ema=self.ema.state_dict(), hyp=self.hyp, optimizer=self.optimizer.state_dict(),
                     scaler=self.scaler.state_dict(), opt=vars(self.opt) | {'resume': False},
-                    date=datetime.now().isoformat(), **self.raw.meta())
+                    date=datetime.now().isoformat(), config=self.model.config())
 
     def finish(self):
-        """Strip last.pt and best.pt to the fp16 EMA weights people ship, then validate best.pt once more, fused,
-        with the per-class table: that is the run's result."""
+        """Strips last.pt and best.pt to the fp16 EMA weights people ship, then validates best.pt,
+        fused, with the per-class table: the run's result."""
         best = self.weights_dir / 'best.pt'
         strip_checkpoint(self.weights_dir / 'last.pt')
         if not best.exists():  # with --nosave it may never have been saved
             return self.results
         strip_checkpoint(best)
         log(f'\nValidating {best}...')
-        model = deepcopy(self.ema)  # this run's model, edits included, with the weights best.pt now holds
+        model = deepcopy(self.ema)  # this run's model, edits included, with best.pt's weights
         model.load_state_dict(read_checkpoint(best)[1])
-        half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA; fp32 on CPU
-        return validate(model.fuse(), self.val_loader, self.names, iou_thres=0.65 if self.coco else 0.6,
-                        loss_fn=self.loss_fn, dtype=half, verbose=True, plots_dir=self.save_dir)
+        half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA
+        return validate(model.fuse(), self.val_loader, self.names, loss_fn=self.loss_fn,
+                        iou_thres=0.65 if self.coco else 0.6, dtype=half, verbose=True,
+                        plots_dir=self.save_dir)
 
     def fit(self):
         opt = self.opt
-        log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} dataloader workers; '
-            f'{WORLD_SIZE} process(es); results to {self.save_dir}\nStarting training for {opt.epochs} epochs...')
+        log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} '
+            f'dataloader workers; {WORLD_SIZE} process(es); results to {self.save_dir}\n'
+            f'Starting training for {opt.epochs} epochs...')
         epoch = self.start_epoch
-        t0 = time.time()
+        start = time.time()
         try:
             for epoch in range(self.start_epoch, opt.epochs):
-                mloss = self.train_epoch(epoch)
-                stop = self.end_epoch(epoch, mloss) if MAIN else False
+                mean_losses = self.train_epoch(epoch)
+                stop = self.end_epoch(epoch, mean_losses) if MAIN else False
                 if self.from_rank0(stop):  # every process must leave the loop together
                     break
         except (KeyboardInterrupt, FloatingPointError, torch.OutOfMemoryError) as e:
-            saved = self.unsaved['epoch'] if self.unsaved else self.saved
-            if MAIN and self.unsaved:  # the last complete epoch, so that --resume continues
-                save_atomic(self.unsaved, self.weights_dir / 'last.pt')
+            saved = self.last_saved
+            if MAIN and self.held_back:  # the last complete epoch, so that --resume goes on
+                save_checkpoint(self.held_back, self.weights_dir / 'last.pt')
+                saved = self.held_back['epoch']
             stop_run(e, self.weights_dir / 'last.pt', saved)
         finally:
             if self.ddp:
                 dist.destroy_process_group()
         if MAIN:
-            log(f'\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
+            hours = (time.time() - start) / 3600
+            log(f'\n{epoch - self.start_epoch + 1} epochs completed in {hours:.3f} hours.')
             self.finish()
             log(f'Results saved to {self.save_dir}')
         return self.save_dir
 
 
 def build_model(opt, resumed=None, data_names=None):
-    """The model saved in last.pt; or --cfg's scale (else the weights') with --weights transferred into it by name
-    and shape. Its classes: --names, else the data YAML's, else the weights', else COCO's."""
+    """last.pt's model when resuming. Else --cfg's architecture and scale (without --cfg the
+    weights', anchors too), --weights loaded where names and shapes fit. Its classes: --names,
+    else the data YAML's, else the weights', else COCO's."""
     if resumed:
-        model = YOLOv5(**{k: resumed[k] for k in ('scale', 'nc', 'names')}, p6=resumed.get('p6', False))
-        model.load_state_dict(resumed['model'])
-        return model
-    meta, sd = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
-    names = read_names(opt.names) if opt.names else data_names or (meta['names'] if meta else read_names())
+        config = checked_config(opt.resume, config_of(resumed))
+        return from_config(config, resumed['model'], opt.resume)
+    config, weights = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
+    names = data_names or (config['names'] if config else read_names())
+    if opt.names:
+        names = read_names(opt.names)
     if opt.single_cls and len(names) != 1:  # every class trains as one
         names = ['item']
-    arch = dict(scale=meta['scale'], p6=meta['p6']) if meta and not opt.cfg else dict(scale=opt.cfg or 'n')
-    model = YOLOv5(**arch, nc=len(names), names=names)
-    if meta:  # with --cfg the model keeps its own anchors
-        own = model.state_dict()
-        fits = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape
-                and not (opt.cfg and 'anchors' in k)}
-        model.load_state_dict(fits, strict=False)  # an edited block starts from scratch, the rest from the weights
-        log(f'Transferred {len(fits)}/{len(own)} items from {opt.weights}')
+    if config and not opt.cfg:
+        model = YOLOv5(**dict(config, nc=len(names), names=names))
+    else:
+        scale, arch = parse_cfg(opt.cfg or 'n')
+        model = YOLOv5(scale, len(names), names, arch=arch)
+    if weights:  # with --cfg the model keeps its own anchors
+        loaded = transfer(model, weights, skip=['anchors'] if opt.cfg else [])
+        log(f'Transferred {loaded}/{len(model.state_dict())} items from {opt.weights}')
     return model
 
 
-def build_datasets(opt, data, names, hyp, stride, train=True, rect=True):  # rect False: a fixed-size ONNX
-    """The validation set (rank 0 only; --task's split) and, for training, the augmented training set of
-    data_spec(--data). --img is rounded up to a multiple of the model's stride first."""
-    opt.img = check_img_size(opt.img, 2 * stride if train else 0, stride)  # the original's floor: 2 strides
-    common = dict(cache=opt.cache, nc=len(names), single_cls=opt.single_cls, stride=stride)
-    batch = opt.batch // WORLD_SIZE
-    val, tr = None, None
-    if MAIN:  # validation needs no gradients: twice the batch fits
-        val = or_exit(YOLODataset, data[opt.task], opt.img, batch * 2 if train else batch, rect=rect, pad=0.5,
-                      split=opt.task, prefix=f'{opt.task}: ', **common)
-    if train:
-        tr = or_exit(YOLODataset, data['train'], opt.img, batch, augment=True, hyp=hyp, rect=opt.rect,
-                     seed=opt.seed, prefix='train: ', **common)
-        if not sum(len(x) for x in tr.labels):
-            raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. Each image\'s '
-                             f'labels are read from the labels/ folder beside images/, e.g. {label_path(tr.files[0])}')
-    return tr, val
+def train_dataset(opt, data, names, hyp, stride):
+    """The augmented training set of data_spec(--data)."""
+    dataset = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True,
+                      hyp=hyp, rect=opt.rect, stride=stride, cache=opt.cache, nc=len(names),
+                      seed=opt.seed, single_cls=opt.single_cls, prefix='train: ')
+    if not sum(len(x) for x in dataset.labels):
+        raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. '
+                         f'Labels are read from the labels/ folder beside images/, e.g. '
+                         f'{label_path(dataset.files[0])}')
+    return dataset
+
+
+def val_dataset(opt, data, names, stride, batch, rect=True):  # rect False: an ONNX of fixed size
+    """--task's split of data_spec(--data), in rectangular batches as the original's."""
+    return or_exit(YOLODataset, data[opt.task], opt.img, batch, rect=rect, pad=0.5, stride=stride,
+                   cache=opt.cache, nc=len(names), single_cls=opt.single_cls, split=opt.task,
+                   prefix=f'{opt.task}: ')
+
+
+def training_data(data='coco128.yaml', img=640, batch=16, hyp=None, **flags):
+    """(dataset, loader) as `python train.py --data DATA --img IMG --batch BATCH` makes them, for a
+    notebook or pdb: HYP with hyp's values, other flags by name (rect=True, seed=1, ...)."""
+    opt = parse_args(['--data', str(data), '--img', str(img), '--batch', str(batch)])
+    opt.workers = 0
+    vars(opt).update(flags)
+    spec = or_exit(data_spec, opt.data)
+    names = spec['names'] or read_names()
+    dataset = train_dataset(opt, spec, names, dict(HYP, **(hyp or {})), stride=32)
+    loader = create_dataloader(dataset, opt.batch, opt.workers, shuffle=not opt.rect, cpu=True)
+    return dataset, loader
 
 
 def make_optimizer(model, name, lr, momentum, decay):
-    """Three groups: biases (no decay), conv/linear weights (decay), normalization weights (no decay)."""
+    """Three groups: biases (no decay), conv weights (decay), normalization weights (no decay)."""
     groups = [dict(params=[], weight_decay=d) for d in (0.0, decay, 0.0)]
-    for m in model.modules():
-        is_norm = isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for pname, p in m.named_parameters(recurse=False):
-            groups[0 if pname == 'bias' else 2 if is_norm else 1]['params'].append(p)
+    for module in model.modules():
+        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for param_name, param in module.named_parameters(recurse=False):
+            group = 0 if param_name == 'bias' else 2 if is_norm else 1
+            groups[group]['params'].append(param)
     if name == 'SGD':
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    return getattr(torch.optim, name)(groups, lr=lr, betas=(momentum, 0.999))  # Adam or AdamW: momentum is beta1
+    return getattr(torch.optim, name)(groups, lr=lr, betas=(momentum, 0.999))  # Adam, AdamW
 
 
 def ema_update(ema, model, updates, decay=0.9999, tau=2000):
-    """Exponential moving average of the weights; the decay ramps up from 0 so early epochs count less."""
-    d = decay * (1 - math.exp(-updates / tau))
-    msd = model.state_dict()
+    """Moving average of the weights; its decay ramps up from 0, so early epochs count less."""
+    weight = decay * (1 - math.exp(-updates / tau))
+    current = model.state_dict()
     with torch.no_grad():
-        for k, v in ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+        for key, value in ema.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(weight).add_(current[key].detach(), alpha=1 - weight)
 
 
 def amp_agrees(model, image, size, dtype):
-    """Do all mixed-precision outputs of model (in eval mode; all, not the detections that come and go) agree with
-    fp32 on a real image to 10% (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: fp32 there."""
+    """Do all mixed-precision outputs of model (eval mode) agree with fp32 on a real image to 10%
+    (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: fp32 there."""
     x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
     x = x.to(next(model.parameters()).device).float() / 255
-    a, b = (next(predict(model, x, d))[0] for d in (None, dtype))
-    scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (a.shape[2] - 4), device=a.device)
-    return bool(((a - b).abs() / scale).max() < 0.1)
+    fp32, mixed = (next(predict(model, x, d))[0] for d in (None, dtype))
+    scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (fp32.shape[2] - 4), device=x.device)
+    return bool(((fp32 - mixed).abs() / scale).max() < 0.1)
 
 
-# ---------------------------------------------------------------------------------------------- validation
+# ---------------------------------------------------------------------------------- autoanchor
+# Whether the anchors fit the dataset's boxes under the loss's shape test, and new anchors if they
+# do not: a setup step, for datasets whose boxes are unlike COCO's.
+def label_wh(dataset, img_size, jitter=None):
+    """Label widths and heights in pixels, in images whose long side is img_size."""
+    shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True)
+    if jitter is not None:
+        shapes = shapes * jitter
+    wh = [labels[:, 3:5] * shape for shape, labels in zip(shapes, dataset.labels)]
+    return np.concatenate(wh).astype(np.float32)
+
+
+def anchor_metric(anchors, wh, thr):
+    """Per label and anchor their fit (1 / loss.shape_ratio: 1 is the same shape), each label's
+    best, the best possible recall (labels some anchor fits within thr) and anchors per label."""
+    fit = 1 / shape_ratio(wh, anchors)
+    best = fit.max(1)[0]
+    return fit, best, (best > 1 / thr).float().mean(), (fit > 1 / thr).float().sum(1).mean()
+
+
+def check_anchors(dataset, model, thr, img_size, seed=0):
+    """The best possible recall of the anchors; under 0.98, new ones, kept if better."""
+    detect = model.detect
+    rng = np.random.default_rng(seed)
+    wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
+    _, _, bpr, aat = anchor_metric(detect.pixel_anchors().view(-1, 2).cpu(), wh, thr)
+    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
+    if bpr > 0.98:
+        print(msg + 'Current anchors are a good fit to dataset')
+        return
+    print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
+
+    def anchor_fitness(anchors, wh):  # the mean fit of the labels some anchor fits within thr
+        best = anchor_metric(torch.tensor(anchors, dtype=torch.float32), wh, thr)[1]
+        return torch.where(best > 1 / thr, best, 0.0).mean()
+    count = detect.anchors.numel() // 2
+    new = kmean_anchors(label_wh(dataset, img_size), count, anchor_fitness, seed=seed)
+    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} '
+          f'anchors past thr; anchors: ' + ', '.join(f'{round(w)},{round(h)}' for w, h in new))
+    if new_bpr > bpr:
+        detect.set_anchors(torch.tensor(new))
+        print('AutoAnchor: Done, new anchors saved to the model')
+    else:
+        print('AutoAnchor: Done, original anchors are better and are kept')
+
+
+def kmean_anchors(wh0, n, anchor_fitness, generations=1000, seed=0):
+    """n anchors (w, h) for label sizes wh0 (pixels): k-means (whitened), then a genetic search
+    that maximises anchor_fitness(anchors, label sizes); sorted by area."""
+    rng = np.random.default_rng(seed)
+    small = (wh0 < 3.0).any(1).sum()
+    if small:
+        print(f'AutoAnchor: WARNING: {small} of {len(wh0)} labels are smaller than 3 pixels')
+    wh = wh0[(wh0 >= 2.0).any(1)]
+    spread = np.maximum(wh.std(0), 1e-6)  # whitened: width and height count alike
+    points = wh / spread
+    wh = torch.tensor(wh)
+    centres = points[rng.choice(len(points), n, replace=len(points) < n)]
+    for _ in range(30):  # Lloyd's iterations
+        nearest = ((points[:, None] - centres[None]) ** 2).sum(2).argmin(1)
+        centres = np.array([points[nearest == j].mean(0) if (nearest == j).any() else centres[j]
+                            for j in range(n)])
+    anchors = centres * spread
+    best = anchor_fitness(anchors, wh)
+    for _ in range(generations):
+        change = np.ones(anchors.shape)
+        while (change == 1).all():  # mutate until something changes
+            mutated = rng.random(anchors.shape) < 0.9  # which values change, and by how much:
+            sigma = rng.random()
+            noise = rng.standard_normal(anchors.shape)
+            change = np.where(mutated, sigma * noise * 0.1 + 1, 1.0).clip(0.3, 3.0)
+        candidate = (anchors * change).clip(min=2.0)
+        candidate_fitness = anchor_fitness(candidate, wh)
+        if candidate_fitness > best:
+            best = candidate_fitness
+            anchors = candidate
+    return anchors[np.argsort(anchors.prod(1))]
+
+
+# ---------------------------------------------------------------------------------- validation
+def box_iou(a, b, eps=1e-7):
+    """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
+    (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
+    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(2)
+    return inter / ((a2 - a1).prod(2) + (b2 - b1).prod(2) - inter + eps)
+
+
 def match_predictions(pred, label_cls, label_boxes, iouv):
-    """(n_pred, n_iou) bool: true positive at each IoU threshold; one label matches one prediction, best IoU first."""
+    """(predictions, IoU thresholds) bool: true positives; a label matches one prediction, best
+    IoU first."""
     correct = np.zeros((len(pred), len(iouv)), bool)
     iou = box_iou(label_boxes, pred[:, :4])
-    for i, t in enumerate(iouv):
-        li, pi = torch.where((iou >= t) & (label_cls[:, None] == pred[:, 5]))
-        m = torch.stack((li, pi, iou[li, pi]), 1).cpu().numpy()  # [label, prediction, iou]
-        m = m[m[:, 2].argsort()[::-1]]
-        m = m[np.unique(m[:, 1], return_index=True)[1]]  # not sorted again before the next line: the original's mAP
-        correct[m[np.unique(m[:, 0], return_index=True)[1], 1].astype(int), i] = True
+    for i, threshold in enumerate(iouv):
+        label, prediction = torch.where((iou >= threshold) & (label_cls[:, None] == pred[:, 5]))
+        pairs = torch.stack((label, prediction, iou[label, prediction]), 1).cpu().numpy()
+        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+        # not sorted again before the next line: the original's mAP
+        pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
+        correct[pairs[np.unique(pairs[:, 0], return_index=True)[1], 1].astype(int), i] = True
     return correct
 
 
-def smooth(y, f):
-    """A box filter over a fraction f of y, its ends padded with their values."""
-    k = round(len(y) * f * 2) // 2 + 1
-    return np.convolve(np.concatenate((np.full(k // 2, y[0]), y, np.full(k // 2, y[-1]))), np.ones(k) / k, 'valid')
+def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
+    """One image into the confusion matrix (rows predicted, columns true, background last):
+    detections above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best
+    first. A detection is background only in an image where something was paired (the original's
+    counts)."""
+    background = len(matrix) - 1
+    det = det[det[:, 4] > conf]
+    iou = box_iou(labels[:, 1:], det[:, :4])
+    label, detection = torch.where(iou > iou_thres)
+    pairs = torch.stack((label, detection, iou[label, detection]), 1).cpu().numpy()
+    for column in (1, 0):  # one label per detection, then one detection per label, best first
+        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+        pairs = pairs[np.unique(pairs[:, column], return_index=True)[1]]
+    paired_labels = pairs[:, 0].astype(int)
+    paired_detections = pairs[:, 1].astype(int)
+    classes = det[:, 5].int().tolist()
+    for i, true_class in enumerate(labels[:, 0].int().tolist()):
+        found = paired_detections[paired_labels == i]
+        matrix[classes[found[0]] if len(found) == 1 else background, true_class] += 1
+    for k, predicted in enumerate(classes if len(pairs) else []):
+        if k not in paired_detections:
+            matrix[predicted, background] += 1
+
+
+def smooth(y, fraction):
+    """A box filter over a fraction of y, its ends padded with their values."""
+    size = round(len(y) * fraction * 2) // 2 + 1
+    padded = np.concatenate((np.full(size // 2, y[0]), y, np.full(size // 2, y[-1])))
+    return np.convolve(padded, np.ones(size) / size, 'valid')
 
 
 def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
-    """Per class present in the labels: P and R at the confidence of best mean F1, AP at 10 IoUs; and the curves
-    of precision against recall (IoU 0.5) and of F1 against confidence."""
+    """Per class with labels: P and R at the confidence of the best mean F1, AP at 10 IoUs; the
+    curves of precision against recall (IoU 0.5) and of F1 against confidence."""
     order = np.argsort(-conf)
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)
-    px = np.linspace(0, 1, 1000)  # confidence thresholds (and recall values) where the curves are sampled
+    px = np.linspace(0, 1, 1000)  # confidences (and recalls) where the curves are sampled
     ap = np.zeros((len(classes), tp.shape[1]))
     p, r, pr = np.zeros((3, len(classes), 1000))
     for ci, c in enumerate(classes):
@@ -455,12 +619,14 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
         fpc = (1 - tp[i]).cumsum(0)
         recall = tpc / (n_labels[ci] + eps)
         precision = tpc / (tpc + fpc)
-        r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # as functions of the confidence threshold
+        r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # against the confidence
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
-        for j in range(tp.shape[1]):  # COCO's 101-point interpolated area under the precision envelope
+        for j in range(tp.shape[1]):  # COCO's 101-point area under the precision envelope
             mrec = np.concatenate(([0.0], recall[:, j], [1.0]))
-            mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision[:, j], [0.0])))))
-            ap[ci, j] = np.trapezoid(np.interp(np.linspace(0, 1, 101), mrec, mpre), np.linspace(0, 1, 101))
+            envelope = np.flip(np.concatenate(([1.0], precision[:, j], [0.0])))
+            mpre = np.flip(np.maximum.accumulate(envelope))
+            points = np.linspace(0, 1, 101)
+            ap[ci, j] = np.trapezoid(np.interp(points, mrec, mpre), points)
             if j == 0:  # the curve of IoU 0.5, for the plot
                 pr[ci] = np.interp(px, mrec, mpre)
     f1 = 2 * p * r / (p + r + eps)
@@ -469,176 +635,143 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
 
 
 def summarize(stats, names, verbose, plots_dir=None):
-    """YOLOv5's table (all classes, and each class with verbose) of the images' stats, the PR and F1 curves into
-    plots_dir if given; returns mean P, R, mAP50, mAP50-95."""
-    pf = '%22s' + '%11i' * 2 + '%11.3g' * 4
+    """YOLOv5's table (all classes; each with verbose) of the images' stats, the PR and F1 curves in
+    plots_dir; returns the metrics by name, as results.csv has them."""
+    row = '%22s' + '%11i' * 2 + '%11.3g' * 4
     seen = len(stats)
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
+    p, r, ap50, ap = (np.zeros(1) for _ in range(4))
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')
-        return [0.0] * 4
-    p, r, ap, classes, n_labels, curves = ap_per_class(*stats)
-    ap50 = ap[:, 0]
-    ap = ap.mean(1)
-    log(pf % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
-    for i, c in enumerate(classes if verbose and len(names) > 1 else []):
-        log(pf % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
-    if plots_dir:
-        px = curves['px']
-        present = [names[c] for c in classes]
-        f1 = smooth(curves['f1'].mean(0), 0.05)
-        plot_curve(px, curves['pr'], curves['pr'].mean(0), present, plots_dir / 'PR_curve.png', 'Recall',
-                   'Precision', f'all classes {ap50.mean():.3f} mAP@0.5')
-        plot_curve(px, curves['f1'], f1, present, plots_dir / 'F1_curve.png', 'Confidence', 'F1',
-                   f'all classes {f1.max():.2f} at {px[f1.argmax()]:.3f}')
-    return [p.mean(), r.mean(), ap50.mean(), ap.mean()]
+    else:
+        p, r, ap, classes, n_labels, curves = ap_per_class(*stats)
+        ap50 = ap[:, 0]
+        ap = ap.mean(1)
+        log(row % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
+        for i, c in enumerate(classes if verbose and len(names) > 1 else []):
+            log(row % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
+        if plots_dir:
+            f1 = smooth(curves['f1'].mean(0), 0.05)  # the mean F1 curve, as the original plots it
+            plot_pr_f1(curves, f1, [names[c] for c in classes], ap50.mean(), plots_dir)
+    return {'metrics/precision': float(p.mean()), 'metrics/recall': float(r.mean()),
+            'metrics/mAP_0.5': float(ap50.mean()), 'metrics/mAP_0.5:0.95': float(ap.mean())}
 
 
 @torch.inference_mode()
-def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None, dtype=None,
-             verbose=False, plots_dir=None, augment=False, records=None):
-    """Prints YOLOv5's validation table and returns {name in METRICS: value}. With plots_dir, also draws the first
-    batch's predictions, the confusion matrix (and its counts as .csv), the PR and F1 curves there. augment: test-time
-    augmentation; records: a list that gets each detection in COCO's results format."""
+def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None,
+             dtype=None, verbose=False, plots_dir=None, augment=False, records=None):
+    """Prints YOLOv5's validation table; returns the metrics by name (with loss_fn, the loss terms
+    too, as val/NAME). plots_dir gets the first batch's predictions, the confusion matrix and the
+    PR and F1 curves; augment: test-time augmentation; records: a list for COCO's JSON results."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-    stats = []  # per image: (true positives at each IoU, confidences, predicted classes, label classes)
-    dt = [0.0, 0.0, 0.0]  # seconds: pre-processing, inference, NMS
-    loss = torch.zeros(3, device=device)
+    stats = []  # per image: true positives at each IoU, confidences, classes, label classes
+    times = [0.0, 0.0, 0.0]  # seconds: pre-processing, inference, NMS
+    losses = {}
     confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
-    for bi, (imgs, targets, paths, to_orig) in enumerate(loader):
-        t0 = time.perf_counter()
+    for batch_index, (imgs, targets, paths, to_original) in enumerate(loader):
+        start = time.perf_counter()
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
-        t1 = clock(device)
+        loaded = clock(device)
         preds = []
         raws = []
-        t_nms = 0.0
-        for pred, raw in predict(model, imgs, dtype, augment):  # NMS chunk by chunk: only a chunk's outputs are held
-            t = clock(device)
-            preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True, max_det=max_det)
-            t_nms += time.perf_counter() - t
+        nms_time = 0.0
+        for pred, raw in predict(model, imgs, dtype, augment):  # NMS a chunk at a time
+            nms_start = clock(device)
+            preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True,
+                                         max_det=max_det)
+            nms_time += time.perf_counter() - nms_start
             if loss_fn:
                 raws.append(raw)
-        dt = [a + b for a, b in zip(dt, (t1 - t0, time.perf_counter() - t1 - t_nms, t_nms))]
+        steps = (loaded - start, time.perf_counter() - loaded - nms_time, nms_time)
+        times = [total + step for total, step in zip(times, steps)]
         if loss_fn:
-            loss += loss_fn([torch.cat(r) for r in zip(*raws)], targets)[1]
-        if plots_dir and bi == 0:
-            plot_batch((imgs * 255).byte().cpu(), targets.cpu(), names, plots_dir / 'val_batch0_pred.jpg',
-                       [p[p[:, 4] > 0.25].cpu() for p in preds])
+            terms = loss_fn([torch.cat(r) for r in zip(*raws)], targets)[1]
+            losses = {k: losses.get(k, 0) + v for k, v in terms.items()}
+        if plots_dir and batch_index == 0:
+            shown = [p[p[:, 4] > 0.25].cpu() for p in preds]
+            picture = plots_dir / 'val_batch0_pred.jpg'
+            plot_batch((imgs * 255).byte().cpu(), targets.cpu(), names, picture, shown)
         h, w = imgs.shape[2:]
         targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)  # labels in pixels
-        for si, pred in enumerate(preds):  # boxes compared in the original image's pixels, as YOLOv5 does
-            lb = targets[targets[:, 0] == si, 1:]
-            lb = torch.cat((lb[:, :1], scale_boxes(xywh2xyxy(lb[:, 1:5]), (h, w), *to_orig[si])), 1)
-            pred = torch.cat((scale_boxes(pred[:, :4].clone(), (h, w), *to_orig[si]), pred[:, 4:]), 1)
+        for i, pred in enumerate(preds):  # compared in the original image's pixels, as YOLOv5
+            labels = targets[targets[:, 0] == i, 1:]
+            label_boxes = scale_boxes(xywh2xyxy(labels[:, 1:5]), (h, w), *to_original[i])
+            labels = torch.cat((labels[:, :1], label_boxes), 1)
+            boxes = scale_boxes(pred[:, :4].clone(), (h, w), *to_original[i])
+            pred = torch.cat((boxes, pred[:, 4:]), 1)
             if plots_dir:
-                confusion_add(confusion, pred, lb)
+                confusion_add(confusion, pred, labels)
             if records is not None:
-                records += coco_records(pred, paths[si])
-            correct = match_predictions(pred, lb[:, 0], lb[:, 1:], iouv)
-            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), lb[:, 0].cpu().numpy()))
-    results = summarize(stats, names, verbose, plots_dir)
+                records += coco_records(pred, paths[i])
+            correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv)
+            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(),
+                          labels[:, 0].cpu().numpy()))
+    metrics = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
         save_confusion_matrix(confusion, names, plots_dir)
-    pre, inf, nms = (t * 1e3 / max(len(stats), 1) for t in dt)
-    log(f'Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
-        f'({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
-    return dict(zip(METRICS, [*map(float, results), *(loss.cpu() / max(len(loader), 1)).tolist()], strict=True))
+    pre, inference, nms = (t * 1e3 / max(len(stats), 1) for t in times)
+    log(f'Speed: {pre:.1f}ms pre-process, {inference:.1f}ms inference, {nms:.1f}ms NMS per image '
+        f'at shape ({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
+    batches = max(len(loader), 1)
+    return metrics | {f'val/{k}': float(v) / batches for k, v in losses.items()}
 
 
-# ---------------------------------------------------------------------------------------------- command line
+# ---------------------------------------------------------------------------------- command line
+def model_cfg(text):  # --cfg's type: 'yolov5s.yaml' -> 's', 'yolov5s6.yaml' -> 's6', '' none
+    try:
+        if text:
+            parse_cfg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return Path(text).stem.removeprefix('yolov5')
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
-    p.add_argument('--cfg', type=lambda t: Path(t).stem.replace('yolov5', ''), default='',
-                   choices=['', *SCALES, *(s + '6' for s in SCALES)], help='model: n ... x, n6 ... x6, or yolov5s.yaml')
-    p.add_argument('--data', default='coco128.yaml', help='data YAML, dataset root, images or .txt')
-    p.add_argument('--single-cls', action='store_true', help='train every class as one')
-    p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
-    p.add_argument('--names', type=existing_file, help='class names, one a line')
-    p.add_argument('--hyp', nargs='*', type=key_number(HYP, NOT_USED), default=[], metavar='KEY=VALUE or FILE.yaml',
-                   help='override HYP entries')
-    p.add_argument('--epochs', type=number(int, 1), default=100)
-    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
-    p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
-    p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
-    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, help='the latest run or a last.pt')
-    p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
-    p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
-    p.add_argument('--noautoanchor', action='store_true')
-    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='keep the images in memory')
-    p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ...')
-    p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
-    p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
-    p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
-    p.add_argument('--workers', type=number(int, 0), help='loader workers per process')
-    p.add_argument('--project', help='runs/train, or runs/val')
-    p.add_argument('--name', default='exp')
-    p.add_argument('--exist-ok', action='store_true')
-    p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
-    p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
-    p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement')
-    p.add_argument('--seed', type=number(int, 0), default=0)
-    p.add_argument('--amp', choices=['auto', *AMP_TYPES], default='auto',
-                   help='auto: fp16 on CUDA, bf16 on CPUs with AMX, else off')
-    p.add_argument('--no-amp', dest='amp', action='store_const', const='off', help='--amp off: train in fp32')
-    p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
-    p.add_argument('--half', action='store_true', help='--val-only in 16 bits where faster, as --amp auto')
-    p.add_argument('--verbose', action='store_true', help='per-class rows')
-    p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
-    p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
-    p.add_argument('--max-det', type=number(int, 1), default=300)
-    p.add_argument('--task', default='val', choices=['val', 'test'], help='--val-only on this split of --data')
-    p.add_argument('--save-json', action='store_true', help='--val-only: COCO JSON too')
-    p.add_argument('--augment', action='store_true', help='--val-only with test-time augmentation')
-    opt = p.parse_args(argv)
-    opt.hyp = [pair for pairs in opt.hyp for pair in pairs]
-    opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
-    processes = WORLD_SIZE if WORLD_SIZE > 1 else len(opt.device.split(','))  # --device 0,1: one per GPU
-    if opt.batch % processes:
-        p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({processes})')
-    if processes > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
-        p.error(f'argument {"--rect" if opt.rect else "--val-only"}: one process only')
-    return opt
-
+    """train.py's flags, the original's (support/cli.py lists them); --hyp takes HYP's keys."""
+    return train_args(argv, HYP, NOT_USED, model_cfg, WORLD_SIZE, __doc__)
 
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
+    model = or_exit(load_any, opt.weights, device, fuse=True)
+    model = model.to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data, opt.task)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
-    if len(names) != model.nc:  # as the original refuses: the boxes would carry classes the names don't have
-        raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
-    fixed = getattr(model, 'fixed', None) is not None  # an ONNX file of fixed sizes takes square images
-    _, val = build_datasets(opt, data, names, None, model.max_stride, train=False, rect=not fixed)
+    if len(names) != model.nc:  # as the original: the boxes would have classes without names
+        raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} '
+                         f'names {len(names)}')
+    fixed = getattr(model, 'fixed', None) is not None  # an ONNX file of fixed size: square images
+    opt.img = check_img_size(opt.img, stride=model.max_stride)
+    val = val_dataset(opt, data, names, model.max_stride, opt.batch, rect=not fixed)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
     records = [] if opt.save_json else None
-    validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, verbose=opt.verbose or len(names) < 50,
-             dtype=half_dtype(device) if opt.half else None, plots_dir=save_dir, augment=opt.augment, records=records)
+    validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det,
+             verbose=opt.verbose or len(names) < 50, dtype=half_dtype(device) if opt.half else None,
+             plots_dir=save_dir, augment=opt.augment, records=records)
     if opt.save_json:
-        or_exit(save_coco_json, records, save_dir / f'{Path(opt.weights).stem}_predictions.json', data, val.files)
+        json_path = save_dir / f'{Path(opt.weights).stem}_predictions.json'
+        or_exit(save_coco_json, records, json_path, data, val.files)
     log(f'Results saved to {save_dir}')
 
 
-
 def main(argv=None):
-    """The command line, with one message for running out of GPU memory anywhere: setup, AMP check, DDP, the epochs,
-    the final validation, --val-only."""
+    """The command line, with one message for running out of GPU memory anywhere."""
     argv = sys.argv[1:] if argv is None else argv
     opt = parse_args(argv)
     gpus = len(opt.device.split(','))
-    if gpus > 1 and LOCAL_RANK == -1:  # several GPUs: one process each (DDP), never one GPU silently
+    if gpus > 1 and LOCAL_RANK == -1:  # several GPUs: a process each (DDP), never one silently
         run_under_torchrun(__file__, argv, gpus)
     try:
         return run_val_only(opt) if opt.val_only else Trainer(opt).fit()
     except torch.OutOfMemoryError:
-        raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch '
-                         f'(e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs') from None
+        raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower '
+                         f'--batch (e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more '
+                         f'GPUs') from None
 
 
 if __name__ == '__main__':

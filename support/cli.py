@@ -1,0 +1,262 @@
+"""
+The command line and the machine: argparse types (a bad value ends the program naming its flag, exit code 2),
+the one way a bad input ends a run (or_exit), devices and their clocks, the mixed-precision choice, and the
+console's progress line.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+import zipfile
+
+import torch
+
+from support.checkpoints import OFFICIAL
+from support.data_yaml import read_yaml
+
+
+def print_progress(row, i, n, start):
+    """The line of batch i of n: each value of row {name: value} under its name (text as it is, numbers to 4
+    digits), then speed and ETA. The names are printed with the first batch; the line is live on a terminal,
+    else printed once, at the end."""
+    live = sys.stdout.isatty()
+    if i == 0:
+        print('\n' + ''.join(f'{name:>11}' for name in row), flush=True)
+    if not (live or i == n - 1):
+        return
+    values = ''.join(f'{v:>11}' if isinstance(v, str) else f'{float(v):>11.4g}' for v in row.values())
+    speed = (i + 1) / (time.time() - start)
+    eta = f'  {i + 1}/{n} {speed:.2f}it/s ETA {(n - i - 1) / speed:.0f}s'
+    print(('\r' if live else '') + values + eta, end='\n' if i == n - 1 else '', flush=True)
+
+
+def memory_used(device):
+    """The GPU memory this process holds, as the training line shows it."""
+    return f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
+
+
+def key_number(known, not_used=None):
+    """An argparse type: KEY=NUMBER with KEY one of known's (--hyp lr0=0.02), or a YAML file of `key: number` lines
+    (the original's hyp files), whose keys in not_used {key: why} are left out with a message. [(key, value), ...]."""
+    def pair(key, value, where):
+        if key in (not_used or {}):
+            print(f'{where}: {key} is not used: {not_used[key]}', file=sys.stderr)
+            return []
+        if key not in known:
+            raise argparse.ArgumentTypeError(f'{where}: unknown key {key!r}; known: {", ".join(known)}')
+        try:
+            return [(key, float(value))]
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f'{where}: {key}: {value!r} is not a number') from None
+
+    def parse(text):
+        if '=' in text:
+            key, _, value = text.partition('=')
+            return pair(key, value, repr(text))
+        try:
+            entries = read_yaml(text)
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f'{text!r} is not KEY=NUMBER nor a readable YAML file ({e})') from None
+        return [kv for key, value in entries.items() for kv in pair(key, value, text)]
+    return parse
+
+
+def number(kind, low, high=math.inf):
+    """An argparse type: an int or float in [low, high]; a bad value exits (code 2) naming the flag, before any work."""
+    what = ('an integer' if kind is int else 'a number') + (f' >= {low}' if high == math.inf else f' in [{low},{high}]')
+
+    def parse(text):
+        try:
+            if low <= kind(text) <= high:
+                return kind(text)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f'{text!r} is not {what}')
+    return parse
+
+
+def existing_file(text):  # an argparse type
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f'{text}: no such file')
+    return text
+
+
+def or_exit(fn, *args, **kwargs):
+    """fn(*args, **kwargs), where a bad input or file (ValueError, OSError) ends the program with its message."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f'ERROR: {e}')
+
+
+def check_img_size(img, floor=0, stride=32):
+    """img rounded up to a multiple of the stride (the 3 levels' feature maps must align), and at least floor."""
+    new = max(-(-img // stride) * stride, floor)
+    if new != img:
+        at_least = f' and >= {floor}' if floor else ''
+        print(f'WARNING: --img {img} must be a multiple of {stride}{at_least}, using {new}')
+    return new
+
+
+AMP_TYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'off': None}
+
+
+def amp_choice(device, amp='auto'):
+    """(16-bit type, or None for fp32; why) for --amp auto, fp16, bf16 or off on device. auto is fp16 on CUDA, and
+    bf16 on a CPU only with AMX. Measured with yolov5n: bf16 1.8x faster than fp32 on a CPU with AMX, but slower on
+    one with AVX512-BF16 alone (training 10% slower, a 640 forward 49 ms against 39 ms): that flag does not decide."""
+    if amp != 'auto':
+        return AMP_TYPES[amp], f'--amp {amp}'
+    if device.type == 'cuda':
+        return torch.float16, 'auto: CUDA'
+    if torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16, 'auto: this CPU has AMX'
+    return None, 'auto: this CPU has no AMX, where bf16 is slower than fp32'
+
+
+def half_dtype(device):
+    """--half's 16-bit type: --amp auto's (None, fp32, where 16 bits would be slower)."""
+    return amp_choice(device)[0]
+
+
+def clock(device):
+    """time.perf_counter() once device has done the work queued on it: CUDA runs behind Python, so a clock read
+    without waiting times the queueing, not the work."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def select_device(device='', local_rank=None):
+    """'' (CUDA if there is one), 'cpu', '0', 'cuda:1', or '0,1'. One process takes the first GPU named (train.py
+    starts one process per GPU itself); under torchrun each takes its own, the LOCAL_RANK-th: --device 2,3 runs on
+    GPUs 2 and 3, and without --device on GPUs 0, 1, ... Raises ValueError for a device that is not here."""
+    local_rank = int(os.getenv('LOCAL_RANK', -1)) if local_rank is None else local_rank
+    device = str(device).strip().lower().replace('cuda:', '').replace('cuda', '0')  # cuda: cuda:0
+    if device == 'cpu' or (not device and not torch.cuda.is_available()):
+        return torch.device('cpu')
+    ids = device.split(',') if device else [str(i) for i in range(torch.cuda.device_count())]
+    if not all(i.isdigit() for i in ids):
+        raise ValueError(f'{device!r} is not cpu, a GPU index (0, 1, ...) or a list of them (0,1)')
+    if max(map(int, ids)) >= torch.cuda.device_count():
+        raise ValueError(f'{device!r}: no such CUDA device here ({torch.cuda.device_count()} found); try cpu')
+    if local_rank >= len(ids):
+        raise ValueError(f'{device or "all GPUs"!r}: {len(ids)} GPU(s) for more processes on this machine '
+                         f'(LOCAL_RANK {local_rank}): torchrun --nproc_per_node {len(ids)}')
+    return torch.device('cuda', int(ids[max(local_rank, 0)]))
+
+
+# argparse types of the scripts' flags: a bad value ends the program with a message naming the flag, exit code 2
+def device_name(text):
+    try:
+        select_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def checkpoint_file(text):
+    if not zipfile.is_zipfile(text):  # every PyTorch checkpoint is a zip archive
+        why = 'not a checkpoint (.pt)' if os.path.exists(text) else 'no such file'
+        raise argparse.ArgumentTypeError(f'{text}: {why}')
+    return text
+
+
+def weights_file(text):
+    """'' (none), an official name (downloaded if missing), a checkpoint, or an exported .torchscript or .onnx."""
+    if text.endswith(('.torchscript', '.onnx')):
+        return existing_file(text)
+    return text if not text or os.path.basename(text) in OFFICIAL else checkpoint_file(text)
+
+
+# ---------------------------------------------------------------------------------------------- the scripts' flags
+# The original's flags and defaults. train.py and detect.py call these with what only they know.
+def train_args(argv, hyp, not_used, cfg_type, world_size=1, doc=''):
+    """train.py's options. hyp: the keys --hyp may set (not_used: keys of the original's hyp files that are reported and
+    left out); cfg_type: --cfg's argparse type (model.py's architectures); world_size: torchrun's processes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
+    p.add_argument('--cfg', type=cfg_type, default='', help='model: yolov5s.yaml, yolov5s6.yaml, s ...')
+    p.add_argument('--data', default='coco128.yaml', help='data YAML, dataset root, images or .txt')
+    p.add_argument('--single-cls', action='store_true', help='train every class as one')
+    p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
+    p.add_argument('--names', type=existing_file, help='class names, one a line')
+    p.add_argument('--hyp', nargs='*', type=key_number(hyp, not_used), default=[], metavar='KEY=VALUE or FILE.yaml',
+                   help='override HYP entries')
+    p.add_argument('--epochs', type=number(int, 1), default=100)
+    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
+    p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
+    p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
+    p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, help='the latest run or a last.pt')
+    p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
+    p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
+    p.add_argument('--noautoanchor', action='store_true')
+    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='keep the images in memory')
+    p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ...')
+    p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
+    p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
+    p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
+    p.add_argument('--workers', type=number(int, 0), help='loader workers per process')
+    p.add_argument('--project', help='runs/train, or runs/val')
+    p.add_argument('--name', default='exp')
+    p.add_argument('--exist-ok', action='store_true')
+    p.add_argument('--cos-lr', action='store_true', help='cosine learning-rate decay')
+    p.add_argument('--label-smoothing', type=number(float, 0, 1), default=0.0)
+    p.add_argument('--patience', type=number(int, 0), default=100, help='epochs without improvement')
+    p.add_argument('--seed', type=number(int, 0), default=0)
+    p.add_argument('--amp', choices=['auto', *AMP_TYPES], default='auto',
+                   help='auto: fp16 on CUDA, bf16 on CPUs with AMX, else off')
+    p.add_argument('--no-amp', dest='amp', action='store_const', const='off', help='--amp off: train in fp32')
+    p.add_argument('--val-only', action='store_true', help='only validate --weights on --data')
+    p.add_argument('--half', action='store_true', help='--val-only in 16 bits where faster, as --amp auto')
+    p.add_argument('--verbose', action='store_true', help='per-class rows')
+    p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
+    p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
+    p.add_argument('--max-det', type=number(int, 1), default=300)
+    p.add_argument('--task', default='val', choices=['val', 'test'], help='--val-only on this split of --data')
+    p.add_argument('--save-json', action='store_true', help='--val-only: COCO JSON too')
+    p.add_argument('--augment', action='store_true', help='--val-only with test-time augmentation')
+    opt = p.parse_args(argv)
+    opt.hyp = [pair for pairs in opt.hyp for pair in pairs]
+    opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
+    processes = world_size if world_size > 1 else len(opt.device.split(','))  # --device 0,1: one per GPU
+    if opt.batch % processes:
+        p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({processes})')
+    if processes > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
+        p.error(f'argument {"--rect" if opt.rect else "--val-only"}: one process only')
+    return opt
+
+
+def detect_args(argv, doc=''):
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('source', nargs='*', help='images, videos, folders, globs, webcams (0), URLs, .streams lists')
+    p.add_argument('--source', dest='more_sources', nargs='+', default=[], help='the same, as a flag')
+    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help='yolov5*.pt, ours, or .torchscript/.onnx')
+    p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640, help='inference size (pixels)')
+    p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.25)
+    p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.45)
+    p.add_argument('--max-det', type=number(int, 1), default=1000)
+    p.add_argument('--classes', nargs='+', type=number(int, 0), help='keep only these class indices')
+    p.add_argument('--agnostic-nms', action='store_true')
+    p.add_argument('--device', type=device_name, default='', help='cpu, 0, cuda:0 ... (default: cuda if available)')
+    p.add_argument('--save-txt', action='store_true', help='save YOLO labels to labels/*.txt')
+    p.add_argument('--save-conf', action='store_true', help='add confidences to --save-txt labels')
+    p.add_argument('--nosave', action='store_true', help='do not save annotated images or videos')
+    p.add_argument('--project', default='runs/detect')
+    p.add_argument('--name', default='exp')
+    p.add_argument('--exist-ok', action='store_true', help='reuse project/name instead of incrementing')
+    p.add_argument('--line-thickness', type=number(int, 1), default=3)
+    p.add_argument('--hide-labels', action='store_true')
+    p.add_argument('--hide-conf', action='store_true')
+    p.add_argument('--half', action='store_true', help='16-bit where faster: fp16 on CUDA, bf16 on CPUs with AMX')
+    p.add_argument('--augment', action='store_true', help='test-time augmentation: 3 scales, one flipped')
+    p.add_argument('--save-crop', action='store_true', help='save each box, cropped, to crops/CLASS/')
+    p.add_argument('--vid-stride', type=number(int, 1), default=1, help='every n-th frame of videos and streams')
+    p.add_argument('--view-img', action='store_true', help='show the results (needs an OpenCV with windows)')
+    opt = p.parse_args(argv)
+    opt.source += opt.more_sources
+    if not opt.source:
+        p.error('the following arguments are required: source (or --source)')
+    opt.img = check_img_size(opt.img)
+    return opt

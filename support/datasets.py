@@ -1,0 +1,247 @@
+"""
+Image and label files on disk: finding a split's images, reading and checking their label files (rows
+`class xc yc w h`, normalized, or polygons), image sizes as OpenCV decodes them, a cache of all that beside
+the labels, class names, and the box formats. What training makes of the images is data.py's.
+"""
+import glob
+import hashlib
+import math
+import multiprocessing
+import os
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from support.files import WriteError, replacing
+
+IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
+CACHE_VERSION = 2  # 2: PNG and TIFF images are no longer taken for corrupt, class indices are bounded
+# more classes than any real dataset has (LVIS: 1,203): a bound on what a hostile YAML or label file can make us build
+MAX_CLASSES = 100_000
+COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
+COCO_NAMES = ('person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, '
+    'stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, backpack, '
+    'umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, sports ball, kite, baseball bat, baseball glove, '
+    'skateboard, surfboard, tennis racket, bottle, wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich, '
+    'orange, broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv, '
+    'laptop, mouse, remote, keyboard, cell phone, microwave, oven, toaster, sink, refrigerator, book, clock, vase, '
+    'scissors, teddy bear, hair drier, toothbrush').split(', ')
+COCO91_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # of the 80 classes
+
+
+def xywh2xyxy(x):
+    cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
+    return cat((x[..., :2] - x[..., 2:4] / 2, x[..., :2] + x[..., 2:4] / 2), -1)
+
+
+def xyxy2xywh(x):
+    cat = torch.cat if isinstance(x, torch.Tensor) else np.concatenate
+    return cat(((x[..., :2] + x[..., 2:4]) / 2, x[..., 2:4] - x[..., :2]), -1)
+
+
+def find_images(source, split='train'):
+    """Image paths from a folder, a .txt list of paths, a dataset root holding images/<split>/, or a list of these."""
+    if isinstance(source, (list, tuple)):
+        return sorted({f for src in source for f in find_images(src, split)})
+    p = Path(source)
+    if p.is_dir() and (p / 'images').is_dir():  # dataset root: pick the split, else the only one there
+        splits = sorted(d.name for d in (p / 'images').iterdir() if d.is_dir())
+        wanted = [s for s in splits if s.startswith(split)] or (splits if len(splits) == 1 else [])
+        if not wanted:
+            raise FileNotFoundError(f'{p}: no images/{split}* folder (found: {", ".join(splits) or "none"})')
+        p = p / 'images' / wanted[0]
+    if p.is_dir():
+        files = glob.glob(str(p / '**' / '*.*'), recursive=True)
+    elif p.suffix == '.txt' and p.is_file():  # one path a line, relative to the list file
+        files = [x if os.path.isabs(x) else str(p.parent / x) for x in map(str.strip, p.read_text().splitlines()) if x]
+    else:
+        raise FileNotFoundError(f'{source}: not a data YAML, a dataset root, a folder of images or a .txt list')
+    files = sorted(f for f in files if Path(f).suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f'{source}: no images found')
+    return files
+
+
+def label_path(img_path):
+    """.../images/x/a.jpg -> .../labels/x/a.txt (the last /images/ only)."""
+    head, sep, tail = img_path.rpartition(f'{os.sep}images{os.sep}')
+    return os.path.splitext(f'{head}{os.sep}labels{os.sep}{tail}' if sep else img_path)[0] + '.txt'
+
+
+def read_labels(path):
+    """Checked label rows (k, 5) float32 (none without a label file) and warnings naming file and line. A row is a box
+    `class xc yc w h` or a polygon `class x1 y1 x2 y2 ...` (COCO segments), read as the box around its points. A
+    malformed row raises ValueError: its image is left out (as in the original) lest its objects train as background."""
+    rows, msgs = [], []
+    for n, line in enumerate(Path(path).read_text().splitlines() if os.path.isfile(path) else [], 1):
+        if not line.split():
+            continue
+        try:
+            v = np.array([float(x) for x in line.split()])
+        except ValueError:
+            raise ValueError(f'{path}:{n}: not numbers: {line.strip()[:60]!r}') from None
+        polygon = len(v) >= 7 and len(v) % 2 == 1
+        if len(v) != 5 and not polygon:
+            raise ValueError(f'{path}:{n}: {len(v)} numbers: a row is class xc yc w h, or class and 3+ x y points')
+        if not (0 <= v[0] < MAX_CLASSES and v[0] % 1 == 0):  # (nan and inf fail too; 1e40 would be inf in float32)
+            raise ValueError(f'{path}:{n}: class {v[0]:g} is not a class index: an integer from 0 to '
+                             f'{MAX_CLASSES - 1} (a bound no real dataset reaches)')
+        xy, outside = v[1:], (v[1:] < 0) | (v[1:] > 1)
+        if not ((xy >= -COORD_TOLERANCE) & (xy <= 1 + COORD_TOLERANCE)).all():
+            raise ValueError(f'{path}:{n}: coordinates not normalized to [0, 1]: {line.strip()[:60]}')
+        if outside.any():
+            msgs.append(f'{path}:{n}: {" ".join(f"{x:g}" for x in xy[outside])} clipped to [0, 1]')
+            xy = xy.clip(0, 1)
+        if polygon:
+            lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
+            xy = np.concatenate(((lo + hi) / 2, hi - lo))
+        if xy[2] <= 0 or xy[3] <= 0:
+            raise ValueError(f'{path}:{n}: width and height must be positive')
+        rows.append([v[0], *xy])
+    labels = np.array(rows, np.float32).reshape(-1, 5)
+    if len({r.tobytes() for r in labels}) < len(labels):  # (np.unique is slow enough to matter on 100k files)
+        _, first = np.unique(labels, axis=0, return_index=True)
+        msgs.append(f'{path}: {len(labels) - len(first)} duplicate rows removed')
+        labels = labels[np.sort(first)]
+    return labels, msgs
+
+
+# formats whose header Pillow checks without decoding and OpenCV decodes to the same size (EXIF rotation applied)
+HEADER_FORMATS = {'BMP', 'JPEG', 'MPO', 'PNG', 'TIFF', 'WEBP'}
+
+
+def image_size(path):
+    """(w, h) of an image as cv2.imread decodes it. From the header where Pillow reads it as OpenCV does (fast), else
+    (a .pfm, a .jpg that is another format) by decoding it with OpenCV, as training will. Raises if it is corrupt."""
+    try:
+        with Image.open(path) as im:
+            # EXIF before verify(), after which PNG and TIFF cannot read it; a PNG's from its header only (getexif()
+            # would decode the whole PNG to look further)
+            exif = im.getexif() if im.format != 'PNG' or 'exif' in im.info else {}
+            turned = exif.get(274) in (5, 6, 7, 8)  # EXIF: turned 90 degrees
+            if im.format in HEADER_FORMATS and not (turned and im.format == 'TIFF'):  # (OpenCV fails on those TIFFs)
+                im.verify()  # (after it the pixels are unusable, the header still is)
+                return im.size[::-1] if turned else im.size
+    except UnidentifiedImageError:
+        pass
+    img = cv2.imread(path) if cv2.haveImageReader(path) else None
+    if img is None:
+        raise ValueError('not an image that OpenCV decodes')
+    return img.shape[1::-1]
+
+
+def _scan_one(args):
+    """(path, (w, h) as decoded (EXIF rotation applied), labels, warnings) of an image; None, None if corrupt."""
+    img, lab = args
+    try:
+        w, h = image_size(img)
+        if w < 10 or h < 10:
+            raise ValueError(f'image size {w}x{h} is smaller than 10 pixels')
+        with open(img, 'rb') as f:
+            f.seek(-2, 2)
+            truncated = Path(img).suffix.lower() in ('.jpg', '.jpeg') and f.read() != b'\xff\xd9'
+        if truncated and cv2.imread(img) is None:  # a JPEG without its end marker is kept if it still decodes
+            raise ValueError('truncated JPEG that does not decode')
+        labels, msgs = read_labels(lab)
+    except Exception as e:  # PIL raises many kinds for a corrupt file
+        return img, None, None, [f'{img}: ignoring corrupt image/label: {e}']
+    return img, (w, h), labels, [f'{img}: truncated JPEG, it decodes and is kept'] * truncated + msgs
+
+
+def files_hash(paths):
+    stats = [os.stat(p) if os.path.exists(p) else None for p in paths]
+    text = ''.join(f'{p}|{s.st_size if s else -1}|{s.st_mtime_ns if s else -1}\n' for p, s in zip(paths, stats))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def available_memory():
+    """Bytes the system can still give (Linux's MemAvailable); None where it does not say."""
+    meminfo = Path('/proc/meminfo')
+    return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else None
+
+
+def rect_batches(sizes, batch_size, img_size, stride, pad):
+    """For rectangular batches: the images' order (by aspect ratio), each one's batch, and each batch's letterbox
+    shape (h, w): the smallest multiple of stride that holds its images at img_size, plus pad strides."""
+    order = np.argsort(sizes[:, 1] / sizes[:, 0])
+    ar = sizes[order, 1] / sizes[order, 0]  # h / w
+    shapes = [[a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
+              for a in np.split(ar, range(batch_size, len(ar), batch_size))]  # the ratios of each batch
+    shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
+    return order, np.arange(len(order)) // batch_size, shapes
+
+
+def check_cache_ram(need, free, n, img_size):
+    """--cache ram refused, with the figures, if it needs more bytes than are free: not minutes of work that end out of
+    memory."""
+    if need > (free or math.inf):
+        raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {n} images at --img {img_size}, but '
+                         f'{free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
+
+
+def load_labels(img_files, nc, prefix='', single_cls=False):
+    """Checks every image and label file, with a cache beside the labels (labels/<split>.cache) that is
+    reused while no file changed. Returns kept image paths, their (w, h) sizes and label arrays."""
+    label_files = [label_path(f) for f in img_files]
+    warn_shared_labels(img_files, label_files, prefix)
+    cache_path = Path(label_files[0]).parent.with_suffix('.cache')
+    key = files_hash(img_files + label_files)
+    try:
+        c = np.load(cache_path, allow_pickle=False)
+        if int(c['version']) != CACHE_VERSION or str(c['hash']) != key:
+            raise ValueError('stale cache')
+        files, sizes, msgs, n_corrupt = list(c['files']), c['sizes'], list(c['msgs']), int(c['corrupt'])
+        labels, how = np.split(c['labels'], np.cumsum(c['counts']))[:-1], 'Cached'  # (the last part is empty)
+    except Exception:  # no cache, stale or unreadable: scan again
+        with multiprocessing.Pool(min(8, os.cpu_count())) as pool:  # processes: the checks are Python, threads wait
+            results = pool.map(_scan_one, zip(img_files, label_files), chunksize=64)  # on each other (the GIL)
+        kept = [r for r in results if r[1] is not None]
+        files, sizes, labels = [r[0] for r in kept], np.array([r[1] for r in kept]).reshape(-1, 2), [r[2] for r in kept]
+        msgs, n_corrupt, how = [m for r in results for m in r[3]], len(results) - len(kept), 'Scanned'
+        try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
+            if not os.stat(cache_path.parent).st_mode & 0o222:
+                raise PermissionError(13, 'folder is read-only')
+            with replacing(cache_path) as tmp, open(tmp, 'wb') as f:  # DDP ranks may scan at the same time
+                np.savez(f, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes,
+                         msgs=np.array(msgs, str), labels=np.concatenate(labels or [np.zeros((0, 5), np.float32)]),
+                         counts=[len(x) for x in labels], corrupt=n_corrupt)
+        except OSError as e:
+            why = e.reason if isinstance(e, WriteError) else e.strerror
+            print(f'{prefix}WARNING: cache {cache_path} not written ({why})', file=sys.stderr)
+    for m in msgs:
+        print(f'{prefix}WARNING: {m}', file=sys.stderr)
+    print(f'{prefix}{how} {Path(label_files[0]).parent}: {len(files)} images, {sum(len(x) == 0 for x in labels)} '
+          f'backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
+    for f, lb in zip(files, labels):
+        if single_cls:  # every object is class 0
+            lb[:, 0] = 0
+        if len(lb) and lb[:, 0].max() >= nc:
+            raise ValueError(f'{label_path(f)}: class {int(lb[:, 0].max())} is out of range: the dataset has '
+                             f'{nc} classes (0-{nc - 1}); fix the label or give the right --names')
+    if not files:
+        raise ValueError(f'{prefix}no usable images in {Path(img_files[0]).parent}')
+    return files, sizes, labels
+
+
+def warn_shared_labels(img_files, label_files, prefix=''):
+    """a.jpg and a.png in one folder both read labels/a.txt: said, as one set of boxes rarely fits both."""
+    if len(set(label_files)) == len(label_files):
+        return
+    images = {}
+    for img, lab in zip(img_files, label_files):
+        images.setdefault(lab, []).append(img)
+    for lab, imgs in images.items():
+        if len(imgs) > 1:
+            print(f'{prefix}WARNING: {", ".join(imgs)} share one label file, {lab}', file=sys.stderr)
+
+
+def read_names(path=None):
+    names = list(COCO_NAMES) if path is None else [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
+    if not names:
+        raise ValueError(f'{path}: no class names (one per line)')
+    return names

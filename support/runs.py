@@ -1,0 +1,100 @@
+"""
+Run folders (runs/train/exp, exp2, ...), claimed atomically; resuming a run from its last.pt, and torchrun's
+restarts of a worker group; how a stopped run ends.
+"""
+import argparse
+import contextlib
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from support.checkpoints import read_run_checkpoint
+
+
+def run_dir(project, name, exist_ok=False):
+    """The folder of a new run, claimed (created) and returned: project/name, or if that exists (and not exist_ok)
+    name2, name3, ... A mkdir that fails if the folder exists is the claim: two runs started at the same instant
+    never share one. A folder that cannot be made ends the program with a message."""
+    for n in itertools.count(1):
+        path = Path(project) / (f'{name}{n}' if n > 1 else name)
+        try:
+            path.mkdir(parents=True, exist_ok=exist_ok)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise SystemExit(f'ERROR: cannot write the run folder {path} ({e.strerror})') from None
+
+
+@contextlib.contextmanager
+def removed_if_unstarted(save_dir, fresh):
+    """Around the setup of a run: if it fails (or Ctrl-C), a fresh run folder goes again with what pick_run put in it,
+    unless something else is in it by then. Ctrl-C ends with a message, not a traceback."""
+    try:
+        yield
+    except BaseException as e:
+        if fresh:
+            with contextlib.suppress(OSError):  # rmdir fails on a folder that is not empty: it stays
+                (save_dir / '.torchrun_id').unlink(missing_ok=True)
+                (save_dir / 'weights').rmdir()
+                save_dir.rmdir()
+        if isinstance(e, KeyboardInterrupt):
+            print('\nInterrupted before training started', file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+
+
+def stop_run(e, last, saved):
+    """How a training run ends on Ctrl-C (exit 130) or an error that stops it (FloatingPointError): saying what last.pt
+    holds (epoch saved, or None). Running out of GPU memory goes on to train.main's message."""
+    held = f'{last} holds epoch {saved}' if saved is not None else 'no epoch completed'
+    if isinstance(e, KeyboardInterrupt):
+        print(f'\nInterrupted: {held}' + ('; continue with --resume' if saved is not None else ', nothing to resume'))
+        raise SystemExit(130)
+    if isinstance(e, torch.OutOfMemoryError):
+        raise e
+    raise SystemExit(f'ERROR: {e}: training stopped, {held}. Look for bad labels, or lower lr0 / use --no-amp')
+
+
+def run_under_torchrun(script, argv, n):
+    """This process becomes torchrun running the same command in n processes, on a free port (--standalone)."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n), script]
+    print(f'{n} GPUs, one process each (DDP): {" ".join(cmd + argv)}', flush=True)
+    os.execv(sys.executable, cmd + argv)
+
+
+def pick_run(opt, parse_args):
+    """(options, checkpoint to resume or None, run folder). --resume continues a run; so does a restart by torchrun
+    (TORCHELASTIC_RESTART_COUNT > 0): the run this torchrun job began, marked with its run id, from its last.pt,
+    or from the beginning if it saved none yet. Else a new run folder, refused now if it cannot be written.
+    parse_args(argv) gives the options of today's command line: a checkpoint's own options override them."""
+    run_id, restarted = os.getenv('TORCHELASTIC_RUN_ID'), int(os.getenv('TORCHELASTIC_RESTART_COUNT', 0))
+    markers = sorted(Path(opt.project).glob('*/.torchrun_id'), key=os.path.getmtime)  # a reused id: the newest run
+    mine = [m.parent for m in markers if restarted and m.read_text() == run_id][-1:]
+    if mine and (mine[0] / 'weights/last.pt').exists():
+        opt.resume = str(mine[0] / 'weights/last.pt')
+    if opt.resume:  # everything, options included, comes from the checkpoint: --resume PATH, or the latest last.pt
+        runs = [opt.resume] if isinstance(opt.resume, str) else sorted(Path(opt.project).glob('**/last.pt'),
+                                                                           key=os.path.getmtime)
+        if not runs:
+            raise SystemExit(f'--resume: no last.pt under {opt.project}; give its path: --resume path/to/last.pt')
+        last = Path(runs[-1])
+        ckpt = read_run_checkpoint(last)
+        keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
+        opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt'].get('batch', 16))])), **ckpt['opt'],
+                                    **keep})
+        if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
+            done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
+            raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
+        print(f'Resuming {last} from epoch {ckpt["epoch"] + 1}')
+        return opt, ckpt, last.parent.parent
+    save_dir = mine[0] if mine else run_dir(opt.project, opt.name, opt.exist_ok)
+    try:
+        (save_dir / 'weights').mkdir(parents=True, exist_ok=True)
+        (save_dir / '.torchrun_id').write_text(run_id or '')
+    except OSError as e:
+        raise SystemExit(f'ERROR: cannot write the run folder {save_dir} ({e.strerror})') from None
+    return opt, None, save_dir
