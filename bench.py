@@ -127,7 +127,8 @@ def main():
                 f'{t / sum(decodes):.2f}x their decoding')
     data.cv2.imread = imread
     loader = data.create_dataloader(ds, 16, 0, shuffle=True)
-    ds.keep_decoded, ds.decoded = False, [None] * len(ds)  # every image decoded (create_dataloader would keep COCO128's: they fit)
+    # every image decoded (create_dataloader would keep COCO128's: they fit)
+    ds.keep_decoded, ds.decoded = False, [None] * len(ds)
     n, t = 0, time.perf_counter()
     for epoch in (1, 2):
         data.set_epoch(loader, epoch)

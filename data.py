@@ -1,22 +1,18 @@
 """
-From image files to training batches: letterbox, the augmentations (numpy and OpenCV, no
-albumentations) and their hyperparameters, the dataset and the loader.
-
-Labels are rows `class xc yc w h`, normalized; while an image is augmented, `class x1 y1 x2 y2` in
-pixels. A sample's random draws come from a generator seeded by (seed, epoch, index): a batch is the
-same with any number of workers, and a resumed run sees an uninterrupted one's data.
+From image files to batches: letterbox, the augmentations and their hyperparameters, the dataset and
+the loader. Labels are `class xc yc w h` normalized; while augmented, `class x1 y1 x2 y2` in pixels.
+A sample's draws are seeded by (seed, epoch, index): the same with any workers, or after a resume.
 """
 import math
-import os
 import sys
-from multiprocessing.pool import ThreadPool
 
 import cv2
 import numpy as np
 import torch
 
-from support.datasets import available_memory, check_cache_ram, find_images, load_labels
-from support.datasets import rect_batches, xywh2xyxy, xyxy2xywh
+from support.datasets import available_memory, find_images, load_labels, loader_workers, preload
+from support.datasets import rect_batches
+from support.datasets import xywh2xyxy, xyxy2xywh
 from support.plots import show_batch
 
 cv2.setNumThreads(0)  # OpenCV's own threads fight with the loader's worker processes
@@ -32,17 +28,17 @@ GREY = (114, 114, 114)  # the padding's colour
 def letterbox(img, new_shape=640, color=GREY, auto=True, scaleup=True, stride=32):
     """Resized keeping the aspect ratio, padded to new_shape (h, w) (auto: to a multiple of stride).
     Returns the image, the scale ratio and the (left, top) padding."""
-    h, w = img.shape[:2]
+    height, width = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
-    ratio = min(new_h / h, new_w / w, math.inf if scaleup else 1.0)  # val never enlarges
-    unpad_w = int(round(w * ratio))
-    unpad_h = int(round(h * ratio))
+    ratio = min(new_h / height, new_w / width, math.inf if scaleup else 1.0)  # val never enlarges
+    unpad_w = int(round(width * ratio))
+    unpad_h = int(round(height * ratio))
     pad_w = (new_w - unpad_w) / 2
     pad_h = (new_h - unpad_h) / 2
     if auto:  # pad only up to the stride
         pad_w = (new_w - unpad_w) % stride / 2
         pad_h = (new_h - unpad_h) % stride / 2
-    if (w, h) != (unpad_w, unpad_h):
+    if (width, height) != (unpad_w, unpad_h):
         img = cv2.resize(img, (unpad_w, unpad_h))
     top, bottom = int(round(pad_h - 0.1)), int(round(pad_h + 0.1))
     left, right = int(round(pad_w - 0.1)), int(round(pad_w + 0.1))
@@ -55,7 +51,7 @@ def to_tensor(img):
     return torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
-# ---------------------------------------------------------------------------------- augmentations
+# ---------------------------------------- augmentations
 def random_matrix(rng, hyp, shape, size):
     """A random affine (or perspective) matrix in hyp's ranges, (h, w) -> size (w, h); its scale."""
     centre, perspective, rotation, shear, translation = (np.eye(3) for _ in range(5))
@@ -72,9 +68,8 @@ def random_matrix(rng, hyp, shape, size):
 
 
 def warp(img, labels, matrix, scale, size, origin=(0, 0)):
-    """img (from origin (x, y) on, of an image that matrix maps to size (w, h)) and its pixel xyxy
-    labels, warped. A box stays if over 2 px wide and high, with over 10% of its area (scale: the
-    matrix's), aspect under 100."""
+    """img (from origin (x, y) on, of an image matrix maps to size (w, h)) and its xyxy labels,
+    warped; a box stays if over 2 px wide and high, 10% of its area, aspect under 100."""
     if matrix[2, :2].any():  # (only with origin 0)
         img = cv2.warpPerspective(img, matrix, size, borderValue=GREY)
     elif (matrix != np.eye(3)).any():
@@ -97,8 +92,8 @@ def warp(img, labels, matrix, scale, size, origin=(0, 0)):
 
 
 def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
-    """Random gains on hue, saturation and value. BGR in, RGB (the model's) out: the loader's one
-    change of colour order (all it does with gains of 0)."""
+    """Random gains on hue, saturation and value; BGR in, RGB out: the loader's one change of
+    colour order."""
     if not (hgain or sgain or vgain):
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     gains = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
@@ -114,19 +109,19 @@ def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
 
 def random_resized_crop(img, labels, rng, size, scale=(0.8, 1.0), ratio=(0.9, 1.11)):
     """A crop of random area and aspect ratio, resized to size x size; boxes clipped to it."""
-    h, w = img.shape[:2]
+    height, width = img.shape[:2]
     for _ in range(10):
-        area = h * w * rng.uniform(*scale)
+        area = height * width * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         crop_w = int(round(math.sqrt(area * aspect)))
         crop_h = int(round(math.sqrt(area / aspect)))
-        if 0 < crop_w <= w and 0 < crop_h <= h:
-            x0 = int(rng.integers(0, w - crop_w + 1))
-            y0 = int(rng.integers(0, h - crop_h + 1))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            x0 = int(rng.integers(0, width - crop_w + 1))
+            y0 = int(rng.integers(0, height - crop_h + 1))
             break
     else:  # fall back to a centre crop
-        crop_w = crop_h = min(w, h)
-        x0, y0 = (w - crop_w) // 2, (h - crop_h) // 2
+        crop_w = crop_h = min(width, height)
+        x0, y0 = (width - crop_w) // 2, (height - crop_h) // 2
     img = cv2.resize(img[y0:y0 + crop_h, x0:x0 + crop_w], (size, size))
     labels = labels.copy()
     labels[:, [1, 3]] = ((labels[:, [1, 3]] - x0) * size / crop_w).clip(0, size)
@@ -168,10 +163,10 @@ def mixup(img, labels, img2, labels2, rng):
     return (img * ratio + img2 * (1 - ratio)).astype(np.uint8), np.concatenate((labels, labels2))
 
 
-# ---------------------------------------------------------------------------------- dataset
+# ---------------------------------------- dataset
 class YOLODataset(torch.utils.data.Dataset):
-    """A split's images and labels. dataset[i]: an image (3, h, w) uint8 RGB, its labels (n, 6) rows
-    (0, class, xc, yc, w, h) normalized, its file, and (original (h, w), (ratio, pad)) or None."""
+    """dataset[i]: an image (3, h, w) uint8 RGB, its labels (n, 6) rows (0, class, xc, yc, w, h),
+    its file, and (original (h, w), (ratio, pad)) (None after a mosaic)."""
 
     def __init__(self, source, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  stride=32, pad=0.0, cache=None, nc=80, seed=0, split='train', single_cls=False,
@@ -200,24 +195,21 @@ class YOLODataset(torch.utils.data.Dataset):
         self.keep_decoded = cache == 'ram'
         self.decoded = [None] * len(self.files)
         if cache == 'ram':
-            check_cache_ram(self.bytes_decoded, available_memory(), len(self.files), img_size)
-            with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
-                self.decoded = pool.map(self.load_image, range(len(self.files)))
-            megabytes = sum(x[0].nbytes for x in self.decoded if x[0] is not None) / 2 ** 20
-            print(f'{prefix}Cached {len(self.files)} images in RAM ({megabytes:.0f} MB)')
+            self.decoded = preload(self.load_image, len(self), self.bytes_decoded, img_size, prefix)
 
     def __len__(self):
         return len(self.files)
 
     def load_image(self, i):
         """Image i, its long side img_size, and its original (h, w); (None, None) if unreadable.
-        Training decodes a JPEG it shrinks 2x or more at reduced size (2x faster, ~1 grey off)."""
+        A JPEG shrunk 2x or more in training is decoded at reduced size (2x faster)."""
         if self.decoded[i] is not None:
             return self.decoded[i]
         reduction = 1
         if self.augment:
             long_side = self.sizes[i].max()
-            reduction = max(k for k in (1, 2, 4, 8) if k * self.img_size <= long_side or k == 1)
+            fits = [factor for factor in (2, 4, 8) if factor * self.img_size <= long_side]
+            reduction = max(fits, default=1)
         mode = cv2.IMREAD_COLOR
         if reduction > 1:
             mode = getattr(cv2, f'IMREAD_REDUCED_COLOR_{reduction}')
@@ -236,17 +228,18 @@ class YOLODataset(torch.utils.data.Dataset):
             self.decoded[i] = img, (h0, w0)
         return img, (h0, w0)
 
-    def pixel_labels(self, i, w, h, pad_w, pad_h):
+    def pixel_labels(self, i, width, height, pad_w, pad_h):
         """Image i's labels: class, xyxy in pixels of it at size (w, h), at (pad_w, pad_h)."""
         labels = self.labels[i].copy()
-        labels[:, 1:] = xywh2xyxy(labels[:, 1:]) * (w, h, w, h) + (pad_w, pad_h, pad_w, pad_h)
+        size = (width, height, width, height)
+        labels[:, 1:] = xywh2xyxy(labels[:, 1:]) * size + (pad_w, pad_h, pad_w, pad_h)
         return labels
 
     def load_mosaic(self, index, rng):
-        """Four images around a random centre of a 2s x 2s canvas, warped back to s x s. Only the
-        part the warp reads is made, and only the images in it are decoded."""
+        """Four images around a random centre of a 2s x 2s canvas, warped back to s x s; only the
+        part the warp reads is made."""
         size = self.img_size
-        xc, yc = (int(v) for v in rng.uniform(size // 2, 2 * size - size // 2, 2))
+        xc, yc = (int(centre) for centre in rng.uniform(size // 2, 2 * size - size // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
         matrix, scale = random_matrix(rng, self.hyp, (2 * size, 2 * size), (size, size))
@@ -258,17 +251,17 @@ class YOLODataset(torch.utils.data.Dataset):
             x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip(1, 2 * size)
         canvas = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
         labels = []
-        for k, i in enumerate(indices):  # image k: left of the centre if k is even, above if k < 2
-            w, h = self.shapes[i]
-            left = (xc - w if k % 2 == 0 else xc) - x0  # its top left corner, in the part made
-            top = (yc - h if k < 2 else yc) - y0
-            if left < x1 - x0 and top < y1 - y0 and left + w > 0 and top + h > 0:
+        for position, i in enumerate(indices):  # left of the centre if even, above it if under 2
+            width, height = self.shapes[i]
+            left = (xc - width if position % 2 == 0 else xc) - x0  # its top left, in the part made
+            top = (yc - height if position < 2 else yc) - y0
+            if left < x1 - x0 and top < y1 - y0 and left + width > 0 and top + height > 0:
                 img, _, i = self.load_checked(i, rng)
-                if img.shape[1::-1] != (w, h):  # a substitute for an image that stopped decoding
-                    img = cv2.resize(img, (w, h))
+                if img.shape[1::-1] != (width, height):  # a substitute, for one that failed
+                    img = cv2.resize(img, (width, height))
                 visible = img[max(-top, 0):y1 - y0 - top, max(-left, 0):x1 - x0 - left]
-                canvas[max(top, 0):top + h, max(left, 0):left + w] = visible
-            labels.append(self.pixel_labels(i, w, h, left + x0, top + y0))
+                canvas[max(top, 0):top + height, max(left, 0):left + width] = visible
+            labels.append(self.pixel_labels(i, width, height, left + x0, top + y0))
         labels = np.concatenate(labels)
         labels[:, 1:] = labels[:, 1:].clip(0, 2 * size)
         return warp(canvas, labels, matrix, scale, (size, size), (x0, y0))
@@ -300,10 +293,10 @@ class YOLODataset(torch.utils.data.Dataset):
             # the batch's letterbox shape, taken before a substitute may change the index
             shape = self.batch_shapes[self.batch_index[index]] if self.rect else self.img_size
             img, (h0, w0), index = self.load_checked(index, rng)
-            h, w = img.shape[:2]
+            height, width = img.shape[:2]
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-            to_original = (h0, w0), (h / h0 * ratio, pad)  # for scale_boxes, back to the original
-            labels = self.pixel_labels(index, ratio * w, ratio * h, *pad)
+            to_original = (h0, w0), (height / h0 * ratio, pad)  # for scale_boxes
+            labels = self.pixel_labels(index, ratio * width, ratio * height, *pad)
             if self.augment:
                 size = img.shape[1::-1]
                 img, labels = warp(img, labels, *random_matrix(rng, hyp, img.shape, size), size)
@@ -312,11 +305,12 @@ class YOLODataset(torch.utils.data.Dataset):
                 img, labels = random_resized_crop(img, labels, rng, self.img_size)
             img = photometric(img, rng, hyp)
         # the one change of colour order: BGR (OpenCV's) before, RGB after
-        gains = [hyp[k] if self.augment else 0 for k in ('hsv_h', 'hsv_s', 'hsv_v')]
+        gains = [hyp[name] if self.augment else 0 for name in ('hsv_h', 'hsv_s', 'hsv_v')]
         img = augment_hsv(img, rng, *gains)
-        h, w = img.shape[:2]
+        height, width = img.shape[:2]
+        size = (width, height, width, height)
         labels = labels.astype(np.float32)
-        labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, (w, h, w, h))) / (w, h, w, h)
+        labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, size)) / size
         labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)]
         if self.augment:
             if rng.random() < hyp['flipud']:
@@ -340,20 +334,17 @@ def collate(batch):
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
-    """A DistributedSampler (for one process too: set_epoch reshuffles) whose indices carry their
-    epoch: (epoch, index) seeds a sample's draws, and reaches workers that live for the run."""
+    """A DistributedSampler whose indices carry their epoch, which seeds a sample's draws, to
+    workers that live for the run."""
     def __iter__(self):
         return ((self.epoch, i) for i in super().__iter__())
 
 
 def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, world_size=1,
                       cpu=False):
-    """workers=None: up to 8 beside a GPU; beside a CPU that computes (cpu=True), the cores its
-    threads leave: none on 2 cores (measured: there they slow the steps more than they help)."""
-    if workers is None:
-        workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
+    """workers=None: as many as the machine spares (loader_workers); cpu: the model runs there."""
+    workers = loader_workers(workers, batch_size, world_size, cpu)
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed)
-    workers = min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
     # Images are kept once decoded if all copies (one a worker) need under a tenth of the free
     # memory: a fine-tune on a small dataset would decode each image 4x an epoch.
     copies = max(workers, 1) * world_size

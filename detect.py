@@ -1,26 +1,22 @@
 """
-Run a YOLOv5 model on images, folders, globs, videos or streams:
-    python detect.py img.jpg [more ...]     (or --source img.jpg)
-Annotated results go to runs/detect/exp (then exp2, exp3, ...), YOLO labels with --save-txt,
-crops with --save-crop. An entry point beside train.py, on top of data.py, model.py and export.py.
+Run YOLOv5 on images, folders, globs, videos or streams:  python detect.py img.jpg [more ...]
+Annotated results go to runs/detect/exp (exp2, ...), labels with --save-txt, crops with --save-crop.
 """
 import sys
 import threading
-import time
 from pathlib import Path
 
-import cv2
 import torch
 
 from data import letterbox, to_tensor
 from export import load_any
 from model import non_max_suppression, predict, scale_boxes
-from support.cli import check_img_size, clock, detect_args, half_dtype, or_exit, select_device
+from support.cli import Stopwatch, check_img_size, detect_args, half_dtype, or_exit, select_device
 from support.datasets import IMAGE_EXTS
 from support.files import save_image
 from support.runs import run_dir
-from support.sources import expand_sources, is_stream, output_stem, read_frames, save_results
-from support.sources import stop_on_ctrl_c
+from support.sources import VideoFile, expand_sources, is_stream, output_stem, read_frames
+from support.sources import save_results, stop_on_ctrl_c
 
 
 def parse_args(argv=None):
@@ -30,8 +26,8 @@ def parse_args(argv=None):
 
 def describe(det, names):
     """'4 persons, 1 bus, ' for an image's detections, as the original prints them."""
-    counts = [(names[int(c)], int((det[:, 5] == c).sum())) for c in det[:, 5].unique()]
-    text = ''.join(f'{n} {name}{"s" if n > 1 else ""}, ' for name, n in counts)
+    counts = [(names[int(cls)], int((det[:, 5] == cls).sum())) for cls in det[:, 5].unique()]
+    text = ''.join(f'{count} {name}{"s" if count > 1 else ""}, ' for name, count in counts)
     return text or '(no detections), '
 
 
@@ -59,24 +55,23 @@ def run(opt, stop=None):
     stems = set()
     frames_done = 0
     label_files = 0
-    times = [0.0, 0.0, 0.0]  # seconds: pre-processing, inference, NMS
+    watch = Stopwatch(device)
     for number_of_source, (path, error) in enumerate(sources, 1):
         stem = output_stem(path, stems)  # unique in this run: same-named inputs keep their outputs
         frames_before = frames_done
-        writer = None
         video = Path(path).suffix.lower() not in IMAGE_EXTS  # webcams and streams too
+        video_file = VideoFile(save_dir / f'{stem}.mp4') if video and not opt.nosave else None
         frames = () if error else read_frames(path, opt.vid_stride)
         for frame, frame_index, frame_count, fps in frames:
-            start = time.perf_counter()
+            watch.start()
             x = to_tensor(letterbox(frame, img_size, stride=stride)[0])
             x = x.to(device).float()[None] / 255
-            loaded = clock(device)  # once the GPU has done its part
+            watch.lap('pre-process')
             pred = next(predict(model, x, dtype, opt.augment))[0]
-            inferred = clock(device)
+            inference = watch.lap('inference')
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes,
                                       opt.agnostic_nms, max_det=opt.max_det)[0]
-            steps = (loaded - start, inferred - loaded, time.perf_counter() - inferred)
-            times = [total + step for total, step in zip(times, steps)]
+            watch.lap('NMS')
             # each row of det: x1 y1 x2 y2 (pixels of the frame) confidence class
             det[:, :4] = scale_boxes(det[:, :4], x.shape[2:], frame.shape[:2]).round()
             where = f'image {number_of_source}/{len(sources)}'
@@ -84,25 +79,21 @@ def run(opt, stop=None):
                 of = f'/{frame_count}' if frame_count else ''
                 where = f'video {number_of_source}/{len(sources)} (frame {frame_index + 1}{of})'
             print(f'{where} {path}: {x.shape[2]}x{x.shape[3]} {describe(det, names)}'
-                  f'{(inferred - loaded) * 1e3:.1f}ms', flush=True)
+                  f'{inference * 1e3:.1f}ms', flush=True)
             frames_done += 1
             try:
                 frame_number = frame_index + 1 if video else None
                 label_files += save_results(opt, names, save_dir, stem, frame_number, frame, det)
-                if video and not opt.nosave:
-                    if writer is None:
-                        mp4 = cv2.VideoWriter_fourcc(*'mp4v')
-                        video_path = str(save_dir / f'{stem}.mp4')
-                        writer = cv2.VideoWriter(video_path, mp4, fps, frame.shape[1::-1])
-                    writer.write(frame)
+                if video_file:
+                    video_file.write(frame, fps)
                 elif not opt.nosave:
                     save_image(frame, save_dir / (stem + Path(path).suffix))
             except OSError as e:  # reported, and the run goes on
                 print(f'ERROR: {e}', file=sys.stderr)
             if stop.is_set():
                 break
-        if writer is not None:
-            writer.release()  # finalizes the video, also when Ctrl-C stopped it
+        if video_file:
+            video_file.close()  # the video is complete, also when Ctrl-C stopped it
         if frames_done == frames_before:  # a bad input is reported and skipped: the run goes on
             what = 'open stream' if is_stream(path) else 'decode video' if video else 'decode image'
             print(f'ERROR: {path}: {error or "cannot " + what}, skipped', file=sys.stderr)
@@ -112,9 +103,7 @@ def run(opt, stop=None):
     if not frames_done:
         print('ERROR: nothing could be processed', file=sys.stderr)
         return 1
-    pre, inference, nms = (t * 1e3 / frames_done for t in times)
-    print(f'Speed: {pre:.1f}ms pre-process, {inference:.1f}ms inference, {nms:.1f}ms NMS per image '
-          f'at shape {tuple(x.shape)}')
+    print(watch.speed(frames_done, tuple(x.shape)))
     if not opt.nosave or opt.save_txt:
         print(f'Results saved to {save_dir}')
         if opt.save_txt:

@@ -28,8 +28,8 @@ from PIL import Image, ImageOps
 
 from data import letterbox
 from export import load_any
-from model import YOLOv5, non_max_suppression, predict, scale_boxes, transfer
-from support.checkpoints import read_checkpoint
+from model import YOLOv5, non_max_suppression, predict, scale_boxes
+from support.checkpoints import read_checkpoint, transfer
 from support.cli import check_img_size, half_dtype, select_device
 from support.datasets import xyxy2xywh
 from support.plots import PALETTE, draw_box

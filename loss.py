@@ -25,16 +25,15 @@ def bbox_ciou(box1, box2, eps=1e-7):
     diagonal2 = enclosing_w ** 2 + enclosing_h ** 2 + eps
     distance2 = ((left2 + right2 - left1 - right1) ** 2 + (top2 + bottom2 - top1 - bottom1) ** 2)
     distance2 = distance2 / 4  # between the centres
-    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    aspect = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
     with torch.no_grad():
-        alpha = v / (v - iou + (1 + eps))
-    return iou - (distance2 / diagonal2 + v * alpha)
+        alpha = aspect / (aspect - iou + (1 + eps))
+    return iou - (distance2 / diagonal2 + aspect * alpha)
 
 
 def shape_ratio(wh, anchors):
     """How far each box's (w, h) (n, 2) is from each anchor's (a, 2): the largest of w / anchor w,
-    its inverse, and the same for h; (n, a). A label trains the anchors within anchor_t of it, and
-    autoanchor judges anchors by the same test."""
+    its inverse, and the same for h. The test of assignment, and of autoanchor."""
     ratio = wh[:, None] / anchors[None]
     return torch.max(ratio, 1 / ratio).max(2)[0]
 
@@ -65,8 +64,8 @@ class FocalBCE(nn.Module):
 
 
 class YOLOLoss:
-    """hyp: box, obj, cls (the gains for 3 levels, 80 classes and 640 pixels), cls_pw, obj_pw,
-    anchor_t, fl_gamma and label_smoothing."""
+    """hyp: the gains box, obj, cls (for 3 levels, 80 classes, 640 pixels), cls_pw, obj_pw,
+    anchor_t, fl_gamma, label_smoothing."""
     gr = 1.0  # objectness target = gr * IoU + (1 - gr)
 
     def __init__(self, model, hyp, img_size=640):
@@ -95,8 +94,8 @@ class YOLOLoss:
         return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     def __call__(self, preds, targets):
-        """preds: each level's raw maps (b, na, ny, nx, 5 + nc); targets (n, 6): image index, class,
-        xywh normalized. Returns the loss times the batch size, and its terms by name (detached)."""
+        """preds: each level's raw maps (b, na, ny, nx, 5 + nc); targets (n, 6): image, class, xywh.
+        Returns the loss times the batch size, and its terms by name."""
         box_loss = torch.zeros(1, device=targets.device)
         obj_loss = torch.zeros(1, device=targets.device)
         cls_loss = torch.zeros(1, device=targets.device)

@@ -1,11 +1,7 @@
 """
-From pixels to boxes: YOLOv5 (v6+) as plain PyTorch modules, box decoding, models built from
-checkpoints, non-maximum suppression, and boxes mapped back to the image.
-
-The network is a table of numbered layers, written out below as the original's yolov5s.yaml (P5,
-layers 0-24) and yolov5s6.yaml (P6, 0-33: a fourth output at stride 64). Each row says which earlier
-layers its layer takes (the original's "from"), so model.model[i] is layer i, and official
-checkpoints load by name.
+From pixels to boxes: YOLOv5 (v6+) as PyTorch modules, box decoding, models from checkpoints,
+non-maximum suppression. The network is a table of numbered layers, the original's yolov5s.yaml (P5,
+0-24) and yolov5s6.yaml (P6, 0-33): model.model[i] is layer i; official checkpoints load by name.
 """
 import functools
 import glob
@@ -14,13 +10,12 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from support.checkpoints import read_checkpoint
-from support.cli import clock
+from support.checkpoints import first_difference, read_checkpoint
+from support.cli import clock, parse_cfg
 from support.datasets import COCO_NAMES, xywh2xyxy
 
 # (depth multiple, width multiple) of each official scale
@@ -58,14 +53,14 @@ class Bottleneck(nn.Module):
 
 
 class C3(nn.Module):
-    """CSP block: n bottlenecks on one branch, a 1x1 conv on the other, concatenated."""
-    def __init__(self, c_in, c_out, n=1, shortcut=True):
+    """CSP block: bottlenecks on one branch, a 1x1 conv on the other, concatenated."""
+    def __init__(self, c_in, c_out, bottlenecks=1, shortcut=True):
         super().__init__()
         hidden = c_out // 2
         self.cv1 = Conv(c_in, hidden, 1)
         self.cv2 = Conv(c_in, hidden, 1)
         self.cv3 = Conv(2 * hidden, c_out, 1)
-        self.m = nn.Sequential(*(Bottleneck(hidden, shortcut) for _ in range(n)))
+        self.m = nn.Sequential(*(Bottleneck(hidden, shortcut) for _ in range(bottlenecks)))
 
     def forward(self, x):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
@@ -93,16 +88,15 @@ class Concat(nn.Module):
 
 
 def decode_boxes(raw, offsets, anchors, stride=1):
-    """Raw box outputs (..., 4) -> (x, y, w, h). The centre is the cell's corner (offsets, less 0.5)
-    plus 2 * sigmoid, so it may lie half a cell outside; the size is the anchor's times
-    (2 * sigmoid) ** 2, at most 4x. Unlike exp(), both stay bounded: early training is stable."""
+    """Raw box outputs (..., 4) -> (x, y, w, h): the cell's corner (offsets, less 0.5) plus
+    2 * sigmoid, and the anchor times (2 * sigmoid) ** 2. Bounded, unlike exp(): stable training."""
     xy, wh = raw.sigmoid().split(2, -1)
     return torch.cat(((xy * 2 + offsets) * stride, (wh * 2) ** 2 * anchors), -1)
 
 
 class Detect(nn.Module):
-    """A 1x1 conv per output level to na * (5 + nc) numbers a cell: per anchor a box, objectness and
-    class scores. In eval mode it also decodes them into boxes in pixels."""
+    """A 1x1 conv per level to na * (5 + nc) numbers a cell: per anchor a box, objectness and class
+    scores; in eval mode also decoded into boxes in pixels."""
     def __init__(self, nc, anchors, channels, strides):
         super().__init__()
         if not len(anchors) == len(channels) == len(strides):
@@ -111,7 +105,7 @@ class Detect(nn.Module):
         self.no = nc + 5  # numbers per anchor: box (4), objectness, class scores
         self.nl = len(anchors)  # output levels
         self.na = len(anchors[0]) // 2  # anchors per level
-        self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in channels)
+        self.m = nn.ModuleList(nn.Conv2d(c_in, self.na * self.no, 1) for c_in in channels)
         stride = torch.tensor(strides, dtype=torch.float32)
         self.register_buffer('stride', stride, persistent=False)
         self.register_buffer('anchors', torch.zeros(self.nl, self.na, 2))  # in grid units
@@ -157,12 +151,12 @@ class Detect(nn.Module):
         return raw if self.training else (torch.cat(decoded, 1), raw)
 
 
-# ---------------------------------------------------------------------------------- the layers
-# An architecture is a function giving the rows (from, layer) of its table at a scale: width(c)
-# is c channels at that scale, depth(n) a C3's bottlenecks. "from" is -1 (the layer before) or a
+# ---------------------------------------- the layers
+# An architecture is a function giving the rows (from, layer) of its table at a scale: width(64)
+# is 64 channels at that scale, depth(3) 3 bottlenecks. "from" is -1 (the layer before) or a
 # list of layer numbers. Edit a row to try your own block; add rows and a Detect input for a level.
-def p5_layers(width, depth, nc, anchors):
-    """yolov5s.yaml: the backbone (0-9), the top-down path (10-17), the bottom-up path (18-23)."""
+def first_layers(width, depth):
+    """Layers 0-6 of both tables: down to P4/16."""
     return [
         (-1, Conv(3, width(64), 6, 2, 2)),                       # 0: P1/2
         (-1, Conv(width(64), width(128), 3, 2)),                 # 1: P2/4
@@ -171,6 +165,12 @@ def p5_layers(width, depth, nc, anchors):
         (-1, C3(width(256), width(256), depth(6))),              # 4
         (-1, Conv(width(256), width(512), 3, 2)),                # 5: P4/16
         (-1, C3(width(512), width(512), depth(9))),              # 6
+    ]
+
+
+def p5_layers(width, depth, nc, anchors):
+    """yolov5s.yaml: the backbone (0-9), the top-down path (10-17), the bottom-up path (18-23)."""
+    return first_layers(width, depth) + [
         (-1, Conv(width(512), width(1024), 3, 2)),               # 7: P5/32
         (-1, C3(width(1024), width(1024), depth(3))),            # 8
         (-1, SPPF(width(1024), width(1024))),                    # 9
@@ -195,14 +195,7 @@ def p5_layers(width, depth, nc, anchors):
 
 def p6_layers(width, depth, nc, anchors):
     """yolov5s6.yaml: P5's, with P6/64 added to the backbone and both paths."""
-    return [
-        (-1, Conv(3, width(64), 6, 2, 2)),                       # 0: P1/2
-        (-1, Conv(width(64), width(128), 3, 2)),                 # 1: P2/4
-        (-1, C3(width(128), width(128), depth(3))),              # 2
-        (-1, Conv(width(128), width(256), 3, 2)),                # 3: P3/8
-        (-1, C3(width(256), width(256), depth(6))),              # 4
-        (-1, Conv(width(256), width(512), 3, 2)),                # 5: P4/16
-        (-1, C3(width(512), width(512), depth(9))),              # 6
+    return first_layers(width, depth) + [
         (-1, Conv(width(512), width(768), 3, 2)),                # 7: P5/32
         (-1, C3(width(768), width(768), depth(3))),              # 8
         (-1, Conv(width(768), width(1024), 3, 2)),               # 9: P6/64
@@ -242,28 +235,15 @@ ANCHORS = {'p5': [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
                   [140, 301, 303, 264, 238, 542], [436, 615, 739, 380, 925, 792]]}
 
 
-def parse_cfg(cfg):
-    """--cfg as (scale, architecture): yolov5s.yaml or s -> ('s', 'p5'), yolov5s6.yaml -> ('s',
-    'p6'), yolov5s-p2.yaml -> ('s', 'p2') for a table 'p2' in ARCHITECTURES. Raises ValueError."""
-    name = Path(cfg).stem.removeprefix('yolov5')
-    arch = name[1:].lstrip('-')
-    arch = {'': 'p5', '6': 'p6'}.get(arch, arch)
-    if name[:1] not in SCALES or arch not in ARCHITECTURES:
-        suffixes = {'p5': '', 'p6': '6'}
-        known = [f'yolov5{s}{suffixes.get(a, "-" + a)}' for a in ARCHITECTURES for s in SCALES]
-        raise ValueError(f'{cfg!r} is not a model of model.py: {", ".join(known)} (.yaml)')
-    return name[0], arch
-
-
 class YOLOv5(nn.Module):
-    """The network of one architecture (a table above) at one scale. config() is what it was built
-    from: checkpoints hold it, and whatever reads a checkpoint builds the model from it."""
+    """One architecture (a table above) at one scale. config() is what it was built from:
+    checkpoints hold it, and their readers build the model from it."""
 
     def __init__(self, scale='n', nc=80, names=None, anchors=None, arch='p5'):
         super().__init__()
         if isinstance(scale, str):  # 'n' ... 'x', or 'n6' ... 'x6' for P6
             if len(scale) > 1:
-                scale, arch = parse_cfg(scale)
+                scale, arch = parse_cfg(scale, SCALES, ARCHITECTURES)
             scale = SCALES[scale]
         depth_multiple, width_multiple = scale
 
@@ -299,14 +279,15 @@ class YOLOv5(nn.Module):
     def forward(self, x):
         outputs = []  # by layer number (None where no later layer takes it)
         for i, (source, layer) in enumerate(zip(self.sources, self.model)):
-            x = layer(x if source == -1 else [outputs[j] if j != -1 else x for j in source])
+            inputs = x if source == -1 else [outputs[number] if number != -1 else x
+                                             for number in source]
+            x = layer(inputs)
             outputs.append(x if i in self.kept else None)
         return x
 
     def forward_augment(self, x):
-        """Test-time augmentation: x at scales 1, 0.83 (flipped) and 0.67, boxes mapped back to x
-        and pooled for NMS. The full size leaves out its coarsest level and the smallest its finest: the
-        largest and smallest objects there, which the other scales see better."""
+        """Test-time augmentation: x at scales 1, 0.83 (flipped) and 0.67, boxes pooled for NMS.
+        Full size leaves out its coarsest level, the smallest its finest: others see them better."""
         out = []
         for ratio, flip in ((1, False), (0.83, True), (0.67, False)):
             y, raw = self(rescale(x.flip(3) if flip else x, ratio, self.max_stride))
@@ -323,73 +304,48 @@ class YOLOv5(nn.Module):
     @torch.no_grad()
     def fuse(self):
         """Folds each BatchNorm into the conv before it: same outputs, fewer operations."""
-        for m in [m for m in self.modules() if isinstance(m, Conv) and hasattr(m, 'bn')]:
-            scale = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)
-            m.conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            m.conv.bias = nn.Parameter(m.bn.bias - m.bn.running_mean * scale)
-            del m.bn
+        for block in list(self.modules()):  # (a list: the loop removes modules)
+            if not isinstance(block, Conv) or not hasattr(block, 'bn'):
+                continue
+            scale = block.bn.weight / torch.sqrt(block.bn.running_var + block.bn.eps)
+            block.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            block.conv.bias = nn.Parameter(block.bn.bias - block.bn.running_mean * scale)
+            del block.bn
         return self
 
 
-# ---------------------------------------------------------------------------------- checkpoints
-def first_difference(model, weights):
-    """Where a state dict does not fit model, in words: the first layer that differs (or None)."""
-    own = model.state_dict()
-
-    def layer_number(key):
-        part = key.split('.')[1:2]
-        return int(part[0]) if part and part[0].isdigit() else -1
-    for key in sorted(own.keys() | weights.keys(), key=lambda k: (layer_number(k), k)):
-        ours = tuple(own[key].shape) if key in own else 'missing'
-        theirs = tuple(weights[key].shape) if key in weights else 'missing'
-        if ours != theirs:
-            i = layer_number(key)
-            layer = type(model.model[i]).__name__ if 0 <= i < len(model.model) else 'none'
-            return f'layer {i} ({layer}) differs: {key} is {theirs} there, {ours} in model.py'
-    return None
-
-
+# ---------------------------------------- checkpoints
 def from_config(config, weights, source):
-    """YOLOv5(**config) with a state dict loaded. What this model.py cannot build or load (say, a
-    checkpoint of an edited model) raises ValueError naming source and the layer."""
+    """YOLOv5(**config) with a state dict; a ValueError naming the layer if they do not fit."""
     if config.get('arch', 'p5') not in ARCHITECTURES:
         raise ValueError(f'{source}: arch {config["arch"]!r} is not an architecture of model.py')
     try:
         model = YOLOv5(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f'{source}: model.py cannot build the model it describes ({e})') from None
-    difference = first_difference(model, weights)
+    difference = first_difference(model.state_dict(), weights)  # (layer number, what differs)
     if difference:
-        raise ValueError(f'{source}: weights do not fit the model they describe: {difference}')
+        i, what = difference
+        layer = type(model.model[i]).__name__ if 0 <= i < len(model.model) else 'none'
+        raise ValueError(f'{source}: weights do not fit the model they describe: layer {i} '
+                         f'({layer}) differs: {what}')
     model.load_state_dict(weights)
     return model
 
 
-def transfer(model, weights, skip=()):
-    """Loads each tensor of weights whose name and shape fit model (none named in skip): an edited
-    block starts from scratch, the rest from the weights. Returns how many."""
-    own = model.state_dict()
-    fits = {k: v for k, v in weights.items()
-            if k in own and v.shape == own[k].shape and not any(s in k for s in skip)}
-    model.load_state_dict(fits, strict=False)
-    return len(fits)
-
-
 def load_model(path, device='cpu', fuse=False):
-    """The model a checkpoint describes, in eval mode: an official yolov5*.pt (downloaded if
-    missing, read without the original's code or running its pickle) or one of ours. Raises
-    ValueError or FileNotFoundError."""
+    """The model of a checkpoint, official (downloaded if missing; nothing in its pickle runs) or
+    ours, in eval mode. Raises ValueError or FileNotFoundError."""
     config, weights = read_checkpoint(path)
     model = from_config(config, weights, path).to(device).eval()
     return model.fuse() if fuse else model
 
 
-# ---------------------------------------------------------------------------------- inference
+# ---------------------------------------- inference
 @torch.inference_mode()
 def predict(model, imgs, dtype=None, augment=False):
-    """Yields (decoded predictions, raw maps) chunk by chunk, in mixed precision with a 16-bit
-    dtype. On CPU chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic), same outputs.
-    augment: test-time augmentation (no raw maps)."""
+    """Yields (decoded predictions, raw maps) a chunk at a time, in a 16-bit dtype if given. On CPU
+    chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic)."""
     for chunk in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs)):
         with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
             yield model.forward_augment(chunk) if augment else model(chunk)
@@ -399,10 +355,10 @@ def rescale(x, ratio, stride):
     """Images x resized by ratio, padded right and bottom to a multiple of stride with grey."""
     if ratio == 1:
         return x
-    h, w = (int(size * ratio) for size in x.shape[2:])
-    pad_h = math.ceil(x.shape[2] * ratio / stride) * stride - h
-    pad_w = math.ceil(x.shape[3] * ratio / stride) * stride - w
-    x = nn.functional.interpolate(x, size=(h, w), mode='bilinear', align_corners=False)
+    height, width = (int(size * ratio) for size in x.shape[2:])
+    pad_h = math.ceil(x.shape[2] * ratio / stride) * stride - height
+    pad_w = math.ceil(x.shape[3] * ratio / stride) * stride - width
+    x = nn.functional.interpolate(x, size=(height, width), mode='bilinear', align_corners=False)
     return nn.functional.pad(x, [0, pad_w, 0, pad_h], value=0.447)  # 114 / 255
 
 

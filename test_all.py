@@ -1256,7 +1256,7 @@ def test_single_class_and_frozen_backbone(tmp_path):
 
 def test_cache_ram_refuses_what_memory_cannot_hold(tmp_path, monkeypatch):
     root, _ = rectangles_dataset(tmp_path)
-    monkeypatch.setattr(data, 'available_memory', lambda: 100_000)
+    monkeypatch.setattr(support.datasets, 'available_memory', lambda: 100_000)
     with pytest.raises(ValueError, match=r'--cache ram needs 0.0 GB for 6 images at --img 640, but 0.0 GB are free'):
         data.YOLODataset(root, 640, cache='ram', nc=18)
 
@@ -2584,10 +2584,10 @@ def test_every_original_hyp_file_is_read(tmp_path, capsys):
         text = '# YOLOv5 hyperparameters\n\n' + ''.join(f'{k}: {v}  # {k}\n' for k, v in hyp.items())
         (tmp_path / name).write_text(text)
         opt = T.parse_args(['--hyp', str(tmp_path / name)])
-        used = {k: v for k, v in hyp.items() if k not in T.NOT_USED}
+        used = {k: v for k, v in hyp.items() if k not in support.cli.NOT_USED}
         assert dict(opt.hyp) == used and set(used) <= set(T.HYP)
         err = capsys.readouterr().err  # the keys not used here are named, with why
-        assert all(f'{name}: {k} is not used' in err for k in hyp if k in T.NOT_USED) and 'iou_t' in err
+        assert all(f'{name}: {k} is not used' in err for k in hyp if k in support.cli.NOT_USED) and 'iou_t' in err
     opt = T.parse_args(['--hyp', str(tmp_path / 'hyp.VOC.yaml'), 'lr0=0.5'])  # KEY=VALUE after a file overrides it
     assert dict(opt.hyp)['lr0'] == 0.5 and dict(opt.hyp)['mixup'] == 0.04266
     (tmp_path / 'bad.yaml').write_text('lr0: 0.01\nlr9: 2\n')

@@ -1,19 +1,16 @@
 """
-Train or validate YOLOv5, the entry point beside detect.py:
+Train or validate YOLOv5, an entry point beside detect.py:
   python train.py --data coco128.yaml --weights yolov5n.pt --img 640 --epochs 100
   torchrun --nproc_per_node 2 train.py --data ... --device 0,1   (DDP: NCCL on GPUs, gloo on CPU)
-  python train.py --val-only --weights yolov5n.pt --data coco128.yaml --batch 32
-Owns the hyperparameters, the training loop (warmup, LR schedule, gradient accumulation, mixed
-precision, EMA, checkpoints, resume, early stopping), autoanchor, and validation with YOLOv5's
-metrics. Runs go to runs/train/exp, exp2, ... In a notebook: training_data().
+  python train.py --val-only --weights yolov5n.pt --data coco128.yaml
+The hyperparameters, the training loop, autoanchor, and validation with YOLOv5's metrics.
 """
-import argparse
 import math
 import os
 import sys
 import time
 from copy import deepcopy
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -25,30 +22,28 @@ import torch.nn as nn
 from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
 from export import load_any
 from loss import YOLOLoss, shape_ratio
-from model import YOLOv5, from_config, non_max_suppression, parse_cfg, predict, scale_boxes
-from model import transfer
+from model import ARCHITECTURES, SCALES, YOLOv5, from_config, non_max_suppression, predict
+from model import scale_boxes
 from support.checkpoints import checked_config, config_of, read_checkpoint, save_checkpoint
-from support.checkpoints import strip_checkpoint, to_cpu
-from support.cli import amp_choice, check_img_size, clock, half_dtype, memory_used, or_exit
+from support.checkpoints import strip_checkpoint, to_cpu, transfer
+from support.cli import Stopwatch, check_img_size, half_dtype, memory_used, mixed_precision, or_exit
+from support.cli import parse_cfg
 from support.cli import print_progress, select_device, train_args
 from support.data_yaml import data_spec, is_coco
 from support.datasets import label_path, read_names, xywh2xyxy
 from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
 from support.results import coco_records, save_coco_json, trim_results, write_results
-from support.runs import pick_run, removed_if_unstarted, run_dir, run_under_torchrun, stop_run
+from support.runs import join_process_group, pick_run, removed_if_unstarted, run_dir
+from support.runs import finite_everywhere, run_under_torchrun, stop_run
 
 # hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations in data.py. Change
 # them on the command line: --hyp lr0=0.02 mosaic=0.5, or an original file: --hyp hyp.VOC.yaml
 HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,  # SGD; final lr: lr0 * lrf
            warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
-           nbs=64,                                              # gradients accumulate to it
+           nbs=64,  # the nominal batch: gradients accumulate to it
            box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,  # loss gains, BCE weights
-           anchor_t=4.0,                                        # label-anchor shape limit
-           fl_gamma=0.0, label_smoothing=0.0, **AUG)            # focal loss gamma (0: BCE)
-# keys of the original's hyp files that are not used here, and why
-NOT_USED = dict(iou_t='unused by the original too',
-                anchors='3 anchors per level here, refitted by autoanchor if poor',
-                copy_paste='it pastes segments: polygon labels are read as boxes here')
+           anchor_t=4.0,  # the label-anchor shape limit
+           fl_gamma=0.0, label_smoothing=0.0, **AUG)  # focal loss gamma (0: BCE)
 RANK = int(os.getenv('RANK', -1))  # set by torchrun: this process among all; -1 without it
 LOCAL_RANK = int(os.getenv('LOCAL_RANK', -1))  # this process on its machine
 WORLD_SIZE = int(os.getenv('WORLD_SIZE', 1))
@@ -65,10 +60,9 @@ def fitness(results):
     return 0.1 * results.get('metrics/mAP_0.5', 0) + 0.9 * results.get('metrics/mAP_0.5:0.95', 0)
 
 
-# ---------------------------------------------------------------------------------- training
+# ---------------------------------------- training
 class Trainer:
-    """One training run. __init__ sets it up (or restores it from last.pt); fit() runs the epochs:
-    train_epoch(), end_epoch() (validation, results.csv, checkpoints), and finish()."""
+    """One training run: __init__ sets it up (or restores it); fit() runs the epochs."""
 
     def __init__(self, opt):
         self.start_processes(opt)  # DDP first: the steps below broadcast and wait on each other
@@ -77,7 +71,7 @@ class Trainer:
             self.setup(opt, resumed)
 
     def setup(self, opt, resumed):
-        # The order matters: each step needs the ones before it.
+        # Each step needs the ones before it.
         self.opt = opt
         self.weights_dir = self.save_dir / 'weights'
         self.start_epoch = resumed['epoch'] + 1 if resumed else 0
@@ -102,15 +96,14 @@ class Trainer:
         self.model = model
         self.ddp_model = model  # what trains: under DDP its wrapper, which syncs the gradients
         if self.ddp:
-            # DDP copies rank 0's weights and buffers to all. static_graph: every step uses the same
-            # parameters, and a skipped step is skipped on all processes (finite())
+            # static_graph: every step uses the same parameters (a skipped one is skipped by all)
             gpus = [self.device] if self.device.type == 'cuda' else None
             self.ddp_model = nn.parallel.DistributedDataParallel(model, gpus, static_graph=True)
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
         self.last_saved = resumed['epoch'] if resumed else None  # the epoch last.pt holds
         self.held_back = None  # with --nosave: the last epoch, written if the run stops early
         self.bad_steps = 0  # non-finite steps in a row
-        self.results = {}  # of the latest validation, by name
+        self.results = {}  # the latest validation's
 
     def start_processes(self, opt):
         """Under torchrun: one process per GPU (NCCL), or per CPU share (gloo)."""
@@ -118,14 +111,8 @@ class Trainer:
         self.device = select_device(opt.device)  # under torchrun, this process's GPU of --device
         if self.device.type == 'cuda':  # else pinned memory makes a context on GPU 0 too
             torch.cuda.set_device(self.device)
-        if not self.ddp:
-            return
-        timeout = timedelta(hours=3)  # the others wait while rank 0 downloads, validates, saves
-        store, rank, world = next(dist.rendezvous('env://', timeout=timeout))
-        restart = os.getenv('TORCHELASTIC_RESTART_COUNT', 0)
-        store = dist.PrefixStore(f'restart{restart}', store)  # not the keys of the group before
-        backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        if self.ddp:
+            join_process_group(self.device)
 
     def setup_model_and_data(self, resumed):
         """The model (--freeze applied), the datasets and their loaders; returns the model."""
@@ -159,7 +146,7 @@ class Trainer:
         return model
 
     def setup_optimizer(self, model, resumed):
-        """Optimizer, EMA, mixed precision and, when resuming, their state."""
+        """Optimizer, EMA, mixed precision, and their state when resuming."""
         opt, hyp = self.opt, self.hyp
         # at least 100 iterations: tiny datasets warm up too
         self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)
@@ -167,15 +154,11 @@ class Trainer:
         decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
         self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # rank 0's
-        self.amp, why = amp_choice(self.device, opt.amp)
-        image = self.train_set.files[0]
-        if MAIN and self.amp and not amp_agrees(self.ema, image, opt.img, self.amp):
-            log(f'AMP: WARNING: {self.amp} outputs disagree with fp32 on {image}, training in fp32')
-            self.amp, why = None, 'the check above'
-        self.amp, why = self.from_rank0((self.amp, why))
-        scaling = ' with loss scaling' if self.amp == torch.float16 else ''  # bf16 has fp32's range
-        log(f'AMP: mixed precision training in {self.amp}{scaling} ({why})' if self.amp
-            else f'AMP: off, training in fp32 ({why})')
+        image = self.train_set.files[0]  # rank 0 checks the 16-bit outputs on it, once
+
+        def agrees(dtype):
+            return amp_agrees(self.ema, image, opt.img, dtype) if MAIN else True
+        self.amp = self.from_rank0(mixed_precision(self.device, opt.amp, agrees, image, MAIN))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_fitness = 0.0
         self.best_epoch = 0
@@ -199,8 +182,7 @@ class Trainer:
 
     def schedule(self, iteration):
         """Sets an iteration's learning rates and momentum; returns its gradient accumulation.
-        Warmup ramps linearly (bias lr from warmup_bias_lr down, the others from 0 up, momentum from
-        warmup_momentum, accumulation from 1 to nbs / batch) to the linear or cosine decay lf."""
+        Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0) to the decay lf."""
         hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters
         epoch = iteration // self.nb
         # After warmup, epoch e trains at lf(e - 1): the original steps its LambdaLR at the end of
@@ -213,8 +195,8 @@ class Trainer:
 
         def ramp(start, end):  # start at iteration 0, end once warmup is over
             return float(np.interp(min(iteration, warmup), [0, warmup], [start, end]))
-        for j, group in enumerate(self.optimizer.param_groups):
-            group['lr'] = ramp(hyp['warmup_bias_lr'] if j == 0 else 0.0, hyp['lr0'] * lf)
+        for number, group in enumerate(self.optimizer.param_groups):  # 0: the biases
+            group['lr'] = ramp(hyp['warmup_bias_lr'] if number == 0 else 0.0, hyp['lr0'] * lf)
             if 'momentum' in group:  # SGD (Adam keeps its betas)
                 group['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
         return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
@@ -243,7 +225,8 @@ class Trainer:
             if iteration - self.last_opt_step >= accumulate:
                 self.optimizer_step()
                 self.last_opt_step = iteration
-            mean_losses = {k: (mean_losses.get(k, 0) * i + v) / (i + 1) for k, v in terms.items()}
+            mean_losses = {name: (mean_losses.get(name, 0) * i + term) / (i + 1)
+                           for name, term in terms.items()}
             if MAIN:  # the training line, a value a name
                 line = {'Epoch': f'{epoch}/{opt.epochs - 1}', 'GPU_mem': memory_used(device),
                         **mean_losses, 'Instances': len(targets), 'Size': imgs.shape[-1]}
@@ -265,14 +248,9 @@ class Trainer:
         return nn.functional.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
 
     def finite(self, loss, paths):
-        """Whether the step may go on. A non-finite loss on any process skips it on all (else DDP's
-        all-reduce would hang), with a warning naming the files; 3 in a row stop the run."""
-        bad = (~loss.detach().isfinite()).float()
-        if bad:  # this process's batch (before the others' verdicts are added)
-            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}',
-                  file=sys.stderr)
-        if self.ddp:
-            dist.all_reduce(bad)
+        """Whether the step goes on: a non-finite loss on any process skips it on all (DDP would
+        hang), naming the files; 3 in a row stop the run."""
+        bad = not finite_everywhere(loss, paths, self.ddp)
         self.bad_steps = self.bad_steps + 1 if bad else 0
         if self.bad_steps >= 3:
             raise FloatingPointError(f'{self.bad_steps} steps in a row with a non-finite loss')
@@ -289,9 +267,8 @@ class Trainer:
             ema_update(self.ema, self.model, self.updates)
 
     def end_epoch(self, epoch, mean_losses):
-        """Validates the EMA, writes results.csv and the checkpoints (rank 0); returns whether to
-        stop early. An epoch that may end the run is validated and saved even with --noval or
-        --nosave; fitness equal to the best counts as better; --patience 0 never stops."""
+        """Validation, results.csv, checkpoints; returns whether to stop early. An epoch that may
+        end the run is validated and saved even with --noval or --nosave."""
         opt = self.opt
         patience = opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
@@ -302,12 +279,13 @@ class Trainer:
             self.best_fitness = fitness(self.results)
             self.best_epoch = epoch
         stop = epoch - self.best_epoch >= patience
-        tensors = [v for m in (self.model, self.ema) for v in m.state_dict().values()]
+        tensors = [*self.model.state_dict().values(), *self.ema.state_dict().values()]
         if not all(v.isfinite().all() for v in tensors):  # nothing written: last.pt stays good
             raise FloatingPointError('the weights are no longer finite')
-        rates = {f'x/lr{j}': group['lr'] for j, group in enumerate(self.optimizer.param_groups)}
-        row = {'epoch': epoch, **{f'train/{k}': float(v) for k, v in mean_losses.items()},
-               **self.results, **rates}  # results.csv's columns, by name
+        groups = self.optimizer.param_groups
+        rates = {f'x/lr{number}': group['lr'] for number, group in enumerate(groups)}
+        losses = {f'train/{name}': float(value) for name, value in mean_losses.items()}
+        row = {'epoch': epoch, **losses, **self.results, **rates}  # results.csv's, by name
         write_results(self.save_dir / 'results.csv', row)
         plot_results(self.save_dir / 'results.csv')
         state = self.checkpoint(epoch)
@@ -325,7 +303,7 @@ class Trainer:
         return stop
 
     def checkpoint(self, epoch):
-        """All --resume needs to go on exactly, and the model's config for every other reader."""
+        """All --resume needs, and the model's config for every reader."""
         return dict(epoch=epoch, best_fitness=float(self.best_fitness),
                     best_epoch=int(self.best_epoch), updates=self.updates,
                     last_opt_step=self.last_opt_step, model=self.model.state_dict(),
@@ -334,8 +312,7 @@ class Trainer:
                     date=datetime.now().isoformat(), config=self.model.config())
 
     def finish(self):
-        """Strips last.pt and best.pt to the fp16 EMA weights people ship, then validates best.pt,
-        fused, with the per-class table: the run's result."""
+        """Strips last.pt and best.pt to the fp16 EMA weights people ship; validates best.pt."""
         best = self.weights_dir / 'best.pt'
         strip_checkpoint(self.weights_dir / 'last.pt')
         if not best.exists():  # with --nosave it may never have been saved
@@ -380,9 +357,8 @@ class Trainer:
 
 
 def build_model(opt, resumed=None, data_names=None):
-    """last.pt's model when resuming. Else --cfg's architecture and scale (without --cfg the
-    weights', anchors too), --weights loaded where names and shapes fit. Its classes: --names,
-    else the data YAML's, else the weights', else COCO's."""
+    """last.pt's model; else --cfg's (or the weights', with their anchors) with --weights where they
+    fit. Classes: --names, else the data's, else the weights', else COCO's."""
     if resumed:
         config = checked_config(opt.resume, config_of(resumed))
         return from_config(config, resumed['model'], opt.resume)
@@ -395,7 +371,7 @@ def build_model(opt, resumed=None, data_names=None):
     if config and not opt.cfg:
         model = YOLOv5(**dict(config, nc=len(names), names=names))
     else:
-        scale, arch = parse_cfg(opt.cfg or 'n')
+        scale, arch = parse_cfg(opt.cfg or 'n', SCALES, ARCHITECTURES)
         model = YOLOv5(scale, len(names), names, arch=arch)
     if weights:  # with --cfg the model keeps its own anchors
         loaded = transfer(model, weights, skip=['anchors'] if opt.cfg else [])
@@ -423,8 +399,8 @@ def val_dataset(opt, data, names, stride, batch, rect=True):  # rect False: an O
 
 
 def training_data(data='coco128.yaml', img=640, batch=16, hyp=None, **flags):
-    """(dataset, loader) as `python train.py --data DATA --img IMG --batch BATCH` makes them, for a
-    notebook or pdb: HYP with hyp's values, other flags by name (rect=True, seed=1, ...)."""
+    """(dataset, loader) as `train.py --data DATA --img IMG --batch BATCH` makes them, for a
+    notebook: HYP with hyp's values, other flags by name (rect=True, seed=1, ...)."""
     opt = parse_args(['--data', str(data), '--img', str(img), '--batch', str(batch)])
     opt.workers = 0
     vars(opt).update(flags)
@@ -437,7 +413,7 @@ def training_data(data='coco128.yaml', img=640, batch=16, hyp=None, **flags):
 
 def make_optimizer(model, name, lr, momentum, decay):
     """Three groups: biases (no decay), conv weights (decay), normalization weights (no decay)."""
-    groups = [dict(params=[], weight_decay=d) for d in (0.0, decay, 0.0)]
+    groups = [dict(params=[], weight_decay=group_decay) for group_decay in (0.0, decay, 0.0)]
     for module in model.modules():
         is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
         for param_name, param in module.named_parameters(recurse=False):
@@ -459,16 +435,16 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
 
 
 def amp_agrees(model, image, size, dtype):
-    """Do all mixed-precision outputs of model (eval mode) agree with fp32 on a real image to 10%
-    (boxes as fractions of the image)? Some GPUs compute fp16 wrongly: fp32 there."""
+    """Whether all mixed-precision outputs agree with fp32 on a real image, to 10% (boxes as
+    fractions of the image)."""
     x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
     x = x.to(next(model.parameters()).device).float() / 255
-    fp32, mixed = (next(predict(model, x, d))[0] for d in (None, dtype))
+    fp32, mixed = (next(predict(model, x, kind))[0] for kind in (None, dtype))
     scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (fp32.shape[2] - 4), device=x.device)
     return bool(((fp32 - mixed).abs() / scale).max() < 0.1)
 
 
-# ---------------------------------------------------------------------------------- autoanchor
+# ---------------------------------------- autoanchor
 # Whether the anchors fit the dataset's boxes under the loss's shape test, and new anchors if they
 # do not: a setup step, for datasets whose boxes are unlike COCO's.
 def label_wh(dataset, img_size, jitter=None):
@@ -481,8 +457,8 @@ def label_wh(dataset, img_size, jitter=None):
 
 
 def anchor_metric(anchors, wh, thr):
-    """Per label and anchor their fit (1 / loss.shape_ratio: 1 is the same shape), each label's
-    best, the best possible recall (labels some anchor fits within thr) and anchors per label."""
+    """Fits (1 / shape_ratio) per label and anchor, each label's best, the best possible recall
+    and the anchors per label within thr."""
     fit = 1 / shape_ratio(wh, anchors)
     best = fit.max(1)[0]
     return fit, best, (best > 1 / thr).float().mean(), (fit > 1 / thr).float().sum(1).mean()
@@ -507,7 +483,7 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
     new = kmean_anchors(label_wh(dataset, img_size), count, anchor_fitness, seed=seed)
     _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
     print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} '
-          f'anchors past thr; anchors: ' + ', '.join(f'{round(w)},{round(h)}' for w, h in new))
+          'anchors past thr; anchors: ' + ', '.join('%.0f,%.0f' % tuple(anchor) for anchor in new))
     if new_bpr > bpr:
         detect.set_anchors(torch.tensor(new))
         print('AutoAnchor: Done, new anchors saved to the model')
@@ -515,9 +491,9 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
         print('AutoAnchor: Done, original anchors are better and are kept')
 
 
-def kmean_anchors(wh0, n, anchor_fitness, generations=1000, seed=0):
-    """n anchors (w, h) for label sizes wh0 (pixels): k-means (whitened), then a genetic search
-    that maximises anchor_fitness(anchors, label sizes); sorted by area."""
+def kmean_anchors(wh0, count, anchor_fitness, generations=1000, seed=0):
+    """count anchors (w, h) for label sizes wh0: k-means, then a genetic search maximising
+    anchor_fitness; sorted by area."""
     rng = np.random.default_rng(seed)
     small = (wh0 < 3.0).any(1).sum()
     if small:
@@ -526,11 +502,11 @@ def kmean_anchors(wh0, n, anchor_fitness, generations=1000, seed=0):
     spread = np.maximum(wh.std(0), 1e-6)  # whitened: width and height count alike
     points = wh / spread
     wh = torch.tensor(wh)
-    centres = points[rng.choice(len(points), n, replace=len(points) < n)]
+    centres = points[rng.choice(len(points), count, replace=len(points) < count)]
     for _ in range(30):  # Lloyd's iterations
         nearest = ((points[:, None] - centres[None]) ** 2).sum(2).argmin(1)
-        centres = np.array([points[nearest == j].mean(0) if (nearest == j).any() else centres[j]
-                            for j in range(n)])
+        centres = np.array([points[nearest == cluster].mean(0) if (nearest == cluster).any()
+                            else centres[cluster] for cluster in range(count)])
     anchors = centres * spread
     best = anchor_fitness(anchors, wh)
     for _ in range(generations):
@@ -548,17 +524,16 @@ def kmean_anchors(wh0, n, anchor_fitness, generations=1000, seed=0):
     return anchors[np.argsort(anchors.prod(1))]
 
 
-# ---------------------------------------------------------------------------------- validation
-def box_iou(a, b, eps=1e-7):
-    """IoU matrix of xyxy boxes a (n, 4) and b (m, 4)."""
-    (a1, a2), (b1, b2) = a[:, None].chunk(2, 2), b[None].chunk(2, 2)
+# ---------------------------------------- validation
+def box_iou(boxes1, boxes2, eps=1e-7):
+    """IoU matrix of xyxy boxes (n, 4) and (m, 4)."""
+    (a1, a2), (b1, b2) = boxes1[:, None].chunk(2, 2), boxes2[None].chunk(2, 2)
     inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(2)
     return inter / ((a2 - a1).prod(2) + (b2 - b1).prod(2) - inter + eps)
 
 
 def match_predictions(pred, label_cls, label_boxes, iouv):
-    """(predictions, IoU thresholds) bool: true positives; a label matches one prediction, best
-    IoU first."""
+    """True positives (predictions, IoU thresholds): a label matches one prediction, best first."""
     correct = np.zeros((len(pred), len(iouv)), bool)
     iou = box_iou(label_boxes, pred[:, :4])
     for i, threshold in enumerate(iouv):
@@ -572,10 +547,8 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
 
 
 def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
-    """One image into the confusion matrix (rows predicted, columns true, background last):
-    detections above conf and labels (class, xyxy) paired one to one at IoU > iou_thres, best
-    first. A detection is background only in an image where something was paired (the original's
-    counts)."""
+    """One image into the confusion matrix (rows predicted, columns true, background last): pairs
+    at IoU > iou_thres, best first. As the original's, background only where something paired."""
     background = len(matrix) - 1
     det = det[det[:, 4] > conf]
     iou = box_iou(labels[:, 1:], det[:, :4])
@@ -590,8 +563,8 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
     for i, true_class in enumerate(labels[:, 0].int().tolist()):
         found = paired_detections[paired_labels == i]
         matrix[classes[found[0]] if len(found) == 1 else background, true_class] += 1
-    for k, predicted in enumerate(classes if len(pairs) else []):
-        if k not in paired_detections:
+    for detection, predicted in enumerate(classes if len(pairs) else []):
+        if detection not in paired_detections:
             matrix[predicted, background] += 1
 
 
@@ -603,105 +576,103 @@ def smooth(y, fraction):
 
 
 def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
-    """Per class with labels: P and R at the confidence of the best mean F1, AP at 10 IoUs; the
-    curves of precision against recall (IoU 0.5) and of F1 against confidence."""
+    """Per class with labels: P and R at the confidence of the best mean F1, AP at 10 IoUs, and the
+    PR (IoU 0.5) and F1 curves."""
     order = np.argsort(-conf)
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)
     px = np.linspace(0, 1, 1000)  # confidences (and recalls) where the curves are sampled
     ap = np.zeros((len(classes), tp.shape[1]))
-    p, r, pr = np.zeros((3, len(classes), 1000))
-    for ci, c in enumerate(classes):
-        i = pred_cls == c
+    p_curve, r_curve, pr_curve = np.zeros((3, len(classes), 1000))  # against confidence, recall
+    for row, cls in enumerate(classes):
+        i = pred_cls == cls
         if not i.any():
             continue
         tpc = tp[i].cumsum(0)
         fpc = (1 - tp[i]).cumsum(0)
-        recall = tpc / (n_labels[ci] + eps)
+        recall = tpc / (n_labels[row] + eps)
         precision = tpc / (tpc + fpc)
-        r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)  # against the confidence
-        p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
-        for j in range(tp.shape[1]):  # COCO's 101-point area under the precision envelope
-            mrec = np.concatenate(([0.0], recall[:, j], [1.0]))
-            envelope = np.flip(np.concatenate(([1.0], precision[:, j], [0.0])))
+        r_curve[row] = np.interp(-px, -conf[i], recall[:, 0], left=0)
+        p_curve[row] = np.interp(-px, -conf[i], precision[:, 0], left=1)
+        for iou in range(tp.shape[1]):  # COCO's 101-point area under the precision envelope
+            mrec = np.concatenate(([0.0], recall[:, iou], [1.0]))
+            envelope = np.flip(np.concatenate(([1.0], precision[:, iou], [0.0])))
             mpre = np.flip(np.maximum.accumulate(envelope))
             points = np.linspace(0, 1, 101)
-            ap[ci, j] = np.trapezoid(np.interp(points, mrec, mpre), points)
-            if j == 0:  # the curve of IoU 0.5, for the plot
-                pr[ci] = np.interp(px, mrec, mpre)
-    f1 = 2 * p * r / (p + r + eps)
+            ap[row, iou] = np.trapezoid(np.interp(points, mrec, mpre), points)
+            if iou == 0:  # the curve at IoU 0.5, for the plot
+                pr_curve[row] = np.interp(px, mrec, mpre)
+    f1 = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
     best = smooth(f1.mean(0), 0.1).argmax()
-    return p[:, best], r[:, best], ap, classes.astype(int), n_labels, dict(px=px, pr=pr, f1=f1)
+    curves = dict(px=px, pr=pr_curve, f1=f1)
+    return p_curve[:, best], r_curve[:, best], ap, classes.astype(int), n_labels, curves
 
 
 def summarize(stats, names, verbose, plots_dir=None):
-    """YOLOv5's table (all classes; each with verbose) of the images' stats, the PR and F1 curves in
-    plots_dir; returns the metrics by name, as results.csv has them."""
+    """YOLOv5's table of the images' stats (each class with verbose), the PR and F1 curves; returns
+    the metrics by name."""
     row = '%22s' + '%11i' * 2 + '%11.3g' * 4
     seen = len(stats)
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
-    p, r, ap50, ap = (np.zeros(1) for _ in range(4))
+    precision, recall, ap50, ap = (np.zeros(1) for _ in range(4))
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')
     else:
-        p, r, ap, classes, n_labels, curves = ap_per_class(*stats)
+        precision, recall, ap, classes, n_labels, curves = ap_per_class(*stats)
         ap50 = ap[:, 0]
         ap = ap.mean(1)
-        log(row % ('all', seen, n_labels.sum(), p.mean(), r.mean(), ap50.mean(), ap.mean()))
-        for i, c in enumerate(classes if verbose and len(names) > 1 else []):
-            log(row % (names[c], seen, n_labels[i], p[i], r[i], ap50[i], ap[i]))
+        log(row % ('all', seen, n_labels.sum(), precision.mean(), recall.mean(), ap50.mean(),
+                   ap.mean()))
+        for i, cls in enumerate(classes if verbose and len(names) > 1 else []):
+            log(row % (names[cls], seen, n_labels[i], precision[i], recall[i], ap50[i], ap[i]))
         if plots_dir:
             f1 = smooth(curves['f1'].mean(0), 0.05)  # the mean F1 curve, as the original plots it
-            plot_pr_f1(curves, f1, [names[c] for c in classes], ap50.mean(), plots_dir)
-    return {'metrics/precision': float(p.mean()), 'metrics/recall': float(r.mean()),
+            plot_pr_f1(curves, f1, [names[cls] for cls in classes], ap50.mean(), plots_dir)
+    return {'metrics/precision': float(precision.mean()), 'metrics/recall': float(recall.mean()),
             'metrics/mAP_0.5': float(ap50.mean()), 'metrics/mAP_0.5:0.95': float(ap.mean())}
 
 
 @torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None,
              dtype=None, verbose=False, plots_dir=None, augment=False, records=None):
-    """Prints YOLOv5's validation table; returns the metrics by name (with loss_fn, the loss terms
-    too, as val/NAME). plots_dir gets the first batch's predictions, the confusion matrix and the
-    PR and F1 curves; augment: test-time augmentation; records: a list for COCO's JSON results."""
+    """Prints YOLOv5's validation table; returns the metrics (and loss terms) by name. plots_dir
+    gets the pictures; augment: test-time augmentation; records: a list for COCO JSON results."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
     stats = []  # per image: true positives at each IoU, confidences, classes, label classes
-    times = [0.0, 0.0, 0.0]  # seconds: pre-processing, inference, NMS
+    watch = Stopwatch(device)
     losses = {}
     confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
     for batch_index, (imgs, targets, paths, to_original) in enumerate(loader):
-        start = time.perf_counter()
+        watch.start()
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
-        loaded = clock(device)
+        watch.lap('pre-process')
         preds = []
         raws = []
-        nms_time = 0.0
         for pred, raw in predict(model, imgs, dtype, augment):  # NMS a chunk at a time
-            nms_start = clock(device)
+            watch.lap('inference')
             preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True,
                                          max_det=max_det)
-            nms_time += time.perf_counter() - nms_start
+            watch.lap('NMS')
             if loss_fn:
                 raws.append(raw)
-        steps = (loaded - start, time.perf_counter() - loaded - nms_time, nms_time)
-        times = [total + step for total, step in zip(times, steps)]
         if loss_fn:
-            terms = loss_fn([torch.cat(r) for r in zip(*raws)], targets)[1]
-            losses = {k: losses.get(k, 0) + v for k, v in terms.items()}
+            terms = loss_fn([torch.cat(level) for level in zip(*raws)], targets)[1]
+            losses = {name: losses.get(name, 0) + term for name, term in terms.items()}
         if plots_dir and batch_index == 0:
-            shown = [p[p[:, 4] > 0.25].cpu() for p in preds]
+            shown = [pred[pred[:, 4] > 0.25].cpu() for pred in preds]
             picture = plots_dir / 'val_batch0_pred.jpg'
             plot_batch((imgs * 255).byte().cpu(), targets.cpu(), names, picture, shown)
-        h, w = imgs.shape[2:]
-        targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)  # labels in pixels
+        height, width = imgs.shape[2:]
+        targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # pixels
         for i, pred in enumerate(preds):  # compared in the original image's pixels, as YOLOv5
             labels = targets[targets[:, 0] == i, 1:]
-            label_boxes = scale_boxes(xywh2xyxy(labels[:, 1:5]), (h, w), *to_original[i])
+            label_boxes = scale_boxes(xywh2xyxy(labels[:, 1:5]), imgs.shape[2:], *to_original[i])
             labels = torch.cat((labels[:, :1], label_boxes), 1)
-            boxes = scale_boxes(pred[:, :4].clone(), (h, w), *to_original[i])
+            boxes = scale_boxes(pred[:, :4].clone(), imgs.shape[2:], *to_original[i])
             pred = torch.cat((boxes, pred[:, 4:]), 1)
             if plots_dir:
                 confusion_add(confusion, pred, labels)
@@ -713,26 +684,15 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
     metrics = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
         save_confusion_matrix(confusion, names, plots_dir)
-    pre, inference, nms = (t * 1e3 / max(len(stats), 1) for t in times)
-    log(f'Speed: {pre:.1f}ms pre-process, {inference:.1f}ms inference, {nms:.1f}ms NMS per image '
-        f'at shape ({loader.batch_size}, 3, {imgs.shape[2]}, {imgs.shape[3]})')
+    log(watch.speed(len(stats), (loader.batch_size, 3, *imgs.shape[2:])))
     batches = max(len(loader), 1)
-    return metrics | {f'val/{k}': float(v) / batches for k, v in losses.items()}
+    return metrics | {f'val/{name}': float(term) / batches for name, term in losses.items()}
 
 
-# ---------------------------------------------------------------------------------- command line
-def model_cfg(text):  # --cfg's type: 'yolov5s.yaml' -> 's', 'yolov5s6.yaml' -> 's6', '' none
-    try:
-        if text:
-            parse_cfg(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return Path(text).stem.removeprefix('yolov5')
-
-
+# ---------------------------------------- command line
 def parse_args(argv=None):
     """train.py's flags, the original's (support/cli.py lists them); --hyp takes HYP's keys."""
-    return train_args(argv, HYP, NOT_USED, model_cfg, WORLD_SIZE, __doc__)
+    return train_args(argv, HYP, (SCALES, ARCHITECTURES), WORLD_SIZE, __doc__)
 
 
 def run_val_only(opt):

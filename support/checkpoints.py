@@ -144,6 +144,29 @@ def read_checkpoint(path):
     return checked_config(path, config), checked_weights(path, weights)
 
 
+def first_difference(own, weights):
+    """The first layer (by number, in model.N. keys) where the state dict weights differs from own: (its number, what
+    differs, in words), or None if it fits."""
+    def layer_number(key):
+        part = key.split('.')[1:2]
+        return int(part[0]) if part and part[0].isdigit() else -1
+    for key in sorted(own.keys() | weights.keys(), key=lambda k: (layer_number(k), k)):
+        ours = tuple(own[key].shape) if key in own else 'missing'
+        theirs = tuple(weights[key].shape) if key in weights else 'missing'
+        if ours != theirs:
+            return layer_number(key), f'{key} is {theirs} there, {ours} in model.py'
+    return None
+
+
+def transfer(model, weights, skip=()):
+    """Loads each tensor of weights whose name and shape fit model (none named in skip): an edited block starts from
+    scratch, the rest from the weights. Returns how many."""
+    own = model.state_dict()
+    fits = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape and not any(s in k for s in skip)}
+    model.load_state_dict(fits, strict=False)
+    return len(fits)
+
+
 def save_checkpoint(ckpt, path):
     """ckpt written to path atomically; a failed write ends the run, saying what path still holds."""
     try:

@@ -115,6 +115,20 @@ def amp_choice(device, amp='auto'):
     return None, 'auto: this CPU has no AMX, where bf16 is slower than fp32'
 
 
+def mixed_precision(device, amp, agrees, image, verbose=True):
+    """--amp's 16-bit type (None: fp32), and the AMP line that says why. agrees(dtype): whether the model's outputs
+    in dtype agree with fp32 on image (some GPUs compute fp16 wrongly: fp32 there)."""
+    dtype, why = amp_choice(device, amp)
+    if dtype and not agrees(dtype):
+        print(f'AMP: WARNING: {dtype} outputs disagree with fp32 on {image}, training in fp32')
+        dtype, why = None, 'the check above'
+    scaling = ' with loss scaling' if dtype == torch.float16 else ''  # bf16 has fp32's range: no scaling
+    if verbose:
+        print(f'AMP: mixed precision training in {dtype}{scaling} ({why})' if dtype else
+              f'AMP: off, training in fp32 ({why})', flush=True)
+    return dtype
+
+
 def half_dtype(device):
     """--half's 16-bit type: --amp auto's (None, fp32, where 16 bits would be slower)."""
     return amp_choice(device)[0]
@@ -126,6 +140,30 @@ def clock(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+class Stopwatch:
+    """Seconds spent per step (pre-process, inference, NMS), each read once the device has done its work, and the
+    original's Speed line of them."""
+    def __init__(self, device):
+        self.device = device
+        self.totals = {}
+        self.last = time.perf_counter()
+
+    def start(self):
+        self.last = time.perf_counter()
+
+    def lap(self, step):
+        """Ends step (begun at the last lap or start); returns its seconds."""
+        now = clock(self.device)
+        seconds = now - self.last
+        self.totals[step] = self.totals.get(step, 0.0) + seconds
+        self.last = now
+        return seconds
+
+    def speed(self, images, shape):
+        steps = ', '.join(f'{seconds * 1e3 / max(images, 1):.1f}ms {step}' for step, seconds in self.totals.items())
+        return f'Speed: {steps} per image at shape {shape}'
 
 
 def select_device(device='', local_rank=None):
@@ -172,17 +210,45 @@ def weights_file(text):
 
 # ---------------------------------------------------------------------------------------------- the scripts' flags
 # The original's flags and defaults. train.py and detect.py call these with what only they know.
-def train_args(argv, hyp, not_used, cfg_type, world_size=1, doc=''):
-    """train.py's options. hyp: the keys --hyp may set (not_used: keys of the original's hyp files that are reported and
-    left out); cfg_type: --cfg's argparse type (model.py's architectures); world_size: torchrun's processes."""
+# keys of the original's hyp files that are not used here, and why
+NOT_USED = dict(iou_t='unused by the original too', anchors='3 anchors per level here, refitted by autoanchor if poor',
+                copy_paste='it pastes segments: polygon labels are read as boxes here')
+
+
+def parse_cfg(cfg, scales, architectures):
+    """A model's name (--cfg) as (scale, architecture), of model.py's SCALES and ARCHITECTURES: yolov5s.yaml or s ->
+    ('s', 'p5'), yolov5s6.yaml -> ('s', 'p6'), yolov5s-p2.yaml -> ('s', 'p2') for an architecture 'p2'."""
+    name = os.path.splitext(os.path.basename(cfg))[0].removeprefix('yolov5')
+    arch = name[1:].lstrip('-')
+    arch = {'': 'p5', '6': 'p6'}.get(arch, arch)
+    if name[:1] not in scales or arch not in architectures:
+        raise ValueError(f'{cfg!r} is not a model of model.py (yolov5s.yaml, yolov5s6.yaml, ...)')
+    return name[0], arch
+
+
+def model_cfg(scales, architectures):
+    """--cfg's argparse type: 'yolov5s.yaml' -> 's', 'yolov5s6.yaml' -> 's6'."""
+    def parse(text):
+        try:
+            if text:
+                parse_cfg(text, scales, architectures)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return os.path.splitext(os.path.basename(text))[0].removeprefix('yolov5')
+    return parse
+
+
+def train_args(argv, hyp, models, world_size=1, doc=''):
+    """train.py's options. hyp: the keys --hyp may set; models: model.py's (SCALES, ARCHITECTURES), for --cfg;
+    world_size: torchrun's processes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
-    p.add_argument('--cfg', type=cfg_type, default='', help='model: yolov5s.yaml, yolov5s6.yaml, s ...')
+    p.add_argument('--cfg', type=model_cfg(*models), default='', help='model: yolov5s.yaml, yolov5s6.yaml, s ...')
     p.add_argument('--data', default='coco128.yaml', help='data YAML, dataset root, images or .txt')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
     p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
     p.add_argument('--names', type=existing_file, help='class names, one a line')
-    p.add_argument('--hyp', nargs='*', type=key_number(hyp, not_used), default=[], metavar='KEY=VALUE or FILE.yaml',
+    p.add_argument('--hyp', nargs='*', type=key_number(hyp, NOT_USED), default=[], metavar='KEY=VALUE or FILE.yaml',
                    help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
     p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')

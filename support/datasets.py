@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import re
 import sys
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import cv2
@@ -182,6 +183,26 @@ def check_cache_ram(need, free, n, img_size):
     if need > (free or math.inf):
         raise ValueError(f'--cache ram needs {need / 1e9:.1f} GB for {n} images at --img {img_size}, but '
                          f'{free / 1e9:.1f} GB are free: leave out --cache, or lower --img')
+
+
+def loader_workers(workers, batch_size, world_size=1, cpu=False):
+    """A loader's worker processes: workers, or if None up to 8 beside a GPU and, beside a CPU that computes (cpu),
+    the cores its threads leave: none on 2 cores (measured: there they slow the steps more than they help). Never more
+    than the batch or this process's share of the cores, as the original."""
+    if workers is None:
+        workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
+    return min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
+
+
+def preload(load, n, need, img_size, prefix=''):
+    """--cache ram: images 0 to n - 1 decoded now by load(i), in threads (OpenCV lets go of the GIL); refused, with the
+    figures, if they need more bytes than memory has free."""
+    check_cache_ram(need, available_memory(), n, img_size)
+    with ThreadPool(min(8, os.cpu_count() * 2)) as pool:
+        images = pool.map(load, range(n))
+    megabytes = sum(x[0].nbytes for x in images if x[0] is not None) / 2 ** 20
+    print(f'{prefix}Cached {n} images in RAM ({megabytes:.0f} MB)')
+    return images
 
 
 def load_labels(img_files, nc, prefix='', single_cls=False):

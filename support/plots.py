@@ -131,7 +131,8 @@ def plot_results(csv_path):
 
 def save_confusion_matrix(matrix, names, folder):
     plot_confusion_matrix(matrix, names, folder / 'confusion_matrix.png')
-    header = f'# rows: predicted, columns: true class, in the order: {", ".join(names)}, background (conf 0.25, IoU 0.45)\n'
+    order = ', '.join(names)
+    header = f'# rows: predicted, columns: true class, in the order: {order}, background (conf 0.25, IoU 0.45)\n'
     rows = ''.join(','.join(f'{v:.0f}' for v in row) + '\n' for row in matrix)
     try:
         save_text(header + rows, folder / 'confusion_matrix.csv')

@@ -7,11 +7,34 @@ import contextlib
 import itertools
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from support.checkpoints import read_run_checkpoint
+
+
+def join_process_group(device):
+    """This process into torchrun's group: NCCL on GPUs, gloo on CPUs. The others wait up to 3 hours, as the original's,
+    while rank 0 downloads, validates or saves; a restarted group reads none of the keys of the group before it."""
+    timeout = timedelta(hours=3)
+    store, rank, world = next(dist.rendezvous('env://', timeout=timeout))
+    store = dist.PrefixStore(f'restart{os.getenv("TORCHELASTIC_RESTART_COUNT", 0)}', store)
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def finite_everywhere(loss, paths, ddp):
+    """Whether the loss is finite on every process (under DDP a step is skipped by all, or all-reduce hangs); a
+    non-finite one is reported with its batch's files."""
+    bad = (~loss.detach().isfinite()).float()
+    if bad:  # this process's batch (before the others' verdicts are added)
+        print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
+    if ddp:
+        dist.all_reduce(bad)
+    return not bad
 
 
 def run_dir(project, name, exist_ok=False):

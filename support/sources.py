@@ -5,6 +5,7 @@ frame by frame; each frame's label file, crops and boxes drawn; Ctrl-C that ends
 import glob
 import os
 import signal
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -13,7 +14,7 @@ import cv2
 import torch
 
 from support.datasets import IMAGE_EXTS, xywh2xyxy, xyxy2xywh
-from support.files import save_image, save_text
+from support.files import WriteError, save_image, save_text
 from support.plots import PALETTE, draw_box
 
 
@@ -127,6 +128,31 @@ def save_crop(img, xyxy, path):
     while new.exists():
         new, n = path.with_stem(f'{path.stem}{n}'), n + 1
     return save_image(crop, new)
+
+
+class VideoFile:
+    """An annotated video, written frame by frame to a temporary file that close() renames into place (after Ctrl-C
+    too): path never holds half a video."""
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f'{self.path.stem}.{os.getpid()}.tmp.mp4')  # .mp4: OpenCV's container
+        self.writer = None
+
+    def write(self, frame, fps):
+        if self.writer is None:  # the size and rate of the first frame
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*'mp4v'), fps, frame.shape[1::-1])
+            if not self.writer.isOpened():
+                raise WriteError(self.path, 'OpenCV cannot write a video there')
+        self.writer.write(frame)
+
+    def close(self):
+        if self.writer is not None and self.writer.isOpened():
+            self.writer.release()
+            try:
+                os.replace(self.tmp, self.path)
+            except OSError as e:
+                self.tmp.unlink(missing_ok=True)
+                print(f'ERROR: {self.path}: cannot save ({e.strerror})', file=sys.stderr)
 
 
 def stop_on_ctrl_c():
