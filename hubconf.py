@@ -193,9 +193,12 @@ def _official(scale, pretrained=True, channels=3, classes=80, autoshape=True, de
         raise ValueError('this YOLOv5 takes 3-channel images')
     if pretrained and classes == 80:
         return custom(f'yolov5{scale}.pt', autoshape, device)
-    model = YOLOv5(scale, classes)  # new classes: the official weights wherever their shapes fit (all but the head)
-    if pretrained:
-        transfer(model, read_checkpoint(f'yolov5{scale}.pt')[1])
+    if pretrained:  # new classes: the official model, its weights wherever their shapes fit (all but the head)
+        config, weights = read_checkpoint(f'yolov5{scale}.pt')
+        model = YOLOv5(**dict(config, nc=classes, names=None))
+        transfer(model, weights)
+    else:
+        model = YOLOv5(scale, classes)
     model = model.to(select_device('' if device is None else str(device))).eval()
     return AutoShape(model) if autoshape else model
 
@@ -218,3 +221,23 @@ def yolov5l(pretrained=True, channels=3, classes=80, autoshape=True, device=None
 
 def yolov5x(pretrained=True, channels=3, classes=80, autoshape=True, device=None):
     return _official('x', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5n6(pretrained=True, channels=3, classes=80, autoshape=True, device=None):  # P6: outputs to stride 64
+    return _official('n6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s6(pretrained=True, channels=3, classes=80, autoshape=True, device=None):  # P6: outputs to stride 64
+    return _official('s6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5m6(pretrained=True, channels=3, classes=80, autoshape=True, device=None):  # P6: outputs to stride 64
+    return _official('m6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5l6(pretrained=True, channels=3, classes=80, autoshape=True, device=None):  # P6: outputs to stride 64
+    return _official('l6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5x6(pretrained=True, channels=3, classes=80, autoshape=True, device=None):  # P6: outputs to stride 64
+    return _official('x6', pretrained, channels, classes, autoshape, device)

@@ -2696,3 +2696,232 @@ def test_p6_trains_validates_and_detects(tmp_path, capsys):
     opt = detect.parse_args([str(root / 'images/val/0000.jpg'), '--weights', str(run / 'weights/best.pt'),
                              '--img', '100', '--project', str(tmp_path / 'detect')])
     assert detect.run(opt) == 0 and ': 128x128 ' in capsys.readouterr().out
+
+
+# ---------- the walk-through, the layers by number, one model description, numbers by name (issue 25)
+
+# the walk-through's table: layer i, its module, its output's channels and size at 640 (yolov5n)
+WALKTHROUGH = [('Conv', 16, 320), ('Conv', 32, 160), ('C3', 32, 160), ('Conv', 64, 80), ('C3', 64, 80),
+               ('Conv', 128, 40), ('C3', 128, 40), ('Conv', 256, 20), ('C3', 256, 20), ('SPPF', 256, 20),
+               ('Conv', 128, 20), ('Upsample', 128, 40), ('Concat', 256, 40), ('C3', 128, 40), ('Conv', 64, 40),
+               ('Upsample', 64, 80), ('Concat', 128, 80), ('C3', 64, 80), ('Conv', 64, 40), ('Concat', 128, 40),
+               ('C3', 128, 40), ('Conv', 128, 20), ('Concat', 256, 20), ('C3', 256, 20)]
+
+
+def test_each_layer_by_its_number_gives_the_walk_throughs_module_and_shape_and_forward(yolov5n):
+    net = deepcopy(yolov5n).train()
+    X = torch.rand(2, 3, 640, 640)
+    x = {1: net.model[0](X)}  # the walk-through's names: x(i + 1) = model.model[i](x(i)), the joins by hand
+    joins = {12: [12, 7], 16: [16, 5], 19: [19, 15], 22: [22, 11]}
+    with torch.no_grad():
+        for i in range(1, 24):
+            x[i + 1] = net.model[i]([x[k] for k in joins[i]] if i in joins else x[i])
+        out = net.model[24]([x[18], x[21], x[24]])
+        expected = net(X)
+    for i, (name, channels, size) in enumerate(WALKTHROUGH):
+        assert repr(net.model[i]).startswith(name) and tuple(x[i + 1].shape) == (2, channels, size, size), i
+    assert repr(net.model[11]) == "Upsample(scale_factor=2.0, mode='nearest')" and repr(net.model[24]).startswith('Detect')
+    assert [tuple(o.shape) for o in out] == [(2, 3, 80, 80, 85), (2, 3, 40, 40, 85), (2, 3, 20, 20, 85)]
+    assert all(torch.equal(a, b) for a, b in zip(out, expected))
+    assert net.sources[12] == [-1, 6] and net.sources[24] == [17, 20, 23] and net.sources[:12] == [-1] * 12
+
+
+def test_the_p6_layers_by_number_equal_forward():
+    net = formula_weights(M.YOLOv5('n6'))
+    X = torch.rand(1, 3, 256, 320)
+    outputs = []
+    with torch.no_grad():
+        x = X
+        for i, layer in enumerate(net.model):  # each layer fed from the original's "from" column, by number
+            source = net.sources[i]
+            x = layer(x if source == -1 else [outputs[k] if k != -1 else x for k in source])
+            outputs.append(x)
+        expected = net(X)
+    assert len(net.model) == 34 and [type(net.model[i]).__name__ for i in (13, 14, 17, 18, 21, 22, 25, 28, 31)] == \
+        ['Upsample', 'Concat'] * 3 + ['Concat'] * 3
+    assert net.sources[33] == [23, 26, 29, 32] and torch.equal(x[0], expected[0])
+    assert [tuple(o.shape[2:]) for o in (outputs[23], outputs[26], outputs[29], outputs[32])] == \
+        [(32, 40), (16, 20), (8, 10), (4, 5)]
+
+
+def readme_block(heading):
+    text = (ROOT / 'README.md').read_text()
+    section = text[text.index(f'## {heading}'):]
+    start = section.index('```python\n') + 10
+    return section[start:section.index('\n```', start)]
+
+
+def test_the_readmes_step_through_replays_the_walk_through(capsys):
+    code = readme_block('Step through it').replace("'coco128.yaml'", repr(str(COCO128))).replace(
+        "'yolov5n.pt'", repr(str(shared(WEIGHTS))))
+    scope = {}
+    exec(compile(code, 'README.md', 'exec'), scope)
+    out = capsys.readouterr().out
+    img, labels, X, y = scope['img'], scope['labels'], scope['X'], scope['y']
+    assert img.shape == (3, 640, 640) and img.dtype == torch.uint8 and labels.shape[1] == 6 and (labels[:, 0] == 0).all()
+    assert Path(scope['path']).parent == COCO128 / 'images/train2017' and len(scope['dataset']) == 128
+    assert X.shape == (4, 3, 640, 640) and y.shape[1] == 6 and set(y[:, 0].tolist()) <= {0, 1, 2, 3}
+    assert [tuple(p.shape) for p in scope['preds']] == [(4, 3, 80, 80, 85), (4, 3, 40, 40, 85), (4, 3, 20, 20, 85)]
+    assert scope['x1'].shape == (4, 16, 320, 320) and scope['x2'].shape == (4, 32, 160, 160)
+    assert "Upsample(scale_factor=2.0, mode='nearest') Concat()" in out
+    assert set(scope['terms']) == {'box_loss', 'obj_loss', 'cls_loss'} and torch.isfinite(scope['loss']).all()
+    tcls, tbox, indices, anchors = (scope[k] for k in ('tcls', 'tbox', 'indices', 'anchors'))
+    assert len(tcls) == len(tbox) == len(indices) == len(anchors) == 3 and all(len(i) == 4 for i in indices)
+    assert all(len(c) == len(b) == len(i[0]) == len(a) for c, b, i, a in zip(tcls, tbox, indices, anchors))
+    # the training set as train.py makes it: the same hyperparameters, size and batch, the same first batch
+    opt = T.parse_args(['--data', str(COCO128), '--weights', '', '--batch', '4', '--workers', '0'])
+    ds = T.train_dataset(opt, support.data_yaml.data_spec(str(COCO128)), support.datasets.COCO_NAMES, T.HYP, 32)
+    assert ds.hyp == T.HYP and ds.augment and ds.mosaic and ds.img_size == 640
+    assert torch.equal(ds[0][0], img) and torch.equal(data.collate([ds[i] for i in range(2)])[0], data.collate(
+        [scope['dataset'][i] for i in range(2)])[0])
+
+
+def test_the_target_assignment_stops_under_pdb(tmp_path):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=4, n_val=1, size=64)
+    script = tmp_path / 'step.py'
+    script.write_text(f'import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom loss import YOLOLoss\nfrom model import YOLOv5\n'
+                      f'from train import HYP, training_data\n'
+                      f'dataset, loader = training_data({str(root)!r}, img=64, batch=2)\n'
+                      f'X, y, paths, _ = next(iter(loader))\nmodel = YOLOv5("n", nc=3).train()\n'
+                      f'loss, terms = YOLOLoss(model, HYP)(model(X.float() / 255), y)\n')
+    line = next(i for i, text in enumerate((ROOT / 'loss.py').read_text().splitlines(), 1)
+                if 'def build_targets' in text)
+    r = subprocess.run([sys.executable, '-m', 'pdb', '-c', f'b {ROOT / "loss.py"}:{line + 3}', '-c', 'c',
+                        '-c', 'where', '-c', 'p tuple(targets.shape)', '-c', 'q', str(script)], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)
+    assert 'build_targets()' in r.stdout and ', 6)' in r.stdout, r.stdout[-2000:]  # stopped there: the batch's labels
+
+
+P2_LAYERS = '''
+
+def p2_layers(width, depth, nc, anchors):
+    """yolov5-p2.yaml: P5's backbone, with a P2/4 output added to both paths."""
+    return first_layers(width, depth) + [
+        (-1, Conv(width(512), width(1024), 3, 2)),               # 7: P5/32
+        (-1, C3(width(1024), width(1024), depth(3))),            # 8
+        (-1, SPPF(width(1024), width(1024))),                    # 9
+        (-1, Conv(width(1024), width(512), 1)),                  # 10
+        (-1, nn.Upsample(None, 2, 'nearest')),                   # 11
+        ([-1, 6], Concat()),                                     # 12
+        (-1, C3(2 * width(512), width(512), depth(3), False)),   # 13
+        (-1, Conv(width(512), width(256), 1)),                   # 14
+        (-1, nn.Upsample(None, 2, 'nearest')),                   # 15
+        ([-1, 4], Concat()),                                     # 16
+        (-1, C3(2 * width(256), width(256), depth(3), False)),   # 17
+        (-1, Conv(width(256), width(128), 1)),                   # 18
+        (-1, nn.Upsample(None, 2, 'nearest')),                   # 19
+        ([-1, 2], Concat()),                                     # 20: with the backbone's P2
+        (-1, C3(2 * width(128), width(128), depth(3), False)),   # 21: P2 out
+        (-1, Conv(width(128), width(128), 3, 2)),                # 22
+        ([-1, 18], Concat()),                                    # 23
+        (-1, C3(2 * width(128), width(256), depth(3), False)),   # 24: P3 out
+        (-1, Conv(width(256), width(256), 3, 2)),                # 25
+        ([-1, 14], Concat()),                                    # 26
+        (-1, C3(2 * width(256), width(512), depth(3), False)),   # 27: P4 out
+        (-1, Conv(width(512), width(512), 3, 2)),                # 28
+        ([-1, 10], Concat()),                                    # 29
+        (-1, C3(2 * width(512), width(1024), depth(3), False)),  # 30: P5 out
+        ([21, 24, 27, 30], Detect(nc, anchors, [width(128), width(256), width(512), width(1024)],
+                                  strides=[4, 8, 16, 32])),
+    ]
+
+
+ARCHITECTURES['p2'] = p2_layers
+ANCHORS['p2'] = [[5, 6, 8, 14, 15, 11], *ANCHORS['p5']]
+'''
+
+
+def test_a_p2_level_added_in_model_py_alone_trains_saves_detects_and_validates(tmp_path):
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    copy_project(repo)
+    (repo / 'model.py').write_text((ROOT / 'model.py').read_text() + P2_LAYERS)  # the one edit
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=128)
+    train = [sys.executable, str(repo / 'train.py'), '--data', str(root), '--names', str(root / 'names.txt'),
+             '--cfg', 'yolov5n-p2.yaml', '--weights', '', '--img', '128', '--batch', '4', '--epochs', '1',
+             '--workers', '0', '--project', str(tmp_path / 'runs')]
+    r = subprocess.run(train, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    best = tmp_path / 'runs/exp/weights/best.pt'
+    config = torch.load(best, weights_only=True)['config']
+    assert config['arch'] == 'p2' and len(config['anchors']) == 4 and 'Validating' in r.stdout
+    r = subprocess.run([sys.executable, str(repo / 'detect.py'), str(root / 'images/val/0000.jpg'), '--weights',
+                        str(best), '--img', '128', '--project', str(tmp_path / 'detect')], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and ': 128x128 ' in r.stdout, r.stderr[-2000:]
+    r = subprocess.run(train[:2] + ['--val-only', '--weights', str(best), '--data', str(root), '--names',
+                                    str(root / 'names.txt'), '--img', '128', '--project', str(tmp_path / 'val')],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and 'mAP50-95' in r.stdout and 'Speed: ' in r.stdout, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, str(repo / 'train.py'), '--resume', str(tmp_path / 'runs/exp/weights/last.pt')],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert 'finished all 1 epochs' in r.stderr + r.stdout  # resume reads its config too: nothing left to do
+    # this repository's model.py, without the edit, says what does not fit
+    with pytest.raises(ValueError, match=r"best.pt: arch 'p2' is not an architecture of model.py"):
+        M.load_model(best)
+
+
+def test_a_checkpoint_of_an_edited_model_names_the_layer_that_differs(tmp_path):
+    net = M.YOLOv5('n', nc=2, names=['a', 'b'])
+    net.model[8].extra = M.Conv(64, 64, 3)  # a block someone changed, saved, then loaded with the plain model.py
+    torch.save({'model': net.state_dict(), 'config': net.config()}, tmp_path / 'edited.pt')
+    with pytest.raises(ValueError, match=r'edited.pt: weights do not fit the model they describe: layer 8 \(C3\) '
+                                         r'differs: model.8.extra.bn.bias is \(64,\) there, missing in model.py'):
+        M.load_model(tmp_path / 'edited.pt')
+    plain = M.YOLOv5('n', nc=2, names=['a', 'b'])
+    small = {k: v for k, v in plain.state_dict().items() if not k.startswith('model.24.')}  # a head too few
+    torch.save({'model': small, 'config': plain.config()}, tmp_path / 'headless.pt')
+    with pytest.raises(ValueError, match=r'layer 24 \(Detect\) differs: model.24.anchors is missing there'):
+        M.load_model(tmp_path / 'headless.pt')
+    torch.save({'model': plain.state_dict(), 'config': dict(plain.config(), depth=2)}, tmp_path / 'newer.pt')
+    with pytest.raises(ValueError, match="newer.pt: model.py cannot build the model it describes .*'depth'"):
+        M.load_model(tmp_path / 'newer.pt')
+
+
+def test_every_reader_of_a_checkpoint_builds_from_its_config(tmp_path, monkeypatch):
+    """Each reader (load_model for detect and --val-only, export, the hub, transfer) builds the architecture the
+    checkpoint's config names (resume: the P2 test)."""
+    calls = []
+    real = M.YOLOv5.__init__
+
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs.get('arch', 'p5'))
+        real(self, *args, **kwargs)
+    monkeypatch.setattr(M.YOLOv5, '__init__', recording)
+    net = M.YOLOv5('n6', nc=2, names=['a', 'b'])
+    path = tmp_path / 'p6.pt'
+    torch.save({'model': net.state_dict(), 'config': net.config()}, path)
+    calls.clear()
+    assert M.load_model(path).arch == 'p6' and E.load_any(path).max_stride == 64
+    hub = torch.hub.load(str(ROOT), 'custom', path=str(path), source='local')
+    files = E.run(str(path), include=('torchscript',), imgsz=64)
+    assert hub.model.arch == 'p6' and set(calls) == {'p6'} and E.load_any(files[0]).max_stride == 64
+    model = T.build_model(T.parse_args(['--weights', str(path), '--data', str(COCO128)]), data_names=['x'])
+    assert model.arch == 'p6' and model.nc == 1 and calls[-1] == 'p6'
+
+
+def test_a_loss_term_added_in_loss_py_reaches_the_training_line_and_results_csv(tmp_path, monkeypatch, capsys):
+    class WithCentreTerm(L.YOLOLoss):  # what one edit of YOLOLoss.__call__ makes: one more term, by name
+        def __call__(self, preds, targets):
+            loss, terms = super().__call__(preds, targets)
+            return loss, dict(terms, centre_loss=terms['box_loss'] * 0 + 0.5)
+    monkeypatch.setattr(T, 'YOLOLoss', WithCentreTerm)
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=96)
+    run = T.Trainer(tiny_args(root, tmp_path / 'runs', '--epochs', '1', '--img', '96')).fit()
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if 'Epoch' in line and 'GPU_mem' in line).split()
+    assert header == ['Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'centre_loss', 'Instances', 'Size']
+    values = next(line for line in out.splitlines() if line.split()[:1] == ['0/0']).split()
+    assert values[5] == '0.5' and len(values) >= len(header)
+    row = last_results(run)[0]
+    assert row['train/centre_loss'] == 0.5 and row['val/centre_loss'] == 0.5
+
+
+def test_the_training_line_prints_each_value_under_its_name(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, 'isatty', lambda: False)
+    row = {'Epoch': '3/9', 'GPU_mem': '0G', 'box_loss': torch.tensor(0.0523), 'lr': 0.01, 'Instances': 17, 'Size': 640}
+    for i in range(3):
+        support.cli.print_progress(row, i, 3, time.time() - 1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == list(row) and lines[1].split()[:6] == ['3/9', '0G', '0.0523', '0.01', '17', '640']
+    assert len(lines) == 2 and all(len(w) <= 11 for w in lines[0].split())

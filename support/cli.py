@@ -21,11 +21,13 @@ def print_progress(row, i, n, start):
     digits), then speed and ETA. The names are printed with the first batch; the line is live on a terminal,
     else printed once, at the end."""
     live = sys.stdout.isatty()
+    widths = [max(11, len(name) + 1) for name in row]  # the original's 11, more for a longer name
     if i == 0:
-        print('\n' + ''.join(f'{name:>11}' for name in row), flush=True)
+        print('\n' + ''.join(f'{name:>{width}}' for name, width in zip(row, widths)), flush=True)
     if not (live or i == n - 1):
         return
-    values = ''.join(f'{v:>11}' if isinstance(v, str) else f'{float(v):>11.4g}' for v in row.values())
+    values = ''.join(f'{v:>{width}}' if isinstance(v, str) else f'{float(v):>{width}.4g}'
+                     for v, width in zip(row.values(), widths))
     speed = (i + 1) / (time.time() - start)
     eta = f'  {i + 1}/{n} {speed:.2f}it/s ETA {(n - i - 1) / speed:.0f}s'
     print(('\r' if live else '') + values + eta, end='\n' if i == n - 1 else '', flush=True)
