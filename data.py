@@ -68,9 +68,9 @@ def random_matrix(rng, hyp, shape, size):
 
 
 def warp(img, labels, matrix, scale, size, origin=(0, 0)):
-    """img (from origin (x, y) on, of an image matrix maps to size (w, h)) and its xyxy labels,
-    warped; a box stays if over 2 px wide and high, 10% of its area, aspect under 100."""
-    if matrix[2, :2].any():  # (only with origin 0)
+    """img and its xyxy labels warped by matrix to size (w, h); img may be a larger image's part
+    from origin (x, y) on. A box stays if over 2 px wide and high, 10% of its area, aspect < 100."""
+    if matrix[2, :2].any():  # a perspective (origin is 0 then)
         img = cv2.warpPerspective(img, matrix, size, borderValue=GREY)
     elif (matrix != np.eye(3)).any():
         # the inverse moved by whole pixels: bit for bit the warp of the whole image
@@ -236,16 +236,18 @@ class YOLODataset(torch.utils.data.Dataset):
         return labels
 
     def load_mosaic(self, index, rng):
-        """Four images around a random centre of a 2s x 2s canvas, warped back to s x s; only the
-        part the warp reads is made."""
+        """Four images around a random centre of a 2s x 2s canvas, warped back to s x s. Only the
+        part the warp reads is made, and its images decoded: bit for bit the whole canvas' output."""
         size = self.img_size
         xc, yc = (int(centre) for centre in rng.uniform(size // 2, 2 * size - size // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
         matrix, scale = random_matrix(rng, self.hyp, (2 * size, 2 * size), (size, size))
-        x0, y0, x1, y1 = 0, 0, 2 * size, 2 * size  # the part made: where the output comes from
-        if not self.hyp['perspective']:  # (+ 1 px; all of it for a perspective)
-            corners = [[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]]
+        # the part made, in canvas pixels: where the output's corners come from, plus 1 pixel for
+        # the interpolation (all of the canvas for a perspective)
+        x0, y0, x1, y1 = 0, 0, 2 * size, 2 * size
+        if not self.hyp['perspective']:
+            corners = [[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]]  # x, y, 1 of each
             xy = cv2.invertAffineTransform(matrix[:2]) @ corners
             x0, y0 = (np.floor(xy.min(1)).astype(int) - 1).clip(0, 2 * size - 1)
             x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip(1, 2 * size)
@@ -295,7 +297,8 @@ class YOLODataset(torch.utils.data.Dataset):
             img, (h0, w0), index = self.load_checked(index, rng)
             height, width = img.shape[:2]
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-            to_original = (h0, w0), (height / h0 * ratio, pad)  # for scale_boxes
+            # for scale_boxes: load_image had resized it, by height / h0
+            to_original = (h0, w0), (height / h0 * ratio, pad)
             labels = self.pixel_labels(index, ratio * width, ratio * height, *pad)
             if self.augment:
                 size = img.shape[1::-1]

@@ -43,9 +43,6 @@ def run(opt, stop=None):
         print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of '
               f'{opt.weights} (0 to {len(names) - 1})', file=sys.stderr)
         return 2
-    if opt.view_img:
-        print('WARNING: --view-img: opencv-python-headless (requirements.txt) has no windows: '
-              'see the saved results', file=sys.stderr)
     stride = model.max_stride  # 64 for the P6 models
     img_size = check_img_size(opt.img, stride=stride)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
@@ -83,6 +80,7 @@ def run(opt, stop=None):
             frames_done += 1
             try:
                 frame_number = frame_index + 1 if video else None
+                # labels and crops, then the boxes drawn on frame, which is saved below
                 label_files += save_results(opt, names, save_dir, stem, frame_number, frame, det)
                 if video_file:
                     video_file.write(frame, fps)

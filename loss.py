@@ -39,8 +39,7 @@ def shape_ratio(wh, anchors):
 
 
 def level_weights(levels):
-    """Objectness weight of each output level, the finest first: small objects are many and hard.
-    The original's values, for 3 levels and for 4 or 5."""
+    """Objectness weight of each level, the finest first (small objects are many and hard)."""
     if levels == 3:
         return [4.0, 1.0, 0.4]
     if levels > 5:
@@ -104,7 +103,8 @@ class YOLOLoss:
             tobj = torch.zeros_like(pred[..., 4])
             if len(image):
                 pxywh, _, pcls = pred[image, anchor, cell_y, cell_x].split((4, 1, self.nc), 1)
-                pbox = decode_boxes(pxywh, -0.5, anchors[i])  # from the cell's corner, grid units
+                # offsets -0.5: the cell's corner (0) less 0.5; in grid units, as tbox
+                pbox = decode_boxes(pxywh, -0.5, anchors[i])
                 iou = bbox_ciou(pbox, tbox[i])
                 box_loss += (1.0 - iou).mean()
                 iou_target = iou.detach().clamp(0).type(tobj.dtype)
@@ -131,8 +131,11 @@ class YOLOLoss:
         anchor_index = torch.arange(self.na, device=device).float().view(self.na, 1)
         anchor_index = anchor_index.repeat(1, targets.shape[0])
         targets = torch.cat((targets.repeat(self.na, 1, 1), anchor_index[..., None]), 2)
-        near = 0.5  # a centre this close to a cell's border makes the neighbour a positive too
-        steps = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device) * near
+        # A label trains its own cell and the two neighbours nearest to its centre (a cell's
+        # prediction reaches 0.5 beyond it): a centre in the left half of its cell, less 0.5, lands
+        # in the cell on its left. The five candidates: own, left, top, right, bottom.
+        half = 0.5
+        steps = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device) * half
         gain = torch.ones(7, device=device)
         for anchors, pred in zip(self.anchors, preds):
             grid_size = torch.tensor(pred.shape, device=device)[[3, 2]].float()  # (nx, ny)
@@ -140,16 +143,13 @@ class YOLOLoss:
             labels = targets * gain
             fits = shape_ratio(labels[0, :, 4:6], anchors).T < self.hyp['anchor_t']  # (na, n)
             labels = labels[fits]
-            xy = labels[:, 2:4]
+            xy = labels[:, 2:4]  # (n, 2), n the labels that fit an anchor
             xy_from_far_side = grid_size - xy
-            # A label trains its cell and the two neighbours nearest to its centre: a centre in the
-            # left half of its cell also trains the cell on its left, and so on (a cell's prediction
-            # reaches 0.5 beyond it). Never a cell outside the grid.
-            left, top = ((xy % 1 < near) & (xy > 1)).T
-            right, bottom = ((xy_from_far_side % 1 < near) & (xy_from_far_side > 1)).T
+            left, top = ((xy % 1 < half) & (xy > 1)).T  # (n,) each; never a cell outside the grid
+            right, bottom = ((xy_from_far_side % 1 < half) & (xy_from_far_side > 1)).T
             use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # (5, n)
-            labels = labels.repeat((5, 1, 1))[use]  # one row per (label, cell) pair
-            offsets = (torch.zeros_like(xy)[None] + steps[:, None])[use]  # each row's step
+            labels = labels.repeat((5, 1, 1))[use]  # (m, 7): one row per (label, cell) pair
+            offsets = (torch.zeros_like(xy)[None] + steps[:, None])[use]  # (m, 2): each row's step
             image, cls = labels[:, :2].long().T
             xy = labels[:, 2:4]
             wh = labels[:, 4:6]

@@ -88,8 +88,8 @@ class Concat(nn.Module):
 
 
 def decode_boxes(raw, offsets, anchors, stride=1):
-    """Raw box outputs (..., 4) -> (x, y, w, h): the cell's corner (offsets, less 0.5) plus
-    2 * sigmoid, and the anchor times (2 * sigmoid) ** 2. Bounded, unlike exp(): stable training."""
+    """Raw outputs t (..., 4) -> (x, y, w, h): xy = (2 sigmoid(t) + offsets) * stride, offsets the
+    cell's corner less 0.5; wh = anchor * (2 sigmoid(t)) ** 2. Bounded, unlike exp(): stable."""
     xy, wh = raw.sigmoid().split(2, -1)
     return torch.cat(((xy * 2 + offsets) * stride, (wh * 2) ** 2 * anchors), -1)
 
@@ -127,7 +127,7 @@ class Detect(nn.Module):
     @staticmethod
     @functools.lru_cache(maxsize=None)
     def cell_offsets(ny, nx, device):
-        """Each cell's (x, y) corner, less decode_boxes' 0.5; made once per grid size."""
+        """decode_boxes' offsets: each cell's (x, y) corner less 0.5; made once per grid size."""
         rows = torch.arange(ny, device=device)
         columns = torch.arange(nx, device=device)
         grid_y, grid_x = torch.meshgrid(rows, columns, indexing='ij')
@@ -236,8 +236,7 @@ ANCHORS = {'p5': [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
 
 
 class YOLOv5(nn.Module):
-    """One architecture (a table above) at one scale. config() is what it was built from:
-    checkpoints hold it, and their readers build the model from it."""
+    """One architecture (a table above) at one scale; checkpoints hold its config()."""
 
     def __init__(self, scale='n', nc=80, names=None, anchors=None, arch='p5'):
         super().__init__()
@@ -334,8 +333,8 @@ def from_config(config, weights, source):
 
 
 def load_model(path, device='cpu', fuse=False):
-    """The model of a checkpoint, official (downloaded if missing; nothing in its pickle runs) or
-    ours, in eval mode. Raises ValueError or FileNotFoundError."""
+    """A checkpoint's model (official, downloaded if missing, or ours), in eval mode. Raises
+    ValueError or FileNotFoundError."""
     config, weights = read_checkpoint(path)
     model = from_config(config, weights, path).to(device).eval()
     return model.fuse() if fuse else model

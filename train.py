@@ -27,7 +27,7 @@ from model import scale_boxes
 from support.checkpoints import checked_config, config_of, read_checkpoint, save_checkpoint
 from support.checkpoints import strip_checkpoint, to_cpu, transfer
 from support.cli import Stopwatch, check_img_size, half_dtype, memory_used, mixed_precision, or_exit
-from support.cli import parse_cfg
+from support.cli import make_repeatable, out_of_memory, parse_cfg
 from support.cli import print_progress, select_device, train_args
 from support.data_yaml import data_spec, is_coco
 from support.datasets import label_path, read_names, xywh2xyxy
@@ -66,7 +66,9 @@ class Trainer:
 
     def __init__(self, opt):
         self.start_processes(opt)  # DDP first: the steps below broadcast and wait on each other
-        opt, resumed, self.save_dir = self.from_rank0(pick_run(opt, parse_args) if MAIN else None)
+        # rank 0 picks the run: a new folder, or the checkpoint to resume with its options
+        run = pick_run(opt, parse_args) if MAIN else None
+        opt, resumed, self.save_dir = self.from_rank0(run)
         with removed_if_unstarted(self.save_dir, MAIN and not resumed):  # a failed start: no folder
             self.setup(opt, resumed)
 
@@ -77,10 +79,7 @@ class Trainer:
         self.start_epoch = resumed['epoch'] + 1 if resumed else 0
         if MAIN:  # rows of epochs that run again: a crash came between a row and its checkpoint
             trim_results(self.save_dir / 'results.csv', self.start_epoch)
-        torch.manual_seed(opt.seed + max(RANK, 0))
-        # repeatable on GPUs too: deterministic kernels (cuBLAS needs a fixed workspace for them)
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        make_repeatable(opt.seed + max(RANK, 0))
         self.hyp = dict(HYP, **dict(opt.hyp))  # the last of a key wins: KEY=VALUE after a file
         self.hyp['label_smoothing'] = opt.label_smoothing or self.hyp['label_smoothing']
         model = self.setup_model_and_data(resumed)  # the model's classes come from the data
@@ -182,21 +181,24 @@ class Trainer:
 
     def schedule(self, iteration):
         """Sets an iteration's learning rates and momentum; returns its gradient accumulation.
-        Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0) to the decay lf."""
-        hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters
+        Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0) to the decay."""
+        hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters  # warmup: in iterations
         epoch = iteration // self.nb
-        # After warmup, epoch e trains at lf(e - 1): the original steps its LambdaLR at the end of
-        # an epoch and warmup overrides the first epochs' rates, so its decay runs an epoch late.
-        decay_epoch = epoch if warmup >= epoch * self.nb else epoch - 1
+        # After warmup, epoch e trains at the factor of e - 1: the original steps its LambdaLR at
+        # the end of an epoch and warmup overrides the first epochs' rates, so its decay runs late.
+        warmup_covers_epoch_start = warmup >= epoch * self.nb
+        decay_epoch = epoch if warmup_covers_epoch_start else epoch - 1
         if opt.cos_lr:
-            lf = (1 - math.cos(decay_epoch / opt.epochs * math.pi)) / 2 * (hyp['lrf'] - 1) + 1
+            cosine = (1 - math.cos(decay_epoch / opt.epochs * math.pi)) / 2
+            lr_factor = cosine * (hyp['lrf'] - 1) + 1
         else:
-            lf = (1 - decay_epoch / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']
+            lr_factor = (1 - decay_epoch / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']
 
         def ramp(start, end):  # start at iteration 0, end once warmup is over
             return float(np.interp(min(iteration, warmup), [0, warmup], [start, end]))
         for number, group in enumerate(self.optimizer.param_groups):  # 0: the biases
-            group['lr'] = ramp(hyp['warmup_bias_lr'] if number == 0 else 0.0, hyp['lr0'] * lf)
+            start = hyp['warmup_bias_lr'] if number == 0 else 0.0
+            group['lr'] = ramp(start, hyp['lr0'] * lr_factor)
             if 'momentum' in group:  # SGD (Adam keeps its betas)
                 group['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
         return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
@@ -208,6 +210,7 @@ class Trainer:
         set_epoch(self.train_loader, epoch)
         self.optimizer.zero_grad()
         mean_losses = {}
+        steps = 0  # taken: a skipped (non-finite) one does not count in the means
         start = time.time()
         for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
             iteration = i + self.nb * epoch  # since the start of training
@@ -225,12 +228,13 @@ class Trainer:
             if iteration - self.last_opt_step >= accumulate:
                 self.optimizer_step()
                 self.last_opt_step = iteration
-            mean_losses = {name: (mean_losses.get(name, 0) * i + term) / (i + 1)
+            steps += 1
+            mean_losses = {name: (mean_losses.get(name, 0) * (steps - 1) + term) / steps
                            for name, term in terms.items()}
             if MAIN:  # the training line, a value a name
                 line = {'Epoch': f'{epoch}/{opt.epochs - 1}', 'GPU_mem': memory_used(device),
                         **mean_losses, 'Instances': len(targets), 'Size': imgs.shape[-1]}
-                print_progress(line, i, self.nb, start)
+                print_progress(line, i, self.nb, start, header=steps == 1)
             if MAIN and epoch == 0 and i == 0:
                 picture = self.save_dir / 'train_batch0.jpg'
                 plot_batch((imgs * 255).byte().cpu(), targets, self.names, picture)
@@ -304,8 +308,8 @@ class Trainer:
 
     def checkpoint(self, epoch):
         """All --resume needs, and the model's config for every reader."""
-        return dict(epoch=epoch, best_fitness=float(self.best_fitness),
-                    best_epoch=int(self.best_epoch), updates=self.updates,
+        return dict(epoch=epoch, best_fitness=self.best_fitness, best_epoch=self.best_epoch,
+                    updates=self.updates,
                     last_opt_step=self.last_opt_step, model=self.model.state_dict(),
                     ema=self.ema.state_dict(), hyp=self.hyp, optimizer=self.optimizer.state_dict(),
                     scaler=self.scaler.state_dict(), opt=vars(self.opt) | {'resume': False},
@@ -435,8 +439,7 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
 
 
 def amp_agrees(model, image, size, dtype):
-    """Whether all mixed-precision outputs agree with fp32 on a real image, to 10% (boxes as
-    fractions of the image)."""
+    """Whether the mixed-precision outputs agree with fp32's on a real image, to 10%."""
     x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
     x = x.to(next(model.parameters()).device).float() / 255
     fp32, mixed = (next(predict(model, x, kind))[0] for kind in (None, dtype))
@@ -547,8 +550,8 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
 
 
 def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
-    """One image into the confusion matrix (rows predicted, columns true, background last): pairs
-    at IoU > iou_thres, best first. As the original's, background only where something paired."""
+    """One image into the confusion matrix (rows predicted, columns true, background last), pairs
+    at IoU > iou_thres, best first; as the original's, background only where something paired."""
     background = len(matrix) - 1
     det = det[det[:, 4] > conf]
     iou = box_iou(labels[:, 1:], det[:, :4])
@@ -635,8 +638,8 @@ def summarize(stats, names, verbose, plots_dir=None):
 @torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None,
              dtype=None, verbose=False, plots_dir=None, augment=False, records=None):
-    """Prints YOLOv5's validation table; returns the metrics (and loss terms) by name. plots_dir
-    gets the pictures; augment: test-time augmentation; records: a list for COCO JSON results."""
+    """Prints YOLOv5's validation table; returns the metrics (and loss terms) by name. records: a
+    list for COCO JSON."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
@@ -729,9 +732,7 @@ def main(argv=None):
     try:
         return run_val_only(opt) if opt.val_only else Trainer(opt).fit()
     except torch.OutOfMemoryError:
-        raise SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower '
-                         f'--batch (e.g. --batch {max(opt.batch // 2, 1)}) or --img, or use more '
-                         f'GPUs') from None
+        raise out_of_memory(opt) from None
 
 
 if __name__ == '__main__':

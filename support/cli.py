@@ -16,13 +16,13 @@ from support.checkpoints import OFFICIAL
 from support.data_yaml import read_yaml
 
 
-def print_progress(row, i, n, start):
+def print_progress(row, i, n, start, header=None):
     """The line of batch i of n: each value of row {name: value} under its name (text as it is, numbers to 4
-    digits), then speed and ETA. The names are printed with the first batch; the line is live on a terminal,
-    else printed once, at the end."""
+    digits), then speed and ETA. The names are printed first if header (default: at batch 0); the line is live on a
+    terminal, else printed once, at the end."""
     live = sys.stdout.isatty()
     widths = [max(11, len(name) + 1) for name in row]  # the original's 11, more for a longer name
-    if i == 0:
+    if header or header is None and i == 0:
         print('\n' + ''.join(f'{name:>{width}}' for name, width in zip(row, widths)), flush=True)
     if not (live or i == n - 1):
         return
@@ -166,6 +166,20 @@ class Stopwatch:
     def speed(self, images, shape):
         steps = ', '.join(f'{seconds * 1e3 / max(images, 1):.1f}ms {step}' for step, seconds in self.totals.items())
         return f'Speed: {steps} per image at shape {shape}'
+
+
+def make_repeatable(seed):
+    """Seeds torch, and asks for deterministic kernels where torch has them, on GPUs too (cuBLAS needs a fixed
+    workspace for them): a run repeats itself."""
+    torch.manual_seed(seed)
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def out_of_memory(opt):
+    """The one message for running out of GPU memory, anywhere in a run."""
+    return SystemExit(f'ERROR: out of GPU memory at --batch {opt.batch} --img {opt.img}: lower --batch (e.g. '
+                      f'--batch {max(opt.batch // 2, 1)}) or --img, or use more GPUs')
 
 
 def select_device(device='', local_rank=None):
@@ -326,5 +340,8 @@ def detect_args(argv, doc=''):
     opt.source += opt.more_sources
     if not opt.source:
         p.error('the following arguments are required: source (or --source)')
+    if opt.view_img:
+        print('WARNING: --view-img: opencv-python-headless (requirements.txt) has no windows: see the saved results',
+              file=sys.stderr)
     opt.img = check_img_size(opt.img)
     return opt
