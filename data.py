@@ -80,7 +80,7 @@ def warp(img, labels, matrix, scale, size, origin=(0, 0)):
     corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # (box corner, x y)
     xy = np.hstack((corners, np.ones((len(corners), 1)))) @ matrix.T
     xy = (xy[:, :2] / xy[:, 2:3]).reshape(-1, 4, 2)  # (box, corner, x y)
-    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, size * 2)
+    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, size * 2)  # size (w, h) twice: xyxy
     w_before, h_before = (labels[:, 3:] * scale - labels[:, 1:3] * scale).T
     w_after, h_after = (new[:, 2:] - new[:, :2]).T
     aspect = np.maximum(w_after / (h_after + 1e-16), h_after / (w_after + 1e-16))
@@ -237,7 +237,7 @@ class YOLODataset(torch.utils.data.Dataset):
 
     def load_mosaic(self, index, rng):
         """Four images around a random centre of a 2s x 2s canvas, warped back to s x s. Only the
-        part the warp reads is made, and its images decoded: bit for bit the whole canvas' output."""
+        part the warp reads is made, and its images decoded: bit for bit the whole canvas's."""
         size = self.img_size
         xc, yc = (int(centre) for centre in rng.uniform(size // 2, 2 * size - size // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
@@ -315,6 +315,7 @@ class YOLODataset(torch.utils.data.Dataset):
         labels = labels.astype(np.float32)
         labels[:, 1:] = xyxy2xywh(labels[:, 1:].clip(0, size)) / size
         labels = labels[(labels[:, 3] > 1e-3) & (labels[:, 4] > 1e-3)]
+        # from here the image is RGB and its labels xywh, normalized
         if self.augment:
             if rng.random() < hyp['flipud']:
                 img = cv2.flip(img, 0)

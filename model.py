@@ -153,8 +153,8 @@ class Detect(nn.Module):
 
 # ---------------------------------------- the layers
 # An architecture is a function giving the rows (from, layer) of its table at a scale: width(64)
-# is 64 channels at that scale, depth(3) 3 bottlenecks. "from" is -1 (the layer before) or a
-# list of layer numbers. Edit a row to try your own block; add rows and a Detect input for a level.
+# is 64 channels at that scale, depth(3) 3 bottlenecks. "from" is a layer's number (-1: the one
+# before) or a list of them. Edit a row for your own block; a new level is a table of its own.
 def first_layers(width, depth):
     """Layers 0-6 of both tables: down to P4/16."""
     return [
@@ -255,7 +255,8 @@ class YOLOv5(nn.Module):
         self.sources = [source for source, _ in rows]  # the "from" column
         self.model = nn.ModuleList(layer for _, layer in rows)
         # the outputs that later layers take: forward keeps them
-        self.kept = {i for source in self.sources if source != -1 for i in source}
+        listed = [[source] if type(source) is int else source for source in self.sources]
+        self.kept = {i for source in listed for i in source}
         self.arch = arch
         self.scale = (depth_multiple, width_multiple)
         self.nc = nc
@@ -278,9 +279,10 @@ class YOLOv5(nn.Module):
     def forward(self, x):
         outputs = []  # by layer number (None where no later layer takes it)
         for i, (source, layer) in enumerate(zip(self.sources, self.model)):
-            inputs = x if source == -1 else [outputs[number] if number != -1 else x
-                                             for number in source]
-            x = layer(inputs)
+            if type(source) is int:  # one layer's output: -1 the layer before
+                x = layer(x if source == -1 else outputs[source])
+            else:  # a list of them
+                x = layer([outputs[number] if number != -1 else x for number in source])
             outputs.append(x if i in self.kept else None)
         return x
 

@@ -184,8 +184,8 @@ class Trainer:
         Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0) to the decay."""
         hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters  # warmup: in iterations
         epoch = iteration // self.nb
-        # After warmup, epoch e trains at the factor of e - 1: the original steps its LambdaLR at
-        # the end of an epoch and warmup overrides the first epochs' rates, so its decay runs late.
+        # After warmup, epoch e trains at the factor of e - 1 (3 warmup epochs: epoch 5 at 4's):
+        # the original steps its LambdaLR at each epoch's end, and warmup overrode the first ones.
         warmup_covers_epoch_start = warmup >= epoch * self.nb
         decay_epoch = epoch if warmup_covers_epoch_start else epoch - 1
         if opt.cos_lr:
