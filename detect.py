@@ -35,8 +35,7 @@ def describe(det, names):
 def run(opt, stop=None):
     """Returns the exit code. stop: an event that ends the run after the current frame (Ctrl-C)."""
     device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, fuse=True)
-    model = model.to(memory_format=torch.channels_last)  # the convolutions' fastest layout
+    model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
     dtype = half_dtype(device) if opt.half else None  # fp32 unless --half: the original's outputs
     names = model.names
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded

@@ -34,6 +34,7 @@ from model import Detect, load_model
 from support.cli import check_img_size, device_name, number, select_device, weights_file
 
 SUFFIXES = {'torchscript': '.torchscript', 'onnx': '.onnx'}  # --include: the file each format writes
+MAX_OPSET = getattr(torch.onnx._constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 20)  # torch's exporter here
 
 
 class Traceable(nn.Module):
@@ -282,17 +283,15 @@ def run(weights='yolov5n.pt', include=('torchscript',), imgsz=(640, 640), batch_
     files, tolerance = [], 0.02 if half else 1e-3
     for fmt in include:
         t, file = time.time(), Path(weights).with_suffix(SUFFIXES[fmt])
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', torch.jit.TracerWarning)  # the traced size ops: intended
-            warnings.simplefilter('ignore', FutureWarning)  # TorchScript, deprecated in torch, is the format asked for
-            if fmt == 'torchscript':
-                export_torchscript(net, im, file, meta)
-            else:
-                export_onnx(net, im, file, meta, opset, dynamic, ref.shape)
-        with torch.no_grad():
-            diff = difference(load_any(file, device)(im.float())[0], ref, img)
-        if diff > tolerance:
-            raise ValueError(f'{file} does not reproduce the model: outputs differ by {diff:.3g} > {tolerance}')
+        # written beside file, checked, then renamed: a failed or killed export leaves file as it was
+        tmp = file.with_name(f'.{file.stem}.{os.getpid()}.tmp{file.suffix}')
+        try:
+            diff = write_checked(fmt, net, im, tmp, meta, opset, dynamic, ref, img, tolerance, device, file)
+            os.replace(tmp, file)
+        except OSError as e:
+            raise ValueError(f'{file}: cannot save ({e.strerror or e}); nothing written') from None
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f'{fmt}: loaded back, outputs within {diff:.2g} of PyTorch (boxes as fractions of the image)')
         print(f'{fmt}: saved {file} ({file.stat().st_size / 1e6:.1f} MB) in {time.time() - t:.1f}s')
         files.append(str(file))
@@ -301,6 +300,31 @@ def run(weights='yolov5n.pt', include=('torchscript',), imgsz=(640, 640), batch_
           f'  python train.py --val-only --weights {files[-1]} --data coco128.yaml\n'
           f'  torch.hub.load(\'.\', \'custom\', path=\'{files[-1]}\', source=\'local\')')
     return files
+
+
+def write_checked(fmt, net, im, path, meta, opset, dynamic, ref, img, tolerance, device, name):
+    """The model written to path in fmt, loaded back and compared with the PyTorch outputs ref; errors say name."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)  # the traced size ops: intended
+        warnings.simplefilter('ignore', FutureWarning)  # TorchScript, deprecated in torch, is the format asked for
+        if fmt == 'torchscript':
+            export_torchscript(net, im, path, meta)
+        else:
+            try:
+                export_onnx(net, im, path, meta, opset, dynamic, ref.shape)
+            except (RuntimeError, ValueError, TypeError) as e:  # torch's errors for an opset it cannot export at
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise ValueError(f'ONNX opset {opset}: torch cannot export this model at it ({reason}); try '
+                                 f'--opset 17') from None
+    try:
+        with torch.no_grad():
+            diff = difference(load_any(path, device)(im.float())[0], ref, img)
+    except ValueError as e:
+        why = str(e).split(': ', 1)[-1]
+        raise ValueError(f'{name}: the export does not load back, nothing written: {why}') from None
+    if diff > tolerance:
+        raise ValueError(f'{name}: does not reproduce the model: outputs differ by {diff:.3g} > {tolerance}')
+    return diff
 
 
 def pt_weights(text):  # an argparse type: what export.py exports from
@@ -319,7 +343,7 @@ def parse_args(argv=None):
     p.add_argument('--device', type=device_name, default='cpu', help='cpu, 0, cuda:0 ... (TorchScript runs there)')
     p.add_argument('--half', action='store_true', help='fp16 weights and input (OpenCV computes them in fp32)')
     p.add_argument('--dynamic', action='store_true', help='ONNX: declare free batch and sizes (OpenCV runs either)')
-    p.add_argument('--opset', type=number(int, 7), default=17, help='ONNX opset version')
+    p.add_argument('--opset', type=number(int, 7, MAX_OPSET), default=17, help='ONNX opset version')
     opt = p.parse_args(argv)
     if len(opt.img) > 2:
         p.error(f'argument --img: one or two numbers (h w), not {len(opt.img)}')
@@ -330,8 +354,8 @@ def main(opt):
     for weights in opt.weights:
         try:
             run(weights, opt.include, opt.img, opt.batch, opt.device, opt.half, opt.dynamic, opt.opset)
-        except (ImportError, ValueError, FileNotFoundError) as e:
-            raise SystemExit(f'ERROR: {e}')
+        except (ImportError, ValueError, OSError) as e:
+            raise SystemExit(f'ERROR: {e}') from None
     return 0
 
 

@@ -1,7 +1,7 @@
 """
-YOLOv5's training loss. Each label is matched to the anchors whose shape is within anchor_t of its
-own, in its grid cell and the two neighbour cells nearest to its centre. Matches get a CIoU box loss
-and a class BCE; every prediction an objectness BCE whose target is the (detached) IoU.
+YOLOv5's loss: each label matched to the anchors whose shape is within anchor_t of its own, in its
+cell and the two neighbours nearest its centre; a CIoU box loss and a class BCE for the matches, an
+objectness BCE for every prediction, with the (detached) IoU as its target.
 """
 import math
 

@@ -495,7 +495,7 @@ def test_label_checks(tmp_path, capsys):
     lab = root / 'labels' / 'train'
     (lab / 'im0.txt').write_text('0 0.5 0.5 0.2\n')                              # 4 numbers
     (lab / 'im1.txt').write_text('1 0.5 0.5 0.2 0.2\nx 0.5 0.5 0.2 0.2\n')       # not numbers (2nd row)
-    (lab / 'im2.txt').write_text('1.5 0.5 0.5 0.2 0.2\n')                          # class not an integer
+    (lab / 'im2.txt').write_text('1 0.5 0.5 0.2\n')                              # 4 numbers
     (lab / 'im3.txt').write_text('1 1.004 0.5 0.2 0.2\n1 1.5 0.5 0.2 0.2\n')     # within tolerance; out of [0, 1]
     (lab / 'im4.txt').write_text('1 0.5 0.5 0.0 0.2\n')                            # zero width
     (lab / 'im5.txt').write_text('2 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n3 0.1 0.1 0.1 0.1\n')  # a duplicate
@@ -505,7 +505,7 @@ def test_label_checks(tmp_path, capsys):
     (lab / 'im9.txt').write_text('1 1.004 0.5 0.2 0.2\n4 0.5 -0.003 0.2 0.2\n')  # clipped, said so
     (lab / 'im10.txt').write_text('1 0.1 0.1 0.3 0.1 0.2\n')                       # 5 coordinates
     (lab / 'im11.txt').write_text('1 0.5 nan 0.2 0.2\n')                           # nan passes every comparison
-    (lab / 'im12.txt').write_text('inf 0.5 0.5 0.2 0.2\n')
+    (lab / 'im12.txt').write_text('1 0.5\n')
     img = root / 'images' / 'train' / 'trunc.jpg'  # a JPEG without its end marker that still decodes: kept
     ok, buf = cv2.imencode('.jpg', scene(64, 64, []))
     img.write_bytes(buf.tobytes()[:-2])
@@ -516,18 +516,22 @@ def test_label_checks(tmp_path, capsys):
     assert sorted(by_name) == ['im5', 'im6', 'im7', 'im9', 'trunc']
     assert [len(by_name[k]) for k in ('im5', 'im6', 'im7', 'im9')] == [2, 0, 0, 2]
     assert by_name['im9'][0, 1] == 1.0 and by_name['im9'][1, 2] == 0.0  # clipped
-    for expected in ['im0.txt:1: 4 numbers', 'im1.txt:2: not numbers', 'im2.txt:1: class 1.5',
+    for expected in ['im0.txt:1: 4 numbers', 'im1.txt:2: not numbers', 'im2.txt:1: 4 numbers',
                      'im3.txt:2: coordinates not normalized', 'im4.txt:1: width and height', 'im10.txt:1: 6 numbers',
                      'im5.txt: 1 duplicate rows removed', 'im8.jpg: ignoring corrupt image/label',
                      'im9.txt:1: 1.004 clipped to [0, 1]', 'im9.txt:2: -0.003 clipped',
                      'trunc.jpg: truncated JPEG, it decodes and is kept', 'im11.txt:1: coordinates not normalized',
-                     'im12.txt:1: class inf is not']:
+                     'im12.txt:1: 2 numbers']:
         assert expected in err.err, expected
     assert 'im0.jpg: ignoring corrupt image/label' in err.err
     assert '5 images, 3 backgrounds, 9 corrupt, 4 instances' in err.out
     (lab / 'im5.txt').write_text('7 0.5 0.5 0.2 0.2\n')
     with pytest.raises(ValueError, match=r'im5.txt: class 7 is out of range.*5 classes'):
         support.datasets.load_labels(support.datasets.find_images(root), nc=5)
+    for row, shown in (('1.5', '1.5'), ('inf', 'inf'), ('-1', '-1'), ('nan', 'nan')):  # not class indices: one rule
+        (lab / 'im5.txt').write_text(f'{row} 0.5 0.5 0.2 0.2\n')
+        with pytest.raises(ValueError, match=rf'im5.txt:1: class {shown} is out of range.*5 classes'):
+            support.datasets.load_labels(support.datasets.find_images(root), nc=5)
 
 
 def test_polygon_rows_become_the_boxes_around_their_points(tmp_path):
@@ -1864,12 +1868,12 @@ def test_yaml_values_are_checked_by_type_and_bounded(tmp_path):
                         ("names: ['a' b]\n", r"c.yaml:3: not a valid list: \['a' b\]"),
                         ("download: 'a' 'b'\n", "c.yaml:3: .* is not in the YAML read here"),
                         ('download: 5\n', 'c.yaml:3: download: 5 is not the URL of a .zip'),
-                        ('path: 7\n', 'c.yaml:3: path: 7 is not a folder')]:
+                        ('path: 7.5\n', 'c.yaml:3: path: 7.5 is not a folder')]:
         (tmp_path / 'c.yaml').write_text(head + text)
         with pytest.raises(ValueError, match=error):
             support.data_yaml.data_spec(tmp_path / 'c.yaml')
-    (tmp_path / 'c.yaml').write_text('train: 2017\nval: images\n')
-    with pytest.raises(ValueError, match=r'c.yaml:1: train: 2017 is not a path'):
+    (tmp_path / 'c.yaml').write_text('train: 20.17\nval: images\n')  # (train: 2017 names the folder 2017)
+    with pytest.raises(ValueError, match=r'c.yaml:1: train: 20.17 is not a path'):
         support.data_yaml.data_spec(tmp_path / 'c.yaml')
     (tmp_path / 'c.yaml').write_text('\ufeffnames: [0, 1, 2.5]\n' + head)  # a BOM first; numeric names
     assert support.data_yaml.data_spec(tmp_path / 'c.yaml')['names'] == ['0', '1', '2.5']
@@ -1898,14 +1902,13 @@ def test_numeric_class_names_draw(tmp_path):
 def test_label_classes_too_big_shared_label_files_and_empty_caches(tmp_path, capsys):
     root = make_dataset(tmp_path / 'd', [[(0, 10, 10, 50, 50)]] * 3)
     lab = root / 'labels' / 'train'
-    (lab / 'im1.txt').write_text('1e40 0.5 0.5 0.2 0.2\n')
-    (lab / 'im2.txt').write_text('100000 0.5 0.5 0.2 0.2\n')
-    for single_cls in (False, True):
-        files, _, labels = support.datasets.load_labels(support.datasets.find_images(root), nc=3, single_cls=single_cls)
-        assert [Path(f).name for f in files] == ['im0.jpg'] and labels[0].tolist() == [[0, 0.1875, 0.1875, 0.25, 0.25]]
-        err = capsys.readouterr().err
-        assert 'im1.txt:1: class 1e+40 is not a class index: an integer from 0 to 99999' in err
-        assert 'im2.txt:1: class 100000 is not a class index' in err
+    for single_cls in (False, True):  # classes beyond any dataset's: the dataset is refused, with --single-cls too
+        for row, shown in (('1e40', r'1e\+40'), ('100000', '100000')):
+            (lab / 'im1.txt').write_text(f'{row} 0.5 0.5 0.2 0.2\n')
+            with pytest.raises(ValueError, match=f'im1.txt:1: class {shown} is out of range: the dataset has 3'):
+                support.datasets.load_labels(support.datasets.find_images(root), nc=3, single_cls=single_cls)
+    (lab / 'im1.txt').unlink()
+    (lab / 'im2.txt').unlink()
     cv2.imwrite(str(root / 'images' / 'train' / 'im0.bmp'), scene(32, 32, []))
     support.datasets.load_labels(support.datasets.find_images(root), nc=3)
     assert f'im0.jpg share one label file, {lab}/im0.txt' in capsys.readouterr().err
@@ -2925,3 +2928,169 @@ def test_the_training_line_prints_each_value_under_its_name(capsys, monkeypatch)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == list(row) and lines[1].split()[:6] == ['3/9', '0G', '0.0523', '0.01', '17', '640']
     assert len(lines) == 2 and all(len(w) <= 11 for w in lines[0].split())
+
+
+# ---------- correctness and hostile inputs, round three (issue 27)
+
+def first_coco128_images(root, n):
+    for kind, ext in (('images', '.jpg'), ('labels', '.txt')):
+        (root / kind / 'train2017').mkdir(parents=True)
+    for image in sorted((COCO128 / 'images/train2017').glob('*.jpg'))[:n]:
+        shutil.copy(image, root / 'images/train2017')
+        label = COCO128 / 'labels/train2017' / f'{image.stem}.txt'
+        if label.exists():
+            shutil.copy(label, root / 'labels/train2017')
+    return root
+
+
+def test_val_only_single_cls_gives_the_originals_metrics(tmp_path, capsys):
+    """--single-cls validation of an 80-class model: every prediction becomes class 0 (its NMS class-agnostic), as the
+    original's val.py does. The original's figures on the first 16 COCO128 images at 320, batch 8."""
+    root = first_coco128_images(tmp_path / 'coco16', 16)
+    T.run_val_only(T.parse_args(['--val-only', '--single-cls', '--weights', str(shared(WEIGHTS)), '--data', str(root),
+                                 '--img', '320', '--batch', '8', '--project', str(tmp_path / 'val')]))
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ['all']).split()
+    assert row == ['all', '16', '72', '0.786', '0.389', '0.469', '0.267']
+
+
+@pytest.mark.parametrize('single_cls', [False, True])
+def test_a_class_that_is_no_index_is_out_of_range_by_the_one_rule(tmp_path, single_cls):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=4, n_val=2, size=64)
+    (root / 'labels/train/0002.txt').write_text('0 0.5 0.5 0.2 0.2\n1e40 0.5 0.5 0.2 0.2\n')
+    args = tiny_args(root, tmp_path / 'runs', *(['--single-cls'] if single_cls else []))
+    with pytest.raises(SystemExit, match=r'labels/train/0002.txt:2: class 1e\+40 is out of range: the dataset has '):
+        T.Trainer(args)
+    (root / 'labels/train/0002.txt').write_text('7 0.5 0.5 0.2 0.2\n')  # an index the dataset does not have
+    if single_cls:  # every class trains as one, as the original's: accepted
+        T.Trainer(tiny_args(root, tmp_path / 'runs', '--single-cls'))
+    else:
+        with pytest.raises(SystemExit, match=r'0002.txt: class 7 is out of range: the dataset has 3 classes'):
+            T.Trainer(args)
+
+
+def export_service_zip(root, names):
+    """A zip as export services make them: train/ and valid/ at its top, with images/ and labels/ inside."""
+    entries = {}
+    for split, folder in (('train', 'train'), ('val', 'valid')):
+        for image in sorted((root / 'images' / split).glob('*.jpg'))[:names]:
+            entries[f'{folder}/images/{image.name}'] = image
+            entries[f'{folder}/labels/{image.stem}.txt'] = root / 'labels' / split / f'{image.stem}.txt'
+    return zip_bytes(entries)
+
+
+def test_two_datasets_whose_zips_share_a_name_both_unpack(tmp_path, monkeypatch):
+    monkeypatch.setattr(support.downloads, 'DATASETS_DIR', tmp_path / 'datasets')
+    monkeypatch.delenv('YOLO_MIRROR', raising=False)
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=3, n_val=2, size=64)
+    srv = serve({'a/data.zip': export_service_zip(root, 1), 'b/data.zip': export_service_zip(root, 2)})
+    for name in ('a', 'b'):
+        (tmp_path / f'{name}.yaml').write_text(f'path: {tmp_path}/datasets/{name}\ntrain: train/images\n'
+                                               f'val: valid/images\nnames: [r, d, t]\ndownload: {srv.url}{name}/data.zip\n')
+    for name, count in (('a', 1), ('b', 2)):  # each in its own folder, not mixed in the datasets folder's root
+        spec = support.data_yaml.data_spec(tmp_path / f'{name}.yaml')
+        assert spec['train'] == [str(tmp_path / 'datasets' / name / 'train/images')]
+        assert len(support.datasets.find_images(spec['train'])) == count
+    assert not (tmp_path / 'datasets/train').exists()
+
+
+def test_a_wrong_zip_then_the_right_one_at_the_same_url(tmp_path, monkeypatch):
+    monkeypatch.setattr(support.downloads, 'DATASETS_DIR', tmp_path / 'datasets')
+    monkeypatch.delenv('YOLO_MIRROR', raising=False)
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=2, n_val=1, size=64)
+    srv = serve({'ds.zip': zip_bytes({'ds/readme.txt': b'not the dataset'})})
+    yaml = tmp_path / 'ds.yaml'
+    yaml.write_text(f'path: {tmp_path}/datasets/ds\ntrain: train/images\nval: valid/images\nnames: [r, d, t]\n'
+                    f'download: {srv.url}ds.zip\n')
+    with pytest.raises(FileNotFoundError, match='train/images not found'):
+        support.data_yaml.data_spec(yaml)
+    srv.files['ds.zip'] = export_service_zip(root, 2)  # the mirror fixed
+    spec = support.data_yaml.data_spec(yaml)  # fetched again: the dataset was still missing
+    assert len(support.datasets.find_images(spec['train'])) == 2 and len(srv.requests) == 2
+    marker = json.loads(support.downloads.done_marker(f'{srv.url}ds.zip', tmp_path / 'datasets').read_text())
+    assert marker['files']['ds/train/images/0000.jpg'] > 0  # what it unpacked, file by file, with sizes
+    (tmp_path / 'datasets/ds/train/images/0000.jpg').write_bytes(b'cut')  # a file cut short: fetched again
+    assert not support.downloads.is_downloaded(f'{srv.url}ds.zip', tmp_path / 'datasets')
+
+
+def test_a_numeric_split_names_its_folder(tmp_path):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=2, n_val=1, size=64)
+    (root / 'images/train').rename(root / 'images/2017')
+    (root / 'labels/train').rename(root / 'labels/2017')
+    (root / 'data.yaml').write_text('path: images\ntrain: 2017\nval: 2017\nnames: [r, d, t]\n')
+    assert support.data_yaml.data_spec(root / 'data.yaml')['train'] == [str(root / 'images/2017')]
+
+
+def claim_in_processes(project, count):
+    with __import__('multiprocessing').get_context('fork').Pool(16) as pool:
+        return pool.starmap(support.runs.run_dir, [(project, 'exp')] * count, chunksize=1)
+
+
+def test_concurrent_runs_never_share_a_run_folder(tmp_path):
+    claimed = claim_in_processes(tmp_path / 'runs', 400)
+    assert len(set(claimed)) == 400 and all(p.is_dir() for p in claimed)
+    # a run whose start fails removes only the folder it claimed itself, never another's
+    other = claimed[0]
+    with pytest.raises(ValueError), support.runs.removed_if_unstarted(other, fresh=True):
+        raise ValueError('a start that failed')
+    assert other.is_dir()
+    mine = support.runs.run_dir(tmp_path / 'runs', 'exp')
+    with pytest.raises(ValueError), support.runs.removed_if_unstarted(mine, fresh=True):
+        raise ValueError('a start that failed')
+    assert not mine.exists()
+
+
+def test_export_writes_atomically_and_says_why_it_cannot(exported, tmp_path, monkeypatch, capsys):
+    pt = tmp_path / 'yolov5n.pt'
+    shutil.copy(exported['pt'], pt)
+    good = tmp_path / 'yolov5n.torchscript'
+    good.write_bytes(b'the good export of yesterday')
+    real = E.export_torchscript
+
+    def killed(net, im, file, meta):  # the process dies halfway through writing
+        Path(file).write_bytes(b'half')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(E, 'export_torchscript', killed)
+    with pytest.raises(KeyboardInterrupt):
+        E.run(str(pt), include=('torchscript',), imgsz=64)
+    assert good.read_bytes() == b'the good export of yesterday' and sorted(p.name for p in tmp_path.iterdir()) == [
+        'yolov5n.pt', 'yolov5n.torchscript']
+    monkeypatch.setattr(E, 'export_torchscript', real)
+
+    def read_only(*args):
+        raise PermissionError(13, 'Permission denied')
+    monkeypatch.setattr(E.os, 'replace', read_only)
+    with pytest.raises(SystemExit, match=r'yolov5n.torchscript: cannot save \(Permission denied\); nothing written'):
+        E.main(E.parse_args(['--weights', str(pt), '--img', '64']))
+    monkeypatch.undo()
+    assert good.read_bytes() == b'the good export of yesterday' and len(list(tmp_path.iterdir())) == 2
+    with pytest.raises(SystemExit) as e:
+        E.parse_args(['--opset', '99'])
+    assert e.value.code == 2 and 'argument --opset' in capsys.readouterr().err
+    if importlib.util.find_spec('onnx'):
+        with pytest.raises(SystemExit, match='ONNX opset 7: torch cannot export this model at it'):
+            E.main(E.parse_args(['--weights', str(pt), '--include', 'onnx', '--opset', '7', '--img', '64']))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['yolov5n.pt', 'yolov5n.torchscript']
+
+
+def test_ctrl_c_right_after_the_final_checkpoint_is_finished_by_resume(tmp_path, monkeypatch, capsys):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=64)
+    real = T.save_checkpoint
+
+    def interrupted(state, path):  # Ctrl-C as best.pt of the final epoch is written, last.pt already was
+        real(state, path)
+        if state['epoch'] == 1 and Path(path).name == 'last.pt':
+            raise KeyboardInterrupt
+    monkeypatch.setattr(T, 'save_checkpoint', interrupted)
+    with pytest.raises(SystemExit) as e:
+        T.Trainer(tiny_args(root, tmp_path / 'runs', '--epochs', '2', '--img', '64')).fit()
+    out = capsys.readouterr().out
+    last = tmp_path / 'runs/exp/weights/last.pt'
+    assert e.value.code == 130 and f'{last} holds epoch 1, the final one; --resume finishes the run' in out
+    monkeypatch.setattr(T, 'save_checkpoint', real)
+    T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0'])).fit()
+    out = capsys.readouterr().out
+    assert 'Finishing' in out and 'Validating' in out and 'all ' in out
+    ckpt = torch.load(last, weights_only=True)
+    assert 'optimizer' not in ckpt and ckpt['epoch'] == 1  # stripped: the run is complete
+    with pytest.raises(SystemExit, match='finished all 2 epochs: nothing to resume'):
+        T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0']))

@@ -36,8 +36,7 @@ from support.results import coco_records, save_coco_json, trim_results, write_re
 from support.runs import join_process_group, pick_run, removed_if_unstarted, run_dir
 from support.runs import finite_everywhere, run_under_torchrun, stop_run
 
-# hyp.scratch-low.yaml: optimizer, schedule and loss here, the augmentations in data.py. Change
-# them on the command line: --hyp lr0=0.02 mosaic=0.5, or an original file: --hyp hyp.VOC.yaml
+# hyp.scratch-low.yaml (the augmentations: data.py's); --hyp lr0=0.02 or --hyp hyp.VOC.yaml
 HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,  # SGD; final lr: lr0 * lrf
            warmup_epochs=3.0, warmup_momentum=0.8, warmup_bias_lr=0.1,
            nbs=64,  # the nominal batch: gradients accumulate to it
@@ -56,7 +55,7 @@ def log(*args, **kwargs):
 
 
 def fitness(results):
-    """What makes an epoch the best (0 before the first validation)."""
+    """An epoch's score, for best.pt (0 before any validation)."""
     return 0.1 * results.get('metrics/mAP_0.5', 0) + 0.9 * results.get('metrics/mAP_0.5:0.95', 0)
 
 
@@ -99,7 +98,6 @@ class Trainer:
             gpus = [self.device] if self.device.type == 'cuda' else None
             self.ddp_model = nn.parallel.DistributedDataParallel(model, gpus, static_graph=True)
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
-        self.last_saved = resumed['epoch'] if resumed else None  # the epoch last.pt holds
         self.held_back = None  # with --nosave: the last epoch, written if the run stops early
         self.bad_steps = 0  # non-finite steps in a row
         self.results = {}  # the latest validation's
@@ -173,7 +171,7 @@ class Trainer:
                 setattr(self, key, resumed[key])
 
     def from_rank0(self, obj):
-        """Rank 0's obj on every process: under DDP all take one path, with no shared disk."""
+        """Rank 0's obj on every process: under DDP all take one path."""
         box = [obj]
         if self.ddp:
             dist.broadcast_object_list(box, 0)
@@ -204,7 +202,7 @@ class Trainer:
         return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
 
     def train_epoch(self, epoch):
-        """One pass over the training set; returns the mean of each loss term, by name."""
+        """One pass over the training set; returns each loss term's mean, by name."""
         opt, device = self.opt, self.device
         self.ddp_model.train()
         set_epoch(self.train_loader, epoch)
@@ -271,8 +269,8 @@ class Trainer:
             ema_update(self.ema, self.model, self.updates)
 
     def end_epoch(self, epoch, mean_losses):
-        """Validation, results.csv, checkpoints; returns whether to stop early. An epoch that may
-        end the run is validated and saved even with --noval or --nosave."""
+        """Validation, results.csv, checkpoints; returns whether to stop early. A possibly final
+        epoch is validated and saved even with --noval or --nosave."""
         opt = self.opt
         patience = opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
@@ -297,7 +295,6 @@ class Trainer:
             save_checkpoint(state, self.weights_dir / 'last.pt')
             if self.best_epoch == epoch:
                 save_checkpoint(state, self.weights_dir / 'best.pt')
-            self.last_saved = epoch
             self.held_back = None
         else:  # --nosave: a CPU copy (the live tensors move on), written if the run stops early
             self.held_back = to_cpu(state)
@@ -318,24 +315,22 @@ class Trainer:
     def finish(self):
         """Strips last.pt and best.pt to the fp16 EMA weights people ship; validates best.pt."""
         best = self.weights_dir / 'best.pt'
-        strip_checkpoint(self.weights_dir / 'last.pt')
-        if not best.exists():  # with --nosave it may never have been saved
-            return self.results
-        strip_checkpoint(best)
-        log(f'\nValidating {best}...')
-        model = deepcopy(self.ema)  # this run's model, edits included, with best.pt's weights
-        model.load_state_dict(read_checkpoint(best)[1])
-        half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA
-        return validate(model.fuse(), self.val_loader, self.names, loss_fn=self.loss_fn,
-                        iou_thres=0.65 if self.coco else 0.6, dtype=half, verbose=True,
-                        plots_dir=self.save_dir)
+        if best.exists():  # (with --nosave it may never have been saved)
+            strip_checkpoint(best)
+            log(f'\nValidating {best}...')
+            model = deepcopy(self.ema)  # this run's model, edits included, with best.pt's weights
+            model.load_state_dict(read_checkpoint(best)[1])
+            half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA
+            validate(model.fuse(), self.val_loader, self.names, loss_fn=self.loss_fn, dtype=half,
+                     iou_thres=0.65 if self.coco else 0.6, verbose=True, plots_dir=self.save_dir)
+        strip_checkpoint(self.weights_dir / 'last.pt')  # last: until then --resume finishes the run
 
     def fit(self):
         opt = self.opt
         log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} '
             f'dataloader workers; {WORLD_SIZE} process(es); results to {self.save_dir}\n'
             f'Starting training for {opt.epochs} epochs...')
-        epoch = self.start_epoch
+        epoch = self.start_epoch - 1  # the last one run
         start = time.time()
         try:
             for epoch in range(self.start_epoch, opt.epochs):
@@ -344,25 +339,26 @@ class Trainer:
                 if self.from_rank0(stop):  # every process must leave the loop together
                     break
         except (KeyboardInterrupt, FloatingPointError, torch.OutOfMemoryError) as e:
-            saved = self.last_saved
             if MAIN and self.held_back:  # the last complete epoch, so that --resume goes on
                 save_checkpoint(self.held_back, self.weights_dir / 'last.pt')
-                saved = self.held_back['epoch']
-            stop_run(e, self.weights_dir / 'last.pt', saved)
+            stop_run(e, self.weights_dir / 'last.pt', opt.epochs)  # what last.pt holds, as on disk
         finally:
             if self.ddp:
                 dist.destroy_process_group()
         if MAIN:
             hours = (time.time() - start) / 3600
             log(f'\n{epoch - self.start_epoch + 1} epochs completed in {hours:.3f} hours.')
-            self.finish()
+            try:
+                self.finish()
+            except KeyboardInterrupt as e:  # last.pt is stripped last: --resume finishes the run
+                stop_run(e, self.weights_dir / 'last.pt', opt.epochs)
             log(f'Results saved to {self.save_dir}')
         return self.save_dir
 
 
 def build_model(opt, resumed=None, data_names=None):
-    """last.pt's model; else --cfg's (or the weights', with their anchors) with --weights where they
-    fit. Classes: --names, else the data's, else the weights', else COCO's."""
+    """last.pt's model; else --cfg's (or the weights', anchors too), --weights loaded where they
+    fit. Classes: --names, else the data's, the weights', COCO's."""
     if resumed:
         config = checked_config(opt.resume, config_of(resumed))
         return from_config(config, resumed['model'], opt.resume)
@@ -390,8 +386,7 @@ def train_dataset(opt, data, names, hyp, stride):
                       seed=opt.seed, single_cls=opt.single_cls, prefix='train: ')
     if not sum(len(x) for x in dataset.labels):
         raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. '
-                         f'Labels are read from the labels/ folder beside images/, e.g. '
-                         f'{label_path(dataset.files[0])}')
+                         f'Labels are read beside images/, e.g. {label_path(dataset.files[0])}')
     return dataset
 
 
@@ -403,8 +398,8 @@ def val_dataset(opt, data, names, stride, batch, rect=True):  # rect False: an O
 
 
 def training_data(data='coco128.yaml', img=640, batch=16, hyp=None, **flags):
-    """(dataset, loader) as `train.py --data DATA --img IMG --batch BATCH` makes them, for a
-    notebook: HYP with hyp's values, other flags by name (rect=True, seed=1, ...)."""
+    """(dataset, loader) as `train.py --data DATA --img IMG --batch BATCH` makes them; HYP with
+    hyp's values, other flags by name (rect=True, ...)."""
     opt = parse_args(['--data', str(data), '--img', str(img), '--batch', str(batch)])
     opt.workers = 0
     vars(opt).update(flags)
@@ -637,9 +632,10 @@ def summarize(stats, names, verbose, plots_dir=None):
 
 @torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None,
-             dtype=None, verbose=False, plots_dir=None, augment=False, records=None):
+             dtype=None, verbose=False, plots_dir=None, augment=False, records=None,
+             single_cls=False):
     """Prints YOLOv5's validation table; returns the metrics (and loss terms) by name. records: a
-    list for COCO JSON."""
+    list for COCO JSON; single_cls: every prediction class 0."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
@@ -658,10 +654,12 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
         for pred, raw in predict(model, imgs, dtype, augment):  # NMS a chunk at a time
             watch.lap('inference')
             preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True,
-                                         max_det=max_det)
+                                         agnostic=single_cls, max_det=max_det)
             watch.lap('NMS')
             if loss_fn:
                 raws.append(raw)
+        for pred in preds if single_cls else []:
+            pred[:, 5] = 0
         if loss_fn:
             terms = loss_fn([torch.cat(level) for level in zip(*raws)], targets)[1]
             losses = {name: losses.get(name, 0) + term for name, term in terms.items()}
@@ -704,7 +702,9 @@ def run_val_only(opt):
     model = model.to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data, opt.task)
     names = read_names(opt.names) if opt.names else data['names'] or model.names
-    if len(names) != model.nc:  # as the original: the boxes would have classes without names
+    if opt.single_cls:  # every label and prediction is class 0, as the original's
+        names = names[:1]
+    elif len(names) != model.nc:  # as the original: the boxes would have classes without names
         raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} '
                          f'names {len(names)}')
     fixed = getattr(model, 'fixed', None) is not None  # an ONNX file of fixed size: square images
@@ -715,7 +715,7 @@ def run_val_only(opt):
     records = [] if opt.save_json else None
     validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det,
              verbose=opt.verbose or len(names) < 50, dtype=half_dtype(device) if opt.half else None,
-             plots_dir=save_dir, augment=opt.augment, records=records)
+             plots_dir=save_dir, augment=opt.augment, records=records, single_cls=opt.single_cls)
     if opt.save_json:
         json_path = save_dir / f'{Path(opt.weights).stem}_predictions.json'
         or_exit(save_coco_json, records, json_path, data, val.files)

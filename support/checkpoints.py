@@ -188,6 +188,8 @@ def to_cpu(obj):
 def strip_checkpoint(path):
     """As the original at the end of a run: only the EMA's weights, in fp16, and no optimizer: the file people ship."""
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    if 'ema' not in ckpt:  # stripped already
+        return
     ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.pop('ema').items()}
     save_checkpoint({k: v for k, v in ckpt.items() if k not in ('optimizer', 'scaler', 'updates')}, path)
 

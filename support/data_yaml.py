@@ -135,7 +135,7 @@ def data_spec(data, task='val'):
     p, lines = Path(data), {}
     if p.stem in KNOWN_DATA and p.suffix in ('.yaml', '.yml', '') and not p.exists():
         cfg, base = dict(KNOWN_DATA[p.stem], names=COCO_NAMES), downloads.DATASETS_DIR
-        zips = [(url, base / dest) for url, dest in cfg.pop('download')]  # (url, folder) pairs: for these only
+        zips = [(url, base / dest, None) for url, dest in cfg.pop('download')]  # (url, folder): for these only
     elif p.suffix in ('.yaml', '.yml'):
         if not p.is_file():
             raise FileNotFoundError(f'{data}: no such file (known without one: {", ".join(KNOWN_DATA)})')
@@ -145,13 +145,14 @@ def data_spec(data, task='val'):
     value = functools.partial(_yaml_value, cfg, lines, data)
     names = _class_names(value('names', (list, dict), 'a list of names or `index: name` lines'),
                          value('nc', int, f'a number of classes from 1 to {MAX_CLASSES}'), lines, data)
-    root = base / (value('path', str, 'a folder') or '')  # relative to the YAML's folder; an absolute path stays so
+    # relative to the YAML's folder; an absolute path stays so
+    root = base / _path_values(value('path', (str, int), 'a folder') or '')
     download = value('download', str, 'the URL of a .zip (or a script, which is never run)')
     if download and re.fullmatch(r'https?://\S+\.zip', download.strip()):  # a YAML's URL of one zip
-        zips = [(download.strip(), root.parent)]  # unpacked into path's parent, as the original
+        zips = [(download.strip(), root.parent, root.name)]  # into path's parent, as the original
     wanted = dict.fromkeys(('train', 'val', task))  # the test split only when asked for: often it is not there
-    splits = {k: value(k, (str, list), 'a path or a list of paths (quote a number)', str) for k in wanted}
-    done = [is_downloaded(url, dest) for url, dest in zips]
+    splits = {k: _path_values(value(k, (str, int, list), 'a path or a list of paths', (str, int))) for k in wanted}
+    done = [is_downloaded(url, dest) for url, dest, _ in zips]
     if any(done) and not all(done):  # a download that stopped halfway goes on first
         _download_dataset(data, download, zips, root)
     for attempt in range(2):  # the second after the download
@@ -160,7 +161,13 @@ def data_spec(data, task='val'):
         except FileNotFoundError:
             if attempt or not (download or zips):
                 raise
-            _download_dataset(data, download, zips, root)
+            # all downloaded yet the dataset is not there: a wrong zip came, fetch it once more
+            _download_dataset(data, download, zips, root, again=all(done))
+
+
+def _path_values(value):
+    """A split's path(s) as text: `train: 2017` names the folder 2017."""
+    return [str(v) for v in value] if isinstance(value, list) else None if value is None else str(value)
 
 
 def _yaml_value(cfg, lines, data, key, kinds, what, items=object):
@@ -215,7 +222,7 @@ def _resolve(cfg, split, root, base):
     return found
 
 
-def _download_dataset(data, download, zips, root):
+def _download_dataset(data, download, zips, root, again=False):
     """A missing dataset, fetched: the zips of a known dataset or of a YAML `download: URL`. A download: that is a
     Python script is never run (the original exec()s it): the error names what to fetch and where to put it."""
     if not zips:
@@ -223,9 +230,9 @@ def _download_dataset(data, download, zips, root):
         raise FileNotFoundError(f'{data}: dataset not found, and its download: is a script, which is never run '
                                 f'here. Fetch {urls} by hand and unpack it to {root.resolve()}')
     errors = []
-    for url, dest in zips:
+    for url, dest, folder in zips:
         try:
-            download_zip(url, dest)
+            download_zip(url, dest, folder, again)
         except (FileNotFoundError, ValueError) as e:
             errors.append(str(e))
     if errors:

@@ -5,6 +5,7 @@ the labels, class names, and the box formats. What training makes of the images 
 """
 import glob
 import hashlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from support.files import WriteError, replacing
 
 IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
-CACHE_VERSION = 2  # 2: PNG and TIFF images are no longer taken for corrupt, class indices are bounded
+CACHE_VERSION = 3  # 2: PNG and TIFF read, class indices bounded; 3: a class that is not an index refuses the dataset
 # more classes than any real dataset has (LVIS: 1,203): a bound on what a hostile YAML or label file can make us build
 MAX_CLASSES = 100_000
 COORD_TOLERANCE = 0.01  # normalized coordinates up to 1% outside [0, 1] are clipped, further out is an error
@@ -70,8 +71,23 @@ def find_images(source, split='train'):
 
 def label_path(img_path):
     """.../images/x/a.jpg -> .../labels/x/a.txt (the last /images/ only)."""
-    head, sep, tail = img_path.rpartition(f'{os.sep}images{os.sep}')
-    return os.path.splitext(f'{head}{os.sep}labels{os.sep}{tail}' if sep else img_path)[0] + '.txt'
+    head, sep, tail = (os.sep + img_path).rpartition(f'{os.sep}images{os.sep}')  # (images/ first: a relative root)
+    return os.path.splitext(f'{head}{os.sep}labels{os.sep}{tail}'[1:] if sep else img_path)[0] + '.txt'
+
+
+class ClassIndexError(ValueError):
+    """A label row whose class is not an index: not an integer from 0 to MAX_CLASSES - 1. Not a corrupt file to
+    leave out but a dataset to fix, as a class the dataset does not have."""
+    def __init__(self, where, value):
+        super().__init__(f'{where}: class {value:g} is not a class index')
+        self.where = where
+        self.value = value
+
+
+def out_of_range(where, value, nc):
+    """The one message for a label's class that the dataset does not have."""
+    return ValueError(f'{where}: class {value:g} is out of range: the dataset has {nc} classes (0-{nc - 1}); fix the '
+                      f'label or give the right --names')
 
 
 def read_labels(path):
@@ -90,8 +106,7 @@ def read_labels(path):
         if len(v) != 5 and not polygon:
             raise ValueError(f'{path}:{n}: {len(v)} numbers: a row is class xc yc w h, or class and 3+ x y points')
         if not (0 <= v[0] < MAX_CLASSES and v[0] % 1 == 0):  # (nan and inf fail too; 1e40 would be inf in float32)
-            raise ValueError(f'{path}:{n}: class {v[0]:g} is not a class index: an integer from 0 to '
-                             f'{MAX_CLASSES - 1} (a bound no real dataset reaches)')
+            raise ClassIndexError(f'{path}:{n}', v[0])
         xy, outside = v[1:], (v[1:] < 0) | (v[1:] > 1)
         if not ((xy >= -COORD_TOLERANCE) & (xy <= 1 + COORD_TOLERANCE)).all():
             raise ValueError(f'{path}:{n}: coordinates not normalized to [0, 1]: {line.strip()[:60]}')
@@ -149,9 +164,11 @@ def _scan_one(args):
         if truncated and cv2.imread(img) is None:  # a JPEG without its end marker is kept if it still decodes
             raise ValueError('truncated JPEG that does not decode')
         labels, msgs = read_labels(lab)
+    except ClassIndexError as e:  # not a corrupt file: the dataset is refused
+        return img, None, None, [], (e.where, e.value)
     except Exception as e:  # PIL raises many kinds for a corrupt file
-        return img, None, None, [f'{img}: ignoring corrupt image/label: {e}']
-    return img, (w, h), labels, [f'{img}: truncated JPEG, it decodes and is kept'] * truncated + msgs
+        return img, None, None, [f'{img}: ignoring corrupt image/label: {e}'], None
+    return img, (w, h), labels, [f'{img}: truncated JPEG, it decodes and is kept'] * truncated + msgs, None
 
 
 def files_hash(paths):
@@ -218,35 +235,54 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
             raise ValueError('stale cache')
         files, sizes, msgs, n_corrupt = list(c['files']), c['sizes'], list(c['msgs']), int(c['corrupt'])
         labels, how = np.split(c['labels'], np.cumsum(c['counts']))[:-1], 'Cached'  # (the last part is empty)
+        if not _plausible(c['labels'], sizes, len(files)):  # a file like any other: its numbers bounded too
+            raise ValueError('damaged cache')
+        bad_classes = []
     except Exception:  # no cache, stale or unreadable: scan again
         with multiprocessing.Pool(min(8, os.cpu_count())) as pool:  # processes: the checks are Python, threads wait
             results = pool.map(_scan_one, zip(img_files, label_files), chunksize=64)  # on each other (the GIL)
         kept = [r for r in results if r[1] is not None]
         files, sizes, labels = [r[0] for r in kept], np.array([r[1] for r in kept]).reshape(-1, 2), [r[2] for r in kept]
-        msgs, n_corrupt, how = [m for r in results for m in r[3]], len(results) - len(kept), 'Scanned'
-        try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
-            if not os.stat(cache_path.parent).st_mode & 0o222:
-                raise PermissionError(13, 'folder is read-only')
-            with replacing(cache_path) as tmp, open(tmp, 'wb') as f:  # DDP ranks may scan at the same time
-                np.savez(f, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes,
+        bad_classes = [r[4] for r in results if r[4]]
+        msgs, how = [m for r in results for m in r[3]], 'Scanned'
+        n_corrupt = len(results) - len(kept) - len(bad_classes)
+        if not bad_classes:  # (a dataset refused below is not cached)
+            _write_cache(cache_path, prefix, version=CACHE_VERSION, hash=key, files=np.array(files), sizes=sizes,
                          msgs=np.array(msgs, str), labels=np.concatenate(labels or [np.zeros((0, 5), np.float32)]),
                          counts=[len(x) for x in labels], corrupt=n_corrupt)
-        except OSError as e:
-            why = e.reason if isinstance(e, WriteError) else e.strerror
-            print(f'{prefix}WARNING: cache {cache_path} not written ({why})', file=sys.stderr)
     for m in msgs:
         print(f'{prefix}WARNING: {m}', file=sys.stderr)
     print(f'{prefix}{how} {Path(label_files[0]).parent}: {len(files)} images, {sum(len(x) == 0 for x in labels)} '
           f'backgrounds, {n_corrupt} corrupt, {sum(len(x) for x in labels)} instances')
+    if bad_classes:  # one rule for a class, with --single-cls too: an integer the dataset has
+        where, value = bad_classes[0]
+        raise out_of_range(where, value, nc)
     for f, lb in zip(files, labels):
+        if len(lb) and lb[:, 0].max() >= nc and not single_cls:
+            raise out_of_range(label_path(f), lb[:, 0].max(), nc)
         if single_cls:  # every object is class 0
             lb[:, 0] = 0
-        if len(lb) and lb[:, 0].max() >= nc:
-            raise ValueError(f'{label_path(f)}: class {int(lb[:, 0].max())} is out of range: the dataset has '
-                             f'{nc} classes (0-{nc - 1}); fix the label or give the right --names')
     if not files:
         raise ValueError(f'{prefix}no usable images in {Path(img_files[0]).parent}')
     return files, sizes, labels
+
+
+def _write_cache(path, prefix, **arrays):
+    try:  # the write bits, not os.access: as root os.access says yes even to a read-only dataset
+        if not os.stat(path.parent).st_mode & 0o222:
+            raise PermissionError(13, 'folder is read-only')
+        with replacing(path) as tmp, open(tmp, 'wb') as f:  # DDP ranks may scan at the same time
+            np.savez(f, **arrays)
+    except OSError as e:
+        why = e.reason if isinstance(e, WriteError) else e.strerror
+        print(f'{prefix}WARNING: cache {path} not written ({why})', file=sys.stderr)
+
+
+def _plausible(labels, sizes, n):
+    """Whether a cache's numbers are what a scan makes: classes, normalized boxes, image sizes."""
+    finite = np.isfinite(labels).all() and np.isfinite(sizes).all()
+    return bool(finite and len(sizes) == n and (labels[:, 0] >= 0).all() and (labels[:, 0] < MAX_CLASSES).all()
+                and (labels[:, 1:] >= 0).all() and (labels[:, 1:] <= 1).all() and (sizes >= 10).all())
 
 
 def warn_shared_labels(img_files, label_files, prefix=''):
@@ -262,7 +298,17 @@ def warn_shared_labels(img_files, label_files, prefix=''):
 
 
 def read_names(path=None):
-    names = list(COCO_NAMES) if path is None else [x.strip() for x in Path(path).read_text().splitlines() if x.strip()]
+    """The class names of a file, one a line (COCO's without one); at most MAX_CLASSES, read as UTF-8."""
+    if path is None:
+        return list(COCO_NAMES)
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            lines = [line.strip() for line in itertools.islice(f, MAX_CLASSES + 1)]
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    names = [line for line in lines if line]
+    if len(lines) > MAX_CLASSES:
+        raise ValueError(f'{path}: more than {MAX_CLASSES} lines: not a file of class names')
     if not names:
         raise ValueError(f'{path}: no class names (one per line)')
     return names

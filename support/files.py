@@ -5,7 +5,13 @@ temporary name holds the process id, so that two processes writing one file neve
 fails is a WriteError (an OSError) that names the file.
 """
 import contextlib
+import hashlib
 import os
+import tempfile
+try:
+    import fcntl  # POSIX file locks (none on Windows: there, two writers are not kept apart)
+except ImportError:
+    fcntl = None
 from pathlib import Path
 
 import cv2
@@ -36,6 +42,24 @@ def replacing(path):
         # torch.save reports a failed write as a RuntimeError
         reason = getattr(e, 'strerror', None) or str(e).strip() or type(e).__name__
         raise WriteError(path, reason.splitlines()[-1]) from None
+
+
+LOCKS = Path(tempfile.gettempdir()) / 'nano-yolov5-locks'  # beside no dataset: nothing left in one
+
+
+@contextlib.contextmanager
+def locked(name):
+    """Holds an exclusive lock named name (any text: a path, a URL), so that two processes (two runs, DDP ranks) do
+    one thing, such as fetching a file, one after the other. Its file in LOCKS stays: removing it would race."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    with open(LOCKS / hashlib.sha256(str(name).encode()).hexdigest()[:20], 'a') as f:
+        if fcntl:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def save_text(text, path):

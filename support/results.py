@@ -70,10 +70,11 @@ def write_results(path, row):
     """Appends row {column: value} to results.csv, columns matched by name. If the columns changed (a metric added
     or removed), the file is written anew with the new header first, each old value under its name (nan if none)."""
     head, rows = read_results(path)
-    if head != list(row):
-        _rewrite_results(path, list(row), [[dict(zip(head, r)).get(k, math.nan) for k in row] for r in rows])
-    with open(path, 'a') as f:
-        f.write(','.join(f'{v:>20.5g}' for v in row.values()) + '\n')
+    rows = [[dict(zip(head, r)).get(k, math.nan) for k in row] for r in rows] if head != list(row) else rows
+    try:  # the whole file written anew, atomically: a crash leaves the old one or the new one
+        _rewrite_results(path, list(row), rows + [list(row.values())])
+    except OSError as e:
+        raise SystemExit(f'ERROR: {e}: the run stops, its last.pt holds the epoch before') from None
 
 
 def trim_results(path, start_epoch):

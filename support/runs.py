@@ -37,19 +37,25 @@ def finite_everywhere(loss, paths, ddp):
     return not bad
 
 
+CLAIMED = set()  # the run folders this process claimed: the only ones it may remove
+
+
 def run_dir(project, name, exist_ok=False):
-    """The folder of a new run, claimed (created) and returned: project/name, or if that exists (and not exist_ok)
-    name2, name3, ... A mkdir that fails if the folder exists is the claim: two runs started at the same instant
-    never share one. A folder that cannot be made ends the program with a message."""
+    """The folder of a new run, claimed (made) and returned: project/name, or if that exists (and not exist_ok) name2,
+    name3, ... A mkdir that fails if the folder exists is the claim: two runs started at the same instant never share
+    one. A folder that cannot be made ends the program with a message."""
     for n in itertools.count(1):
         path = Path(project) / (f'{name}{n}' if n > 1 else name)
         try:
             path.mkdir(parents=True, exist_ok=exist_ok)
+            if not exist_ok:
+                CLAIMED.add(path.resolve())
             return path
         except FileExistsError:
             continue
         except OSError as e:
             raise SystemExit(f'ERROR: cannot write the run folder {path} ({e.strerror})') from None
+
 
 
 @contextlib.contextmanager
@@ -59,10 +65,11 @@ def removed_if_unstarted(save_dir, fresh):
     try:
         yield
     except BaseException as e:
-        if fresh:
+        if fresh and save_dir.resolve() in CLAIMED:  # only a folder this process claimed: never another run's
             with contextlib.suppress(OSError):  # rmdir fails on a folder that is not empty: it stays
                 (save_dir / '.torchrun_id').unlink(missing_ok=True)
-                (save_dir / 'weights').rmdir()
+                with contextlib.suppress(FileNotFoundError):
+                    (save_dir / 'weights').rmdir()
                 save_dir.rmdir()
         if isinstance(e, KeyboardInterrupt):
             print('\nInterrupted before training started', file=sys.stderr)
@@ -70,12 +77,24 @@ def removed_if_unstarted(save_dir, fresh):
         raise
 
 
-def stop_run(e, last, saved):
-    """How a training run ends on Ctrl-C (exit 130) or an error that stops it (FloatingPointError): saying what last.pt
-    holds (epoch saved, or None). Running out of GPU memory goes on to train.main's message."""
+def saved_epoch(path):
+    """The epoch a last.pt holds, read from the file itself (its tensors mapped, not read); None if none."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)['epoch']
+    except Exception:  # no file, or not one that a run wrote
+        return None
+
+
+def stop_run(e, last, epochs):
+    """How a training run of epochs ends on Ctrl-C (exit 130) or an error that stops it (FloatingPointError): saying
+    what last.pt holds, as it is on disk. Running out of GPU memory goes on to train.main's message."""
+    saved = saved_epoch(last)
     held = f'{last} holds epoch {saved}' if saved is not None else 'no epoch completed'
     if isinstance(e, KeyboardInterrupt):
-        print(f'\nInterrupted: {held}' + ('; continue with --resume' if saved is not None else ', nothing to resume'))
+        then = ', nothing to resume' if saved is None else '; continue with --resume'
+        if saved is not None and saved + 1 >= epochs:
+            then = ', the final one; --resume finishes the run (its final validation)'
+        print(f'\nInterrupted: {held}{then}')
         raise SystemExit(130)
     if isinstance(e, torch.OutOfMemoryError):
         raise e
@@ -109,10 +128,13 @@ def pick_run(opt, parse_args):
         keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
         opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt'].get('batch', 16))])), **ckpt['opt'],
                                     **keep})
-        if 'optimizer' not in ckpt or ckpt['epoch'] + 1 >= opt.epochs:  # a finished run is stripped of its optimizer
+        if 'optimizer' not in ckpt:  # a finished run is stripped of its optimizer
             done = f'finished all {opt.epochs} epochs' if ckpt['epoch'] + 1 >= opt.epochs else 'stopped early'
             raise SystemExit(f'{last} {done}: nothing to resume (fine-tune it with --weights)')
-        print(f'Resuming {last} from epoch {ckpt["epoch"] + 1}')
+        if ckpt['epoch'] + 1 >= opt.epochs:  # stopped after its final epoch, before its end
+            print(f'Finishing {last}: all {opt.epochs} epochs are done, not the final validation')
+        else:
+            print(f'Resuming {last} from epoch {ckpt["epoch"] + 1}')
         return opt, ckpt, last.parent.parent
     save_dir = mine[0] if mine else run_dir(opt.project, opt.name, opt.exist_ok)
     try:
