@@ -31,8 +31,8 @@ def letterbox(img, new_shape=640, color=GREY, auto=True, scaleup=True, stride=32
     height, width = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
     ratio = min(new_h / height, new_w / width, math.inf if scaleup else 1.0)  # val never enlarges
-    unpad_w = int(round(width * ratio))
-    unpad_h = int(round(height * ratio))
+    unpad_w = max(int(round(width * ratio)), 1)  # (a 10000x10 image keeps a pixel)
+    unpad_h = max(int(round(height * ratio)), 1)
     pad_w = (new_w - unpad_w) / 2
     pad_h = (new_h - unpad_h) / 2
     if auto:  # pad only up to the stride

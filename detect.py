@@ -15,7 +15,7 @@ from support.cli import Stopwatch, check_img_size, detect_args, half_dtype, or_e
 from support.datasets import IMAGE_EXTS
 from support.files import save_image
 from support.runs import run_dir
-from support.sources import VideoFile, expand_sources, is_stream, output_stem, read_frames
+from support.sources import VideoFile, describe, expand_sources, is_stream, output_stem, read_frames
 from support.sources import save_results, stop_on_ctrl_c
 
 
@@ -24,18 +24,12 @@ def parse_args(argv=None):
     return detect_args(argv, __doc__)
 
 
-def describe(det, names):
-    """'4 persons, 1 bus, ' for an image's detections, as the original prints them."""
-    counts = [(names[int(cls)], int((det[:, 5] == cls).sum())) for cls in det[:, 5].unique()]
-    text = ''.join(f'{count} {name}{"s" if count > 1 else ""}, ' for name, count in counts)
-    return text or '(no detections), '
-
-
 @torch.inference_mode()
 def run(opt, stop=None):
     """Returns the exit code. stop: an event that ends the run after the current frame (Ctrl-C)."""
     device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, fuse=True).to(memory_format=torch.channels_last)
+    model = or_exit(load_any, opt.weights, device, True, opt.trust_code, opt.img, opt.augment)
+    model = model.to(memory_format=torch.channels_last)  # the convolutions' fastest layout
     dtype = half_dtype(device) if opt.half else None  # fp32 unless --half: the original's outputs
     names = model.names
     if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
@@ -63,7 +57,7 @@ def run(opt, stop=None):
             x = to_tensor(letterbox(frame, img_size, stride=stride)[0])
             x = x.to(device).float()[None] / 255
             watch.lap('pre-process')
-            pred = next(predict(model, x, dtype, opt.augment))[0]
+            pred = or_exit(next, predict(model, x, dtype, opt.augment))[0]  # (an export may not run)
             inference = watch.lap('inference')
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes,
                                       opt.agnostic_nms, max_det=opt.max_det)[0]

@@ -18,11 +18,13 @@ On top of model.py and data.py; never imports detect.py or train.py.
 """
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -71,37 +73,103 @@ class Exported(nn.Module):
         self.max_stride = max_stride  # image sizes are multiples of it
 
     def forward(self, x):
+        try:
+            return self.predictions(x), None
+        except (RuntimeError, cv2.error) as e:
+            raise ValueError(f'the exported file does not run at {x.shape[2]}x{x.shape[3]} '
+                             f'({str(e).strip().splitlines()[-1][:200]}); export it again') from None
+
+    def predictions(self, x):
         if self.fixed is None:
-            return self.run(x.to(self.dtype)).float(), None
+            return self.run(x.to(self.dtype)).float()
         b, _, h, w = self.fixed
         if x.shape[2] > h or x.shape[3] > w:
             raise ValueError(f'this ONNX file takes images up to {h}x{w}, not {x.shape[2]}x{x.shape[3]}: '
-                             f'use --img {max(h, w)} or export again with --img {x.shape[2]} {x.shape[3]}')
+                             f'use --img {min(h, w)} or export again with --img {x.shape[2]} {x.shape[3]}')
         top, left = (h - x.shape[2]) // 2, (w - x.shape[3]) // 2
         x = nn.functional.pad(x, (left, w - x.shape[3] - left, top, h - x.shape[2] - top), value=114 / 255)
         blank = lambda c: c.new_zeros((b - len(c), *c.shape[1:]))  # fills up the file's fixed batch
         y = torch.cat([self.run(torch.cat((c, blank(c))))[:len(c)] for c in x.split(b)])
         y[..., 0] -= left  # box centres back to x's pixels
         y[..., 1] -= top
-        return y, None
+        return y
+
+    def checked(self, path, img=None):
+        """Itself, once a run on a blank image (img square, if given) shows an output that its metadata describes:
+        (batch, boxes, 5 + one score per class name). Raises ValueError naming path."""
+        size = check_img_size(img, stride=self.max_stride) if img else 2 * self.max_stride
+        shape = self.fixed or (1, 3, size, size)
+        try:
+            with torch.no_grad():
+                y = self(torch.zeros(1, 3, *shape[2:], dtype=torch.float32, device=self.where.device))[0]
+        except (RuntimeError, ValueError, cv2.error) as e:
+            raise ValueError(f'{path}: it does not run: {str(e).strip()[-300:]}') from None
+        if y.ndim != 3 or y.shape[2] < 6:
+            raise ValueError(f'{path}: not a detection model: its output is {tuple(y.shape)}, not (batch, boxes, 5 + '
+                             f'classes); a classifier or another kind of model?')
+        if y.shape[2] - 5 != self.nc:
+            raise ValueError(f'{path}: its metadata names {self.nc} classes, its output scores {y.shape[2] - 5}')
+        return self
 
 
 def class_names(path, text):
-    """The names as export.py writes them (a JSON list) or as the original's export does (a dict {0: 'person'...})."""
+    """The names as export.py writes them (a JSON list) or as the original's export does (a dict {0: 'person'...}),
+    each a string. Raises ValueError naming path for anything else."""
     if not text:
         raise ValueError(f'{path}: no class names inside: not a file of export.py or of the original\'s export.py')
-    names = ast.literal_eval(text) if isinstance(text, str) else text
-    return [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else list(names)
+    try:
+        names = ast.literal_eval(text) if isinstance(text, str) else text  # (literals only: nothing runs)
+        if isinstance(names, dict):
+            keys = sorted(names)
+            if keys != list(range(len(keys))):
+                raise ValueError
+            names = [names[k] for k in keys]
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, int)) for n in names):
+            raise ValueError
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f'{path}: its class names {str(text)[:60]!r} are not a list or {{index: name}} of names') \
+            from None
+    return [str(n) for n in names]
 
 
-def load_torchscript(path, device):
+def stride_of(path, text):
+    """The largest stride in a file's metadata: a power of 2 from 8 to 128."""
+    try:
+        stride = int(str(text))
+    except ValueError:
+        stride = 0
+    if stride not in (8, 16, 32, 64, 128):
+        raise ValueError(f'{path}: its stride {str(text)[:20]!r} is not a model\'s (32, or 64 for P6)')
+    return stride
+
+
+def load_torchscript(path, device, trust=False, img=None):
+    """A TorchScript file: code, which loading it runs. So it is loaded only if trust, or if whoever runs this says
+    yes at the prompt (on a terminal)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'{path}: not a TorchScript file (not a zip archive)')
+    if not trust and not confirmed(f'{path} is TorchScript: loading it runs the code it holds. Run it? [y/N] '):
+        raise ValueError(f'{path}: a TorchScript file holds code, which loading it runs; give --trust-code (or '
+                         f'trust=True in Python) if you trust where it comes from')
     files = {'config.txt': ''}  # the metadata file that export_torchscript() writes into the archive
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', FutureWarning)  # TorchScript, deprecated in torch, is the format asked for
-        ts = torch.jit.load(str(path), map_location=device, _extra_files=files).eval()
-    meta = json.loads(files['config.txt'] or '{}')
-    dtype = next(ts.parameters()).dtype
-    return Exported(ts, class_names(path, meta.get('names')), dtype, max_stride=int(meta.get('stride', 32)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)  # TorchScript, deprecated in torch, is the format asked for
+            ts = torch.jit.load(str(path), map_location=device, _extra_files=files).eval()
+        meta = json.loads(files['config.txt'] or '{}')
+        dtype = next(ts.parameters()).dtype
+    except (RuntimeError, ValueError, StopIteration) as e:  # a damaged archive, or no model inside
+        raise ValueError(f'{path}: not a TorchScript model ({str(e).strip().splitlines()[0][:150]})') from None
+    if not isinstance(meta, dict):
+        raise ValueError(f'{path}: its config.txt is not a dict of metadata')
+    names = class_names(path, meta.get('names'))
+    return Exported(ts, names, dtype, max_stride=stride_of(path, meta.get('stride', 32))).checked(path, img)
+
+
+def confirmed(question):
+    if not sys.stdin.isatty():
+        return False
+    return input(question).strip().lower() in ('y', 'yes')
 
 
 # ONNX through OpenCV's DNN module, on the CPU. OpenCV works out every size in the graph once, as it reads the file,
@@ -174,47 +242,122 @@ class OpenCVNet:
     """An ONNX file run by OpenCV: read once per input shape, with that shape declared, where the graph's sizes
     follow its input (export.py's files, and any with free sizes); else read once, at the size the file declares."""
     def __init__(self, path):
-        self.model, self.meta, self.nets = memoryview(Path(path).read_bytes()), {}, {}
+        self.path, self.model, self.meta, self.nets = path, memoryview(Path(path).read_bytes()), {}, {}
         for f, entry, _ in _fields(self.model):
             if f == 14:  # ModelProto.metadata_props: StringStringEntryProto (key = 1, value = 2)
                 kv = _dict(entry)
-                self.meta[bytes(kv.get(1, b'')).decode()] = bytes(kv.get(2, b'')).decode()
+                self.meta[bytes(kv.get(1, b'')).decode(errors='replace')] = bytes(kv.get(2, b'')).decode(
+                    errors='replace')
         # TensorShapeProto.dim (1): Dimension.dim_value (1), or a dim_param (2) where the size is free
         self.shape = [_dict(dim).get(1) for _, dim, _ in _fields(_field(self.model, INPUT_SHAPE))]
         self.any_size = None in self.shape or self.meta.get('any_size') == 'true'
+        # the predictions: the graph's first output (ModelProto.graph -> output -> name); the original's files from
+        # today's torch have the raw maps after it
+        self.output = bytes(_field(self.model, (7, 12, 1))).decode(errors='replace')
 
     def __call__(self, x):
         shape = tuple(x.shape) if self.any_size else tuple(self.shape)
         if shape not in self.nets:
-            dims = b''.join(_ld(1, _encode(1 << 3) + _encode(n)) for n in shape)  # dims with a dim_value (a varint)
-            model = _replaced(self.model, INPUT_SHAPE, dims) if self.any_size else self.model
-            self.nets[shape] = cv2.dnn.readNetFromONNX(np.frombuffer(model, np.uint8))  # (bytes crash OpenCV 4.14)
+            if self.any_size:
+                dims = b''.join(_ld(1, _encode(1 << 3) + _encode(n)) for n in shape)  # dim_values (varints)
+                model = np.frombuffer(_replaced(self.model, INPUT_SHAPE, dims), np.uint8)  # (bytes crash OpenCV)
+                self.nets[shape] = cv2.dnn.readNetFromONNX(model)
+            else:  # read by its path: its weights may lie in a file of their own beside it
+                self.nets[shape] = cv2.dnn.readNetFromONNX(str(self.path))
         self.nets[shape].setInput(x.detach().float().cpu().numpy())  # OpenCV computes in fp32 on the CPU
-        return torch.tensor(self.nets[shape].forward(), device=x.device)  # a copy: OpenCV may reuse its buffer
+        return torch.tensor(self.nets[shape].forward(self.output), device=x.device)  # a copy: OpenCV reuses it
 
 
-def load_onnx(path, device):
+class RuntimeNet:
+    """An ONNX file run by onnxruntime (an optional package), for the files OpenCV's DNN module does not read: the
+    original's, among them."""
+    def __init__(self, path, output):
+        import onnxruntime  # only here: nothing else needs it
+        self.session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+        self.input = self.session.get_inputs()[0].name
+        self.output = output
+
+    def __call__(self, x):
+        try:
+            y = self.session.run([self.output], {self.input: x.detach().float().cpu().numpy()})[0]
+        except Exception as e:  # onnxruntime's own kinds
+            raise RuntimeError(str(e)) from None
+        return torch.from_numpy(y).to(x.device)
+
+
+def load_onnx(path, device, img=None):
+    """An ONNX file: through OpenCV's DNN module, else (a file it does not read) through onnxruntime if that is
+    installed, else a message that says to install it."""
     try:
-        run = OpenCVNet(path)
-        if None not in run.shape:  # read at the declared shape: a bad file fails here, clearly
-            run(torch.zeros(run.shape))
-    except (ValueError, IndexError, StopIteration):
+        net = OpenCVNet(path)
+    except (ValueError, IndexError, StopIteration, TypeError):
         raise ValueError(f'{path}: not an ONNX model') from None
-    except cv2.error as e:
-        raise ValueError(f'{path}: OpenCV\'s DNN module cannot run it: {str(e).strip()[-300:]}') from None
-    fixed = None if run.any_size else run.shape
-    stride = int(run.meta.get('stride', 32))
-    return Exported(run, class_names(path, run.meta.get('names')), fixed=fixed, max_stride=stride)
+    names = class_names(path, net.meta.get('names'))
+    stride = stride_of(path, net.meta.get('stride', 32))
+    fixed = None if net.any_size else net.shape
+    if fixed is not None and not all(isinstance(n, int) and 0 < n <= 8192 for n in fixed):
+        raise ValueError(f'{path}: its input size {fixed} is not (batch, 3, height, width)')
+    try:
+        return Exported(net, names, fixed=fixed, max_stride=stride).checked(path, img)
+    except ValueError as e:
+        if 'does not run' not in str(e):  # it ran: its output is what is wrong
+            raise
+        opencv = str(e)
+    if not importlib.util.find_spec('onnxruntime'):
+        raise ValueError(f'{opencv}. OpenCV\'s DNN module does not read this ONNX file; onnxruntime does: pip install '
+                         f'onnxruntime') from None
+    try:
+        runtime = RuntimeNet(path, net.output)
+    except Exception as e:  # onnxruntime raises its own kinds
+        raise ValueError(f'{path}: onnxruntime cannot run it either: {str(e).strip()[:300]}') from None
+    return Exported(runtime, names, fixed=fixed, max_stride=stride).checked(path, img)
 
 
-def load_any(path, device='cpu', fuse=False):
+class Ensemble(nn.Module):
+    """Several models as one, as the original's: their predictions pooled for NMS; the first one's names."""
+    def __init__(self, models):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.names = models[0].names
+        self.nc = models[0].nc
+        self.max_stride = max(m.max_stride for m in models)
+        self.fixed = next((m.fixed for m in models if getattr(m, 'fixed', None) is not None), None)
+        self.where = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, x):
+        return torch.cat([m(x)[0] for m in self.models], 1), None
+
+    def forward_augment(self, x):
+        return torch.cat([m.forward_augment(x)[0] for m in self.models], 1), None
+
+
+def load_any(path, device='cpu', fuse=False, trust=False, img=None, augment=False):
     """A checkpoint (as model.py's load_model) or an exported .torchscript / .onnx file, all answering model(x) with
-    (decoded predictions, raw maps or None), .names and .nc. Raises ValueError or FileNotFoundError."""
+    (decoded predictions, raw maps or None), .names and .nc; a list of them as an Ensemble. trust: run TorchScript's
+    code; img, augment: refused here if the file cannot run them. Raises ValueError or FileNotFoundError."""
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return load_any(path[0], device, fuse, trust, img, augment)
+        models = [load_any(p, device, fuse, trust, img, augment) for p in path]
+        if len({m.nc for m in models}) > 1:
+            raise ValueError(f'{", ".join(map(str, path))}: an ensemble of models of different classes')
+        print(f'Ensemble created with {", ".join(map(str, path))}')
+        return Ensemble(models)
     if not str(path).endswith(tuple(SUFFIXES.values())):
         return load_model(path, device, fuse)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: no such file')
-    return (load_onnx if str(path).endswith('.onnx') else load_torchscript)(path, torch.device(device))
+    if augment:
+        raise ValueError(f'{path}: --augment (test-time augmentation) needs the model as a .pt: an exported file '
+                         f'has one output, not the levels it pools')
+    if str(path).endswith('.onnx'):
+        model = load_onnx(path, torch.device(device), img)
+    else:
+        model = load_torchscript(path, torch.device(device), trust, img)
+    if img and model.fixed is not None and check_img_size(img, stride=model.max_stride) > min(model.fixed[2:]):
+        raise ValueError(f'{path}: this ONNX file takes images up to {model.fixed[2]}x{model.fixed[3]}: use --img '
+                         f'{min(model.fixed[2:])} or export again with --img {img}')
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +461,7 @@ def write_checked(fmt, net, im, path, meta, opset, dynamic, ref, img, tolerance,
                                  f'--opset 17') from None
     try:
         with torch.no_grad():
-            diff = difference(load_any(path, device)(im.float())[0], ref, img)
+            diff = difference(load_any(path, device, trust=True)(im.float())[0], ref, img)  # ours
     except ValueError as e:
         why = str(e).split(': ', 1)[-1]
         raise ValueError(f'{name}: the export does not load back, nothing written: {why}') from None

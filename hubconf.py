@@ -16,7 +16,9 @@ load_any. No .pandas() (pandas is not a dependency: .xyxy and the others hold th
 .show() (OpenCV here is headless: .render() gives the pictures, .save() writes them).
 On top of data.py, model.py and export.py.
 """
+import http.client
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -33,33 +35,88 @@ from support.checkpoints import read_checkpoint, transfer
 from support.cli import check_img_size, half_dtype, select_device
 from support.datasets import xyxy2xywh
 from support.plots import PALETTE, draw_box
+from support.files import save_image
 from support.runs import run_dir
 
 dependencies = ['cv2', 'numpy', 'PIL', 'torch']  # torch.hub checks that these import
 
 
+MAX_DOWNLOAD = 100 * 2 ** 20  # bytes of an image fetched by URL, and seconds it may take
+DOWNLOAD_SECONDS = 60
+
+
+def fetch(url):
+    """The bytes at url, bounded in time and size: a server that drips or sends an endless body ends in a
+    ValueError naming the URL, as one that answers an error or not at all does."""
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            chunks, size = [], 0
+            while chunk := r.read(1 << 16):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_DOWNLOAD:
+                    raise ValueError(f'more than {MAX_DOWNLOAD >> 20} MB: not an image')
+                if time.monotonic() - start > DOWNLOAD_SECONDS:
+                    raise ValueError(f'slower than {DOWNLOAD_SECONDS} s')
+    except urllib.error.HTTPError as e:
+        raise ValueError(f'{url}: the server answered {e.code} {e.reason}') from None
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, a cut connection
+        raise ValueError(f'{url}: cannot fetch it ({getattr(e, "reason", None) or e})') from None
+    return b''.join(chunks)
+
+
+def rgb_array(im, name):
+    """An image array as the model takes it: (h, w, 3) uint8 RGB. Grey (h, w) or (h, w, 1), RGBA, (c, h, w) as a
+    loader gives it, 16-bit (scaled to 8), bool, and floats in [0, 1] or [0, 255] are converted; anything else is a
+    ValueError naming it."""
+    im = np.asarray(im)
+    if im.dtype == object or im.ndim not in (2, 3):
+        raise ValueError(f'{name}: not an image: an array of shape {im.shape} ({im.dtype})')
+    if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[2] not in (1, 3, 4):  # (c, h, w)
+        im = im.transpose(1, 2, 0)
+    if im.ndim == 3 and im.shape[2] == 1:
+        im = im[..., 0]
+    if im.ndim == 3 and im.shape[2] not in (3, 4) or min(im.shape[:2]) < 1:
+        raise ValueError(f'{name}: not an image: an array of shape {im.shape}')
+    if im.dtype == np.uint16:  # 16-bit, as 8-bit: the same picture, the same boxes
+        im = (im >> 8).astype(np.uint8)
+    elif im.dtype == bool:
+        im = im.astype(np.uint8) * 255
+    elif im.dtype.kind == 'f':
+        if not np.isfinite(im).all():
+            raise ValueError(f'{name}: its values are not all finite')
+        im = (im * 255 if im.max() <= 1 else im).clip(0, 255).round().astype(np.uint8)
+    elif im.dtype != np.uint8:
+        if im.min() < 0 or im.max() > 255:
+            raise ValueError(f'{name}: values from {im.min()} to {im.max()}: not 8 or 16 bits')
+        im = im.astype(np.uint8)
+    if im.ndim == 2:  # grey
+        im = np.repeat(im[..., None], 3, 2)
+    return np.ascontiguousarray(im[..., :3])  # (RGBA: its alpha left out)
+
+
 def read_image(im, i):
     """(an RGB array (h, w, 3), the file name its picture is saved under) of one input, the i-th."""
     name = f'image{i}'
+    if im is None:
+        raise ValueError(f'{name}: None is not an image')
     if isinstance(im, (str, Path)):
         name = str(im)
         if name.startswith(('http://', 'https://')):
-            with urllib.request.urlopen(name, timeout=30) as r:
-                im = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+            im = cv2.imdecode(np.frombuffer(fetch(name), np.uint8), cv2.IMREAD_COLOR)
         else:
-            im = cv2.imread(name)  # as detect.py reads it (EXIF orientation applied)
+            im = cv2.imread(name) if Path(name).is_file() else None  # as detect.py reads it (EXIF applied)
         if im is None:
             raise ValueError(f'{name}: cannot read an image there')
         im = im[..., ::-1]  # BGR -> RGB
     elif isinstance(im, Image.Image):
         name = getattr(im, 'filename', '') or name
-        im = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
-    im = np.asarray(im)
-    if im.ndim == 2:  # grey
-        im = np.repeat(im[..., None], 3, 2)
-    elif im.shape[0] < 5 < im.shape[2]:  # (c, h, w), as a loader gives it
-        im = im.transpose(1, 2, 0)
-    return np.ascontiguousarray(im[..., :3]), Path(name).with_suffix('.jpg').name
+        im = ImageOps.exif_transpose(im)
+        im = np.asarray(im if im.mode in ('L', 'RGB', 'I;16', 'I;16B', 'F') else im.convert('RGB'))
+        if im.dtype == np.float32:  # PIL's F: values of 0-255
+            im = im.clip(0, 255).astype(np.uint8)
+    return rgb_array(im, name), Path(name).with_suffix('.jpg').name
 
 
 class AutoShape(nn.Module):
@@ -77,10 +134,16 @@ class AutoShape(nn.Module):
         if isinstance(ims, torch.Tensor):  # a batch already letterboxed: the model's own outputs, as in the original
             return self.model(ims.to(device))
         t0 = time.perf_counter()
-        ims, files = zip(*(read_image(im, i) for i, im in enumerate(ims if isinstance(ims, (list, tuple)) else [ims])))
+        ims = ims if isinstance(ims, (list, tuple)) else [ims]
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+        if not ims:
+            raise ValueError('no images given')
+        if not sizes or not all(type(s) is int and 1 <= s <= 8192 for s in sizes):
+            raise ValueError(f'size={size!r}: an image size is a number of pixels from 1 to 8192')
+        ims, files = zip(*(read_image(im, i) for i, im in enumerate(ims)))
         files = [f if files.count(f) == 1 else f'{Path(f).stem}_{i}.jpg' for i, f in enumerate(files)]  # no clashes
         stride = self.model.max_stride  # 64 for the P6 models
-        size = check_img_size(max(size) if isinstance(size, tuple) else size, stride=stride)
+        size = check_img_size(max(sizes), stride=stride)
         boxed = [letterbox(im, size, stride=stride)[0] for im in ims]  # each as detect.py letterboxes it
         batches = {}  # the images of one letterbox shape run as one batch: none is padded for another's sake
         for i, b in enumerate(boxed):
@@ -101,6 +164,14 @@ class AutoShape(nn.Module):
             dt = [a + b for a, b in zip(dt, (t2 - t1, t3 - t2, time.perf_counter() - t3))]
             shapes.append(tuple(x.shape))
         return Detections(ims, dets, files, dt, self.names, shapes[0] if len(shapes) == 1 else shapes)
+
+
+def claim(save_dir, exist_ok):
+    """run_dir's folder, with an OSError (not an exit) where it cannot be made: this is a Python API."""
+    try:
+        return run_dir(Path(save_dir).parent, Path(save_dir).name, exist_ok)
+    except SystemExit as e:
+        raise OSError(str(e).removeprefix('ERROR: ')) from None
 
 
 class Detections:
@@ -146,17 +217,16 @@ class Detections:
 
     def save(self, labels=True, save_dir='runs/detect/exp', exist_ok=False):
         """Writes the rendered images to save_dir (exp2, exp3, ... if it exists, unless exist_ok); returns it."""
-        save_dir = run_dir(Path(save_dir).parent, Path(save_dir).name, exist_ok)
-        save_dir.mkdir(parents=True, exist_ok=True)
+        save_dir = claim(save_dir, exist_ok)
         for im, f in zip(self.render(labels), self.files):
-            cv2.imwrite(str(save_dir / f), im[..., ::-1])
+            save_image(im[..., ::-1], save_dir / f)  # (an OSError naming the file if it cannot)
         print(f'Saved {self.n} image{"s" * (self.n > 1)} to {save_dir}')
         return save_dir
 
     def crop(self, save=True, save_dir='runs/detect/exp', exist_ok=False):
         """Each detection's picture, as the original cuts it (the box 2% larger plus 10 pixels, clipped): a list of
         dicts box (xyxy), conf, cls, label, im (a BGR array); with save, also written to save_dir/crops/<class>/."""
-        save_dir = run_dir(Path(save_dir).parent, Path(save_dir).name, exist_ok) if save else None
+        save_dir = claim(save_dir, exist_ok) if save else None
         crops = []
         for im, p, f in zip(self.ims, self.pred, self.files):
             for *xyxy, conf, cls in reversed(p.tolist()):
@@ -172,7 +242,7 @@ class Detections:
                     file, k = folder / f, 2
                     while file.exists():  # bus.jpg, bus2.jpg, ...: one file per detection
                         file, k = folder / f'{Path(f).stem}{k}.jpg', k + 1
-                    cv2.imwrite(str(file), crop)
+                    save_image(crop, file)
                 crops.append(dict(box=xyxy, conf=conf, cls=int(cls), label=f'{name} {conf:.2f}', im=crop))
         if save:
             print(f'Saved {len(crops)} crops to {save_dir / "crops"}')
@@ -181,10 +251,12 @@ class Detections:
 
 # ----------------------------------------------------------------------------------------------
 # torch.hub's entry points
-def custom(path='yolov5n.pt', autoshape=True, device=None):
+def custom(path='yolov5n.pt', autoshape=True, device=None, trust=False):
     """A checkpoint (ours, or an official yolov5*.pt) or an exported .torchscript / .onnx file. device: '' or None
-    (CUDA if there is one), 'cpu', 0, 'cuda:1', a torch.device. autoshape=False: the bare model, on tensors."""
-    model = load_any(path, select_device('' if device is None else str(device)), fuse=True)
+    (CUDA if there is one), 'cpu', 0, 'cuda:1', a torch.device. autoshape=False: the bare model, on tensors.
+    trust=True: a .torchscript file holds code, which loading it runs; it is loaded only so (or asked, on a
+    terminal)."""
+    model = load_any(path, select_device('' if device is None else str(device)), fuse=True, trust=trust)
     return AutoShape(model) if autoshape else model
 
 

@@ -1512,7 +1512,7 @@ def detect_labels(weights, tmp_path, *sources):
     """detect.py in this process: {image stem: its label rows (cls xc yc w h conf)}."""
     out = tmp_path / Path(weights).suffix[1:]
     args = [*map(str, sources), '--weights', str(weights), '--save-txt', '--save-conf', '--nosave',
-            '--project', str(out), '--name', 'exp']
+            '--project', str(out), '--name', 'exp', '--trust-code']  # (a .torchscript holds code: ours, trusted)
     assert detect.run(detect.parse_args(args)) == 0
     return {f.stem: read_labels(f) for f in (out / 'exp/labels').glob('*.txt')}
 
@@ -1565,7 +1565,7 @@ def test_export_flags(exported, tmp_path, capsys):
     assert proto.opset_import[0].version == 13
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 256, 320]
     assert proto.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
-    ts = E.load_any(tmp_path / 'small.torchscript')
+    ts = E.load_any(tmp_path / 'small.torchscript', trust=True)
     assert ts.dtype == next(ts.run.parameters()).dtype == torch.float16
     ref = detect_labels(exported['pt'], tmp_path, shared(BUS))['bus']
     for fmt in ('torchscript', 'onnx'):  # fp16 weights, run at another size than exported: close to the fp32 .pt
@@ -1625,7 +1625,7 @@ def test_val_only_runs_exported_files(exported, tmp_path, capsys):
     rows = {}
     for fmt in ['pt', 'torchscript'] + ['onnx'] * HAVE_ONNX:  # 2 batches of 4, each of its own rect shape
         T.run_val_only(T.parse_args(['--val-only', '--weights', str(exported[fmt]), '--data', str(root), '--img', '256',
-                                     '--batch', '4', '--project', str(tmp_path / fmt)]))
+                                     '--batch', '4', '--project', str(tmp_path / fmt), '--trust-code']))
         out = capsys.readouterr().out
         rows[fmt] = np.array(next(x for x in out.splitlines() if x.split()[:1] == ['all']).split()[1:], float)
     assert rows['pt'][0] == 8 and rows['pt'][4] > 0.3, rows  # images, mAP50
@@ -1673,7 +1673,7 @@ def xywhn_rows(results, i):
 
 @pytest.mark.parametrize('fmt', ['torchscript', pytest.param('onnx', marks=needs_onnx)])
 def test_hub_custom_runs_exported_files(exported, tmp_path, capsys, fmt):
-    hub = torch.hub.load(str(ROOT), 'custom', path=str(exported[fmt]), source='local')
+    hub = torch.hub.load(str(ROOT), 'custom', path=str(exported[fmt]), source='local', trust=True)
     want = detect_labels(exported['pt'], tmp_path, shared(BUS))['bus']
     assert match_rows(xywhn_rows(hub(Image.open(BUS)), 0), want) < 0.005
 
@@ -2898,7 +2898,7 @@ def test_every_reader_of_a_checkpoint_builds_from_its_config(tmp_path, monkeypat
     assert M.load_model(path).arch == 'p6' and E.load_any(path).max_stride == 64
     hub = torch.hub.load(str(ROOT), 'custom', path=str(path), source='local')
     files = E.run(str(path), include=('torchscript',), imgsz=64)
-    assert hub.model.arch == 'p6' and set(calls) == {'p6'} and E.load_any(files[0]).max_stride == 64
+    assert hub.model.arch == 'p6' and set(calls) == {'p6'} and E.load_any(files[0], trust=True).max_stride == 64
     model = T.build_model(T.parse_args(['--weights', str(path), '--data', str(COCO128)]), data_names=['x'])
     assert model.arch == 'p6' and model.nc == 1 and calls[-1] == 'p6'
 

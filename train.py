@@ -29,7 +29,7 @@ from support.checkpoints import strip_checkpoint, to_cpu, transfer
 from support.cli import Stopwatch, check_img_size, half_dtype, memory_used, mixed_precision, or_exit
 from support.cli import make_repeatable, out_of_memory, parse_cfg
 from support.cli import print_progress, select_device, train_args
-from support.data_yaml import data_spec, is_coco
+from support.data_yaml import data_spec, is_coco, val_names
 from support.datasets import label_path, read_names, xywh2xyxy
 from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
 from support.results import coco_records, save_coco_json, trim_results, write_results
@@ -126,6 +126,8 @@ class Trainer:
         frozen = tuple(f'model.{i}.' for i in frozen)
         for name, param in model.named_parameters():
             param.requires_grad_(not name.startswith(frozen))
+        if not any(param.requires_grad for param in model.parameters()):
+            raise SystemExit(f'ERROR: --freeze {opt.freeze}: no layer is left to train')
         self.names = model.names
         self.coco = is_coco(data)
         stride = model.max_stride
@@ -698,24 +700,19 @@ def parse_args(argv=None):
 
 def run_val_only(opt):
     device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, fuse=True)
+    model = or_exit(load_any, opt.weights, device, True, opt.trust_code, opt.img, opt.augment)
     model = model.to(memory_format=torch.channels_last)
     data = or_exit(data_spec, opt.data, opt.task)
-    names = read_names(opt.names) if opt.names else data['names'] or model.names
-    if opt.single_cls:  # every label and prediction is class 0, as the original's
-        names = names[:1]
-    elif len(names) != model.nc:  # as the original: the boxes would have classes without names
-        raise SystemExit(f'ERROR: {opt.weights} has {model.nc} classes, {opt.names or opt.data} '
-                         f'names {len(names)}')
+    names = or_exit(val_names, opt, data['names'], model)
     fixed = getattr(model, 'fixed', None) is not None  # an ONNX file of fixed size: square images
     opt.img = check_img_size(opt.img, stride=model.max_stride)
     val = val_dataset(opt, data, names, model.max_stride, opt.batch, rect=not fixed)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
     records = [] if opt.save_json else None
-    validate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det,
-             verbose=opt.verbose or len(names) < 50, dtype=half_dtype(device) if opt.half else None,
-             plots_dir=save_dir, augment=opt.augment, records=records, single_cls=opt.single_cls)
+    or_exit(validate, model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det,
+            verbose=opt.verbose or len(names) < 50, dtype=half_dtype(device) if opt.half else None,
+            plots_dir=save_dir, augment=opt.augment, records=records, single_cls=opt.single_cls)
     if opt.save_json:
         json_path = save_dir / f'{Path(opt.weights).stem}_predictions.json'
         or_exit(save_coco_json, records, json_path, data, val.files)

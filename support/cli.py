@@ -38,6 +38,31 @@ def memory_used(device):
     return f'{torch.cuda.memory_reserved(device) / 1e9:.3g}G' if device.type == 'cuda' else '0G'
 
 
+# The values each hyperparameter may take, (low, high) with both ends in, but for the keys of ABOVE_LOW, which must
+# be above low (momentum 0 is not Nesterov's SGD, an lr of 0 learns nothing). --hyp is checked before a run starts.
+HYP_RANGES = dict(lr0=(0, 1), lrf=(0, 1), momentum=(0, 0.999), weight_decay=(0, 0.1), warmup_epochs=(0, 1000),
+                  warmup_momentum=(0, 0.999), warmup_bias_lr=(0, 1), nbs=(1, 8192), box=(0, 100), cls=(0, 100),
+                  cls_pw=(0, 100), obj=(0, 100), obj_pw=(0, 100), anchor_t=(1, 100), fl_gamma=(0, 10),
+                  label_smoothing=(0, 0.999), hsv_h=(0, 0.5), hsv_s=(0, 1), hsv_v=(0, 1), degrees=(0, 180),
+                  translate=(0, 0.9), scale=(0, 0.95), shear=(0, 89), perspective=(0, 0.01))
+ABOVE_LOW = {'lr0', 'lrf', 'momentum', 'cls_pw', 'obj_pw'}
+
+
+def hyp_value(key, value, where):
+    """value (a number) checked against key's range (probabilities: 0 to 1); an ArgumentTypeError naming where."""
+    low, high = HYP_RANGES.get(key, (0, 1) if key not in HYP_RANGES and _is_probability(key) else (-math.inf, math.inf))
+    inside = low < value <= high if key in ABOVE_LOW else low <= value <= high
+    if not (math.isfinite(value) and inside):
+        interval = f'({low}, {high}]' if key in ABOVE_LOW else f'[{low}, {high}]'
+        raise argparse.ArgumentTypeError(f'{where}: {key}: {value:g} is not in {interval}')
+    return value
+
+
+def _is_probability(key):  # the augmentations' probabilities (data.py's AUG beyond the ranges above)
+    return key in ('flipud', 'fliplr', 'mosaic', 'mixup', 'blur', 'median_blur', 'to_gray', 'clahe', 'crop',
+                   'brightness_contrast', 'gamma', 'jpeg')
+
+
 def key_number(known, not_used=None):
     """An argparse type: KEY=NUMBER with KEY one of known's (--hyp lr0=0.02), or a YAML file of `key: number` lines
     (the original's hyp files), whose keys in not_used {key: why} are left out with a message. [(key, value), ...]."""
@@ -48,9 +73,10 @@ def key_number(known, not_used=None):
         if key not in known:
             raise argparse.ArgumentTypeError(f'{where}: unknown key {key!r}; known: {", ".join(known)}')
         try:
-            return [(key, float(value))]
+            number = float(value)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f'{where}: {key}: {value!r} is not a number') from None
+        return [(key, hyp_value(key, number, where))]
 
     def parse(text):
         if '=' in text:
@@ -260,7 +286,7 @@ def train_args(argv, hyp, models, world_size=1, doc=''):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
     p.add_argument('--cfg', type=model_cfg(*models), default='', help='model: yolov5s.yaml, yolov5s6.yaml, s ...')
-    p.add_argument('--data', default='coco128.yaml', help='data YAML, dataset root, images or .txt')
+    p.add_argument('--data', help='data YAML, dataset root, images or .txt (coco128.yaml); --resume: its new place')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
     p.add_argument('--freeze', nargs='+', type=number(int, 0), default=[0], help='freeze N layers (10: backbone)')
     p.add_argument('--names', type=existing_file, help='class names, one a line')
@@ -299,8 +325,11 @@ def train_args(argv, hyp, models, world_size=1, doc=''):
     p.add_argument('--task', default='val', choices=['val', 'test'], help='--val-only on this split of --data')
     p.add_argument('--save-json', action='store_true', help='--val-only: COCO JSON too')
     p.add_argument('--augment', action='store_true', help='--val-only with test-time augmentation')
+    p.add_argument('--trust-code', action='store_true', help='run a .torchscript file (it holds code)')
     opt = p.parse_args(argv)
     opt.hyp = [pair for pairs in opt.hyp for pair in pairs]
+    opt.data_given = opt.data is not None
+    opt.data = opt.data or 'coco128.yaml'
     opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
     processes = world_size if world_size > 1 else len(opt.device.split(','))  # --device 0,1: one per GPU
     if opt.batch % processes:
@@ -336,6 +365,7 @@ def detect_args(argv, doc=''):
     p.add_argument('--save-crop', action='store_true', help='save each box, cropped, to crops/CLASS/')
     p.add_argument('--vid-stride', type=number(int, 1), default=1, help='every n-th frame of videos and streams')
     p.add_argument('--view-img', action='store_true', help='show the results (needs an OpenCV with windows)')
+    p.add_argument('--trust-code', action='store_true', help='run a .torchscript file (it holds code)')
     opt = p.parse_args(argv)
     opt.source += opt.more_sources
     if not opt.source:

@@ -9,7 +9,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from support.datasets import COCO_NAMES, MAX_CLASSES
+from support.datasets import COCO_NAMES, MAX_CLASSES, read_names
 from support import downloads
 from support.downloads import download_zip, is_downloaded
 
@@ -157,7 +157,7 @@ def data_spec(data, task='val'):
         _download_dataset(data, download, zips, root)
     for attempt in range(2):  # the second after the download
         try:
-            return dict({k: _resolve(splits, k, root, base) for k in splits}, names=names)
+            return dict({k: _resolve(splits, k, root, base, data) for k in splits}, names=names)
         except FileNotFoundError:
             if attempt or not (download or zips):
                 raise
@@ -168,6 +168,17 @@ def data_spec(data, task='val'):
 def _path_values(value):
     """A split's path(s) as text: `train: 2017` names the folder 2017."""
     return [str(v) for v in value] if isinstance(value, list) else None if value is None else str(value)
+
+
+def val_names(opt, data_names, model):
+    """--val-only's class names: --names, else the data's, else the model's; one with --single-cls (every label and
+    prediction is class 0 then, as the original's). Raises ValueError if they are not the model's classes."""
+    names = read_names(opt.names) if opt.names else data_names or model.names
+    if opt.single_cls:
+        return names[:1]
+    if len(names) != model.nc:  # as the original: the boxes would have classes without names
+        raise ValueError(f'{opt.weights} has {model.nc} classes, {opt.names or opt.data} names {len(names)}')
+    return names
 
 
 def _yaml_value(cfg, lines, data, key, kinds, what, items=object):
@@ -208,7 +219,7 @@ def is_coco(data):
     return len(val) == 1 and Path(val[0]).as_posix().endswith('coco/val2017.txt')
 
 
-def _resolve(cfg, split, root, base):
+def _resolve(cfg, split, root, base, data):
     """The sources of a split: each relative to `path`, else the YAML's folder; `../x` also as `x` (the form of
     export services, whose data.yaml sits in the dataset root beside train/ and valid/)."""
     found = []
@@ -218,7 +229,7 @@ def _resolve(cfg, split, root, base):
         if not found[-1]:
             raise FileNotFoundError(f'{split}: {entry} not found; tried ' + ', '.join(str(t.resolve()) for t in tried))
     if not found:
-        raise ValueError(f'no {split}: in the data YAML')
+        raise ValueError(f'{data}: no {split}: in the data YAML')
     return found
 
 

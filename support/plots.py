@@ -45,6 +45,10 @@ def draw_box(img, xyxy, label, color, thickness):
 
 def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
     """A grid of a batch with its label boxes (and predictions with confidence, if given) as a JPEG."""
+    save_picture(batch_picture(imgs, labels, names, preds, max_images), path)
+
+
+def batch_picture(imgs, labels, names, preds=None, max_images=16):
     imgs, labels = imgs[:max_images].numpy(), labels.numpy()
     b, _, h, w = imgs.shape
     cols = math.ceil(b ** 0.5)
@@ -61,7 +65,7 @@ def plot_batch(imgs, labels, names, path, preds=None, max_images=16):
             draw_box(tile, xyxy, text, PALETTE[int(c) % len(PALETTE)], 1)
         grid[y0:y0 + th, x0:x0 + tw] = tile
         cv2.rectangle(grid, (x0, y0), (x0 + tw - 1, y0 + th - 1), (255, 255, 255), 2)
-    save_picture(grid, path)
+    return grid
 
 
 FONT, AA, BLACK, BLUE, ORANGE = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (0, 0, 0), (180, 100, 20), (20, 130, 255)
@@ -198,8 +202,8 @@ def show_batch(dataset_class, collate, hyp, argv=None):
     p.add_argument('--out', default='train_batch.jpg')
     a = p.parse_args(argv)
     spec = or_exit(data_spec, a.data)
-    names = read_names(a.names) if a.names else spec['names'] or read_names()
+    names = or_exit(read_names, a.names) if a.names else spec['names'] or read_names()
     ds = or_exit(dataset_class, spec['train'], a.img, a.batch, augment=True, hyp=hyp, nc=len(names), seed=a.seed)
     imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
-    plot_batch(imgs, labels, names, a.out)
-    print(f'{len(imgs)} augmented images with {len(labels)} labels written to {a.out}')
+    out = or_exit(save_image, batch_picture(imgs, labels, names), a.out)  # said written once it is
+    print(f'{len(imgs)} augmented images with {len(labels)} labels written to {out}')

@@ -18,7 +18,7 @@ def coco_records(det, path):
     stem = Path(path).stem
     box = xyxy2xywh(det[:, :4])
     box[:, :2] -= box[:, 2:] / 2  # the top left corner
-    return [dict(image_id=int(stem) if stem.isnumeric() else stem, category_id=int(d[5]),
+    return [dict(image_id=int(stem) if stem.isdecimal() else stem, category_id=int(d[5]),
                  bbox=[round(x, 3) for x in b], score=round(d[4], 5)) for d, b in zip(det.tolist(), box.tolist())]
 
 
@@ -37,7 +37,7 @@ def save_coco_json(records, path, data, image_files):
     from pycocotools.cocoeval import COCOeval
     truth = COCO(str(annotations))
     evaluation = COCOeval(truth, truth.loadRes(str(path)), 'bbox')
-    evaluation.params.imgIds = [int(Path(f).stem) for f in image_files]
+    evaluation.params.imgIds = [int(Path(f).stem) for f in image_files if Path(f).stem.isdecimal()]
     evaluation.evaluate()
     evaluation.accumulate()
     evaluation.summarize()

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import itertools
 import os
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -66,11 +67,7 @@ def removed_if_unstarted(save_dir, fresh):
         yield
     except BaseException as e:
         if fresh and save_dir.resolve() in CLAIMED:  # only a folder this process claimed: never another run's
-            with contextlib.suppress(OSError):  # rmdir fails on a folder that is not empty: it stays
-                (save_dir / '.torchrun_id').unlink(missing_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    (save_dir / 'weights').rmdir()
-                save_dir.rmdir()
+            shutil.rmtree(save_dir, ignore_errors=True)  # with what the start wrote (labels.jpg)
         if isinstance(e, KeyboardInterrupt):
             print('\nInterrupted before training started', file=sys.stderr)
             raise SystemExit(130) from None
@@ -126,6 +123,8 @@ def pick_run(opt, parse_args):
         last = Path(runs[-1])
         ckpt = read_run_checkpoint(last)
         keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
+        if opt.data_given:  # the dataset moved since
+            keep['data'] = opt.data
         opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt'].get('batch', 16))])), **ckpt['opt'],
                                     **keep})
         if 'optimizer' not in ckpt:  # a finished run is stripped of its optimizer

@@ -18,6 +18,13 @@ from support.files import WriteError, save_image, save_text
 from support.plots import PALETTE, draw_box
 
 
+def describe(det, names):
+    """'4 persons, 1 bus, ' for an image's detections (n, 6), as the original prints them."""
+    counts = [(names[int(cls)], int((det[:, 5] == cls).sum())) for cls in det[:, 5].unique()]
+    text = ''.join(f'{count} {name}{"s" if count > 1 else ""}, ' for name, count in counts)
+    return text or '(no detections), '
+
+
 def save_results(opt, names, save_dir, stem, frame_number, frame, det):
     """detect.py's outputs of a frame: its crops (--save-crop) and label file (--save-txt, numbered for a video frame),
     then its boxes drawn on it (unless --nosave). Returns the number of label files written; raises OSError if
@@ -44,7 +51,7 @@ STREAMS = ('rtsp://', 'rtmp://', 'http://', 'https://')
 
 def is_stream(source):
     """A webcam index (0, 1, ...) or a URL: OpenCV reads it frame by frame as it comes."""
-    return source.isnumeric() or source.lower().startswith(STREAMS)
+    return source.isdecimal() or source.lower().startswith(STREAMS)
 
 
 def expand_sources(sources):
@@ -55,8 +62,13 @@ def expand_sources(sources):
         if is_stream(s):
             yield s, None
             continue
-        if s.endswith('.streams') and os.path.isfile(s):  # one source a line
-            yield from expand_sources(Path(s).read_text().split())
+        if s.endswith('.streams') and os.path.isfile(s):  # one source a line (a name may hold spaces)
+            try:
+                lines = Path(s).read_text(encoding='utf-8-sig').splitlines()
+            except UnicodeDecodeError as e:
+                yield s, f'not UTF-8 text ({e.reason} at byte {e.start}): not a list of sources'
+                continue
+            yield from expand_sources([line.strip() for line in lines if line.strip()])
             continue
         if os.path.isdir(s):
             files = sorted(os.path.join(s, f) for f in os.listdir(s) if Path(f).suffix.lower() in media)
@@ -84,7 +96,7 @@ def read_frames(source, vid_stride=1):
         if img is not None:
             yield img, 0, 1, 0
         return
-    cap = cv2.VideoCapture(int(source) if source.isnumeric() else source)
+    cap = cv2.VideoCapture(int(source) if source.isdecimal() else source)
     count = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) // vid_stride
     fps = cap.get(cv2.CAP_PROP_FPS)
     if is_stream(source):  # some streams report rates like 90000 (their clock): the original takes them modulo 100
