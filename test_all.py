@@ -1,6 +1,7 @@
 """Tests: python -m pytest -q test_all.py  (needs ../shared/ for the official weights and COCO128)."""
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -3094,3 +3095,211 @@ def test_ctrl_c_right_after_the_final_checkpoint_is_finished_by_resume(tmp_path,
     assert 'optimizer' not in ckpt and ckpt['epoch'] == 1  # stripped: the run is complete
     with pytest.raises(SystemExit, match='finished all 2 epochs: nothing to resume'):
         T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0']))
+
+
+# ---------- exported models, the Python API and odd values (issue 28), the original's ONNX files (issue 26)
+
+def onnx_like_the_originals(pt, path, dynamic=True, names=None, stride='32', opset=17, outputs=1):
+    """An ONNX file in the original's layout (torch's TorchScript-based exporter, output0 first, its metadata as
+    strings, the names as a dict), written by this project's exporter: the original is not at hand here."""
+    onnx = pytest.importorskip('onnx')
+    net = E.Traceable(M.load_model(pt, fuse=True))
+    if outputs > 1:  # as the original's from today's torch: the raw maps after output0
+        net.forward = lambda x: (net.model(x)[0], *net.model(x)[1])
+    axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, 'output0': {0: 'batch', 1: 'anchors'}} if dynamic else None
+    torch.onnx.export(net, torch.zeros(1, 3, 640, 640), str(path), opset_version=opset, input_names=['images'],
+                      output_names=['output0'] + [f'clone_{i}' for i in range(outputs - 1)], dynamic_axes=axes,
+                      dynamo=False)
+    proto = onnx.load(str(path))
+    meta = dict(stride=stride, names=str(dict(enumerate(support.datasets.COCO_NAMES))) if names is None else names)
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+    return path
+
+
+@needs_onnx
+def test_the_originals_onnx_files_give_the_pt_detections_through_opencv_or_onnxruntime(exported, tmp_path, monkeypatch,
+                                                                                       capsys):
+    want = detect_labels(exported['pt'], tmp_path / 'pt', shared(BUS))['bus']
+    for outputs in (1, 4):
+        path = onnx_like_the_originals(exported['pt'], tmp_path / f'original{outputs}.onnx', outputs=outputs)
+        assert match_rows(detect_labels(path, tmp_path / f'cv{outputs}', BUS)['bus'], want) < 1e-3  # OpenCV reads it
+    real = cv2.dnn.readNetFromONNX
+
+    def unreadable(*args):  # as OpenCV 4.x on the original's files: "Node [Floor] (model.11) parse error"
+        raise cv2.error('Node [Floor]@ai.onnx (model.11) parse error')
+    monkeypatch.setattr(cv2.dnn, 'readNetFromONNX', unreadable)
+    if importlib.util.find_spec('onnxruntime'):
+        got = detect_labels(tmp_path / 'original4.onnx', tmp_path / 'ort', BUS)['bus']
+        assert np.abs(got[:, 1:5] - want[:, 1:5]).max() * 1080 < 1e-3 * 10 and match_rows(got, want) < 1e-3
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'onnxruntime' else real)
+    with pytest.raises(SystemExit, match=r'original4.onnx: it does not run: .*parse error.*pip install onnxruntime'):
+        detect_labels(tmp_path / 'original4.onnx', tmp_path / 'none', BUS)
+
+
+@needs_onnx
+@pytest.mark.parametrize('change,error', [
+    (dict(names='5'), r"class names '5' are not a list"),
+    (dict(names='[]'), r"class names '\[\]' are not a list"),
+    (dict(names="{0: 'a', 5: 'b'}"), 'are not a list or'),
+    (dict(stride='0'), r"stride '0' is not a model's"),
+    (dict(stride='1e9'), r"stride '1e9' is not a model's"),
+    (dict(names=str(dict(enumerate(['a', 'b', 'c'])))), 'its metadata names 3 classes, its output scores 80'),
+    (dict(names=str(dict(enumerate(['x'] * 81)))), 'its metadata names 81 classes, its output scores 80')])
+def test_an_exported_files_metadata_is_checked_where_it_is_read(exported, tmp_path, change, error):
+    path = onnx_like_the_originals(exported['pt'], tmp_path / 'odd.onnx', **change)
+    with pytest.raises(ValueError, match=f'odd.onnx: (.*){error}'):
+        E.load_any(path)
+    r = run_detect(shared(BUS), '--weights', path, cwd=tmp_path)
+    assert r.returncode == 1 and 'odd.onnx' in r.stderr and 'Traceback' not in r.stderr
+
+
+@needs_onnx
+def test_a_classifier_or_a_damaged_export_is_refused_clearly(exported, tmp_path):
+    onnx = pytest.importorskip('onnx')
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    torch.onnx.export(classifier, torch.zeros(1, 3, 64, 64), str(tmp_path / 'cls.onnx'), input_names=['images'],
+                      output_names=['output0'], dynamo=False)
+    proto = onnx.load(str(tmp_path / 'cls.onnx'))
+    proto.metadata_props.add(key='names', value="{0: 'a', 1: 'b', 2: 'c', 3: 'd'}")
+    onnx.save(proto, str(tmp_path / 'cls.onnx'))
+    with pytest.raises(ValueError, match=r'cls.onnx: not a detection model: its output is \(1, 4\)'):
+        E.load_any(tmp_path / 'cls.onnx')
+    whole = exported['torchscript'].read_bytes()
+    (tmp_path / 'cut.torchscript').write_bytes(whole[:len(whole) // 2])
+    (tmp_path / 'text.torchscript').write_text('not a model')
+    for name in ('cut', 'text'):
+        with pytest.raises(ValueError, match=f'{name}.torchscript: not a TorchScript'):
+            E.load_any(tmp_path / f'{name}.torchscript', trust=True)
+    with pytest.raises(ValueError, match=r'--augment \(test-time augmentation\) needs the model as a .pt'):
+        E.load_any(exported['torchscript'], trust=True, augment=True)
+    fixed = onnx_like_the_originals(exported['pt'], tmp_path / 'fixed.onnx', dynamic=False)
+    r = run_detect(shared(BUS), '--weights', fixed, '--img', '800', cwd=tmp_path)
+    assert r.returncode == 1 and 'takes images up to 640x640: use --img 640' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_a_torchscript_file_runs_only_when_trusted(exported, tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match='holds code, which loading it runs; give --trust-code'):
+        E.load_any(exported['torchscript'])
+    r = run_detect(shared(BUS), '--weights', exported['torchscript'], cwd=tmp_path)
+    assert r.returncode == 1 and '--trust-code' in r.stderr and 'Traceback' not in r.stderr
+    r = run_detect(shared(BUS), '--weights', exported['torchscript'], '--trust-code', cwd=tmp_path)
+    assert r.returncode == 0 and '4 persons, 1 bus' in r.stdout
+    monkeypatch.setattr(sys.stdin, 'isatty', lambda: True)  # on a terminal it asks
+    answers = iter(['n', 'y'])
+    monkeypatch.setattr('builtins.input', lambda question: next(answers))
+    with pytest.raises(ValueError, match='holds code'):
+        E.load_any(exported['torchscript'])
+    assert E.load_any(exported['torchscript']).nc == 80
+
+
+def test_the_hub_takes_every_image_kind_and_refuses_the_rest_clearly(exported, tmp_path, capsys):
+    hub = torch.hub.load(str(ROOT), 'custom', path=str(exported['pt']), source='local', device='cpu')
+    rgb = cv2.imread(str(shared(BUS)))[..., ::-1]
+    want = hub(rgb).xyxy[0]
+    for kind, im in [('16 bits', rgb.astype(np.uint16) * 257), ('floats 0-1', rgb / 255.0),
+                     ('RGBA', np.dstack((rgb, np.full(rgb.shape[:2], 255, np.uint8)))),
+                     ('PIL 16-bit grey', Image.fromarray(rgb.mean(2).astype(np.uint16) * 257)),
+                     ('(3, h, w)', rgb.transpose(2, 0, 1))]:
+        got = hub(im).xyxy[0]
+        if 'grey' not in kind:
+            assert torch.equal(got, want), kind
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    assert torch.equal(hub(grey[..., None]).xyxy[0], hub(grey).xyxy[0])  # (h, w, 1) as (h, w)
+    assert len(hub(np.full((10, 10000, 3), 114, np.uint8)).xyxy[0]) == 0  # a sliver of an image runs
+    for ims, size, error in [(None, 640, 'image0: None is not an image'), ([], 640, 'no images given'),
+                             (np.zeros((0, 5, 3), np.uint8), 640, r'not an image: an array of shape \(0, 5, 3\)'),
+                             (rgb, 0, 'size=0: an image size'), (np.full((4, 4), np.nan), 640, 'not all finite'),
+                             (rgb.astype(np.int32) * 300, 640, 'not 8 or 16 bits')]:
+        with pytest.raises(ValueError, match=error):
+            hub(ims, size=size)
+    results = hub(rgb)
+    (tmp_path / 'file').write_text('a file, not a folder')
+    with pytest.raises(OSError, match='cannot write the run folder'):
+        results.save(save_dir=tmp_path / 'file' / 'exp')
+    assert 'Saved' not in capsys.readouterr().out
+
+
+def test_the_hubs_urls_are_bounded_in_time_and_size(exported, monkeypatch):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == '/missing.jpg':
+                return self.send_error(404)
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(10 ** 6):  # an endless body, slowly for /slow.jpg
+                self.wfile.write(b'x' * 65536)
+                if self.path == '/slow.jpg':
+                    __import__('time').sleep(0.2)
+
+        def log_message(self, *args):
+            pass
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f'http://127.0.0.1:{srv.server_address[1]}'
+    hubconf = __import__('hubconf')
+    monkeypatch.setattr(hubconf, 'MAX_DOWNLOAD', 2 ** 20)
+    monkeypatch.setattr(hubconf, 'DOWNLOAD_SECONDS', 1)
+    for name, error in (('missing', 'the server answered 404'), ('endless', 'more than 1 MB'), ('slow', 'slower than 1 s')):
+        with pytest.raises(ValueError, match=f'{url}/{name}.jpg: .*{error}'):
+            hubconf.read_image(f'{url}/{name}.jpg', 0)
+    with pytest.raises(ValueError, match='127.0.0.1:9/x.jpg: cannot fetch it'):
+        hubconf.read_image('http://127.0.0.1:9/x.jpg', 0)  # nothing listens there
+    srv.shutdown()
+
+
+def test_detect_sources_read_as_written(tmp_path, capsys):
+    image = tmp_path / 'a photo.jpg'  # a space in its name
+    cv2.imwrite(str(image), scene(64, 96, [(10, 10, 40, 40)]))
+    (tmp_path / 'list.streams').write_text(f'{image}\n\n')
+    (tmp_path / 'latin1.streams').write_bytes('caf\xe9.jpg\n'.encode('latin-1'))
+    cv2.imwrite(str(tmp_path / 'sliver.png'), np.full((10, 10000, 3), 90, np.uint8))
+    opt = detect.parse_args([str(tmp_path / 'list.streams'), str(tmp_path / 'latin1.streams'), str(tmp_path / 'sliver.png'),
+                             '--weights', str(shared(WEIGHTS)), '--img', '320', '--project', str(tmp_path / 'runs')])
+    assert detect.run(opt) == 0
+    out, err = capsys.readouterr()
+    assert f'{image}: ' in out and 'sliver.png: 32x320 ' in out
+    assert 'latin1.streams: not UTF-8 text' in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('value,error', [('momentum=0', r'momentum: 0 is not in \(0, 0.999\]'),
+                                         ('lr0=-0.01', r'lr0: -0.01 is not in \(0, 1\]'),
+                                         ('nbs=0', r'nbs: 0 is not in \[1, 8192\]'),
+                                         ('warmup_epochs=inf', 'warmup_epochs: inf is not in'),
+                                         ('fliplr=nan', 'fliplr: nan is not in')])
+def test_impossible_hyperparameters_are_refused_before_the_run(tmp_path, capsys, value, error):
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(['--hyp', value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and re.search(error, err) and 'argument --hyp' in err, err
+
+
+def test_impossible_starts_and_small_lies(tmp_path, monkeypatch, capsys):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=2, size=64)
+    with pytest.raises(SystemExit, match=r'--freeze \[25\]: no layer is left to train'):
+        T.Trainer(tiny_args(root, tmp_path / 'runs', '--freeze', '25'))
+    assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []  # labels.jpg went too
+    r = subprocess.run([sys.executable, str(ROOT / 'data.py'), str(root), '--img', '64', '--batch', '2', '--out',
+                        str(tmp_path / 'nodir' / 'x.jpg')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'x.jpg: cannot save' in r.stderr and 'written' not in r.stdout
+    (root / 'd.yaml').write_text('path: .\ntrain: images/train\nval: images/val\nnames: [r, d, t]\n')
+    with pytest.raises(SystemExit, match='d.yaml: no test: in the data YAML'):
+        T.run_val_only(T.parse_args(['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(root / 'd.yaml'),
+                                     '--task', 'test', '--single-cls', '--project', str(tmp_path / 'v')]))
+    assert support.results.coco_records(torch.tensor([[1.0, 2, 3, 4, 0.5, 0]]), 'x/\u00b2.jpg')[0]['image_id'] == '\u00b2'
+
+
+def test_resume_takes_a_moved_dataset(tmp_path, monkeypatch):
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=16, n_val=8, size=128)
+    interrupted_at_epoch_1(monkeypatch, tiny_args(root, tmp_path / 'runs', '--epochs', '2'))
+    moved = root.rename(tmp_path / 'moved')
+    last = tmp_path / 'runs/exp/weights/last.pt'
+    with pytest.raises(SystemExit, match='shapes'):  # where it was: gone
+        T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0']))
+    T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0', '--data', str(moved),
+                            '--names', str(moved / 'names.txt')])).fit()
+    assert [r['epoch'] for r in last_results(tmp_path / 'runs/exp')] == [0, 1]

@@ -125,6 +125,8 @@ def pick_run(opt, parse_args):
         keep = dict(device=opt.device, workers=opt.workers, resume=str(last))  # from this command line
         if opt.data_given:  # the dataset moved since
             keep['data'] = opt.data
+        if opt.names:
+            keep['names'] = opt.names
         opt = argparse.Namespace(**{**vars(parse_args(['--batch', str(ckpt['opt'].get('batch', 16))])), **ckpt['opt'],
                                     **keep})
         if 'optimizer' not in ckpt:  # a finished run is stripped of its optimizer
