@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import torch
 
-from support.datasets import available_memory, find_images, load_labels, loader_workers, preload
-from support.datasets import rect_batches
+from support.datasets import cache_to_disk, decode_image, find_images, fits_in_memory, load_labels
+from support.datasets import loader_workers, preload, quads, rect_batches
 from support.datasets import xywh2xyxy, xyxy2xywh
 from support.plots import show_batch
 
@@ -26,7 +26,7 @@ GREY = (114, 114, 114)  # the padding's colour
 
 
 def letterbox(img, new_shape=640, color=GREY, auto=True, scaleup=True, stride=32):
-    """Resized keeping the aspect ratio, padded to new_shape (h, w) (auto: to a multiple of stride).
+    """Resized keeping the aspect ratio, padded to new_shape (h, w) (auto: to a stride multiple).
     Returns the image, the scale ratio and the (left, top) padding."""
     height, width = img.shape[:2]
     new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
@@ -177,12 +177,13 @@ class YOLODataset(torch.utils.data.Dataset):
         self.rect = rect
         self.seed = seed
         self.batch_size = batch_size  # with rect, a loader batch shares a shape
-        self.epoch = 0  # in the seed of dataset[i]'s draws (the loader passes (epoch, i))
+        self.epoch = 0  # seeds dataset[i]'s draws (the loader passes (epoch, i))
         images = find_images(source, split)
         self.files, self.sizes, self.labels = load_labels(images, nc, prefix, single_cls)
+        self.on_disk = cache == 'disk' and cache_to_disk(self.files, prefix)  # .npy files
         self.mosaic = augment and not rect
-        self.warned = set()  # files that stopped decoding
-        if rect:  # by aspect ratio, a letterbox shape a batch: less padding, YOLOv5's val results
+        self.warned = set()  # files that failed to decode
+        if rect:  # by aspect ratio, a letterbox shape a batch: less padding
             batches = rect_batches(self.sizes, batch_size, img_size, stride, pad)
             order, self.batch_index, self.batch_shapes = batches
             self.files = [self.files[i] for i in order]
@@ -201,26 +202,18 @@ class YOLODataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def load_image(self, i):
-        """Image i, its long side img_size, and its original (h, w); (None, None) if unreadable.
-        A JPEG shrunk 2x or more in training is decoded at reduced size (2x faster)."""
+        """Image i, its long side img_size, and its original (h, w); (None, None) if unreadable."""
         if self.decoded[i] is not None:
             return self.decoded[i]
-        reduction = 1
-        if self.augment:
-            long_side = self.sizes[i].max()
-            fits = [factor for factor in (2, 4, 8) if factor * self.img_size <= long_side]
-            reduction = max(fits, default=1)
-        mode = cv2.IMREAD_COLOR
-        if reduction > 1:
-            mode = getattr(cv2, f'IMREAD_REDUCED_COLOR_{reduction}')
-        img = cv2.imread(self.files[i], mode)
+        long_side = self.img_size if self.augment else None  # training: big JPEGs decoded smaller
+        img, original_wh = decode_image(self.files[i], self.sizes[i], self.on_disk, long_side)
         if img is None:
             return None, None
-        w0, h0 = self.sizes[i] if reduction > 1 else img.shape[1::-1]
+        w0, h0 = original_wh
         ratio = self.img_size / max(w0, h0)
         size = math.ceil(w0 * ratio), math.ceil(h0 * ratio)
         if img.shape[1::-1] != size:
-            # INTER_AREA to shrink without augmentation, as YOLOv5 (it changes mAP a little)
+            # INTER_AREA to shrink without augmentation, as YOLOv5 (mAP changes a little)
             shrink = not self.augment and ratio <= 1
             interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
             img = cv2.resize(img, size, interpolation=interpolation)
@@ -237,14 +230,14 @@ class YOLODataset(torch.utils.data.Dataset):
 
     def load_mosaic(self, index, rng):
         """Four images around a random centre of a 2s x 2s canvas, warped back to s x s. Only the
-        part the warp reads is made, and its images decoded: bit for bit the whole canvas's."""
+        part the warp reads is made: bit for bit the whole canvas's."""
         size = self.img_size
         xc, yc = (int(centre) for centre in rng.uniform(size // 2, 2 * size - size // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
         matrix, scale = random_matrix(rng, self.hyp, (2 * size, 2 * size), (size, size))
-        # the part made, in canvas pixels: where the output's corners come from, plus 1 pixel for
-        # the interpolation (all of the canvas for a perspective)
+        # the part made, in canvas pixels: where the output's corners come from, 1 more pixel
+        # for the interpolation (all of it for a perspective)
         x0, y0, x1, y1 = 0, 0, 2 * size, 2 * size
         if not self.hyp['perspective']:
             corners = [[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]]  # x, y, 1 of each
@@ -269,7 +262,7 @@ class YOLODataset(torch.utils.data.Dataset):
         return warp(canvas, labels, matrix, scale, (size, size), (x0, y0))
 
     def load_checked(self, i, rng):
-        """load_image; a file that fails to decode is reported once and replaced."""
+        """load_image; a file that fails to decode is reported once, replaced."""
         for _ in range(100):
             img, original_hw = self.load_image(i)
             if img is not None:
@@ -332,29 +325,39 @@ def collate(batch):
     imgs, labels, paths, to_original = zip(*batch)
     for i, image_labels in enumerate(labels):
         image_labels[:, 0] = i  # its image in the batch
-    # channels-last, copied by numpy: torch's threads spin, 20x slower on a busy 2-core machine
+    # channels-last, copied by numpy: torch's threads spin, 20x slower on a busy machine
     imgs = np.stack([img.permute(1, 2, 0).numpy() for img in imgs])
     return torch.from_numpy(imgs).permute(0, 3, 1, 2), torch.cat(labels), paths, to_original
 
 
+def collate_quads(batch):  # --quad
+    return quads(collate(batch))
+
+
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
-    """A DistributedSampler whose indices carry their epoch, which seeds a sample's draws, to
-    workers that live for the run."""
+    """A DistributedSampler whose indices carry their epoch (it seeds a sample's draws) to the
+    workers. weights (--image-weights): len(dataset) draws by them."""
+    weights = None
+
     def __iter__(self):
-        return ((self.epoch, i) for i in super().__iter__())
+        indices = super().__iter__()
+        if self.weights is not None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            indices = rng.choice(len(self.weights), len(self.weights), p=self.weights).tolist()
+        return ((self.epoch, i) for i in indices)
 
 
 def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, world_size=1,
-                      cpu=False):
-    """workers=None: as many as the machine spares (loader_workers); cpu: the model runs there."""
+                      cpu=False, quad=False):
+    """workers=None: as many as the machine spares; cpu: the model runs there; quad: batches of
+    batch_size / 4 samples at twice the size."""
     workers = loader_workers(workers, batch_size, world_size, cpu)
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed)
-    # Images are kept once decoded if all copies (one a worker) need under a tenth of the free
-    # memory: a fine-tune on a small dataset would decode each image 4x an epoch.
-    copies = max(workers, 1) * world_size
-    dataset.keep_decoded |= dataset.bytes_decoded * copies < 0.1 * (available_memory() or 0)
+    # a small dataset's images are kept once decoded: a fine-tune would decode each 4x an epoch
+    dataset.keep_decoded |= fits_in_memory(dataset.bytes_decoded, max(workers, 1) * world_size)
     return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers,
-                                       collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                                       collate_fn=collate_quads if quad else collate,
+                                       pin_memory=torch.cuda.is_available(),
                                        persistent_workers=workers > 0)
 
 

@@ -15,8 +15,8 @@ from support.cli import Stopwatch, check_img_size, detect_args, half_dtype, or_e
 from support.datasets import IMAGE_EXTS
 from support.files import save_image
 from support.runs import run_dir
-from support.sources import VideoFile, describe, expand_sources, is_stream, output_stem, read_frames
-from support.sources import save_results, stop_on_ctrl_c
+from support.sources import VideoFile, describe, expand_sources, frame_name, is_stream, output_stem
+from support.sources import csv_rows_of, read_frames, save_csv, save_results, stop_on_ctrl_c
 
 
 def parse_args(argv=None):
@@ -28,7 +28,7 @@ def parse_args(argv=None):
 def run(opt, stop=None):
     """Returns the exit code. stop: an event that ends the run after the current frame (Ctrl-C)."""
     device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, True, opt.trust_code, opt.img, opt.augment)
+    model = or_exit(load_any, opt.weights, device, True, opt.trust_code, max(opt.img), opt.augment)
     model = model.to(memory_format=torch.channels_last)  # the convolutions' fastest layout
     dtype = half_dtype(device) if opt.half else None  # fp32 unless --half: the original's outputs
     names = model.names
@@ -37,7 +37,8 @@ def run(opt, stop=None):
               f'{opt.weights} (0 to {len(names) - 1})', file=sys.stderr)
         return 2
     stride = model.max_stride  # 64 for the P6 models
-    img_size = check_img_size(opt.img, stride=stride)
+    sizes = opt.img * 2 if len(opt.img) == 1 else opt.img  # (h, w)
+    img_size = [check_img_size(size, stride=stride) for size in sizes]
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     sources = list(expand_sources(opt.source))
@@ -45,6 +46,7 @@ def run(opt, stop=None):
     stems = set()
     frames_done = 0
     label_files = 0
+    csv_rows = []  # --save-csv: a row per detection
     watch = Stopwatch(device)
     for number_of_source, (path, error) in enumerate(sources, 1):
         stem = output_stem(path, stems)  # unique in this run: same-named inputs keep their outputs
@@ -57,17 +59,15 @@ def run(opt, stop=None):
             x = to_tensor(letterbox(frame, img_size, stride=stride)[0])
             x = x.to(device).float()[None] / 255
             watch.lap('pre-process')
-            pred = or_exit(next, predict(model, x, dtype, opt.augment))[0]  # (an export may not run)
+            # (an export may fail to run)
+            pred = or_exit(next, predict(model, x, dtype, opt.augment))[0]
             inference = watch.lap('inference')
             det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, opt.classes,
                                       opt.agnostic_nms, max_det=opt.max_det)[0]
             watch.lap('NMS')
             # each row of det: x1 y1 x2 y2 (pixels of the frame) confidence class
             det[:, :4] = scale_boxes(det[:, :4], x.shape[2:], frame.shape[:2]).round()
-            where = f'image {number_of_source}/{len(sources)}'
-            if video:
-                of = f'/{frame_count}' if frame_count else ''
-                where = f'video {number_of_source}/{len(sources)} (frame {frame_index + 1}{of})'
+            where = frame_name(video, number_of_source, len(sources), frame_index, frame_count)
             print(f'{where} {path}: {x.shape[2]}x{x.shape[3]} {describe(det, names)}'
                   f'{inference * 1e3:.1f}ms', flush=True)
             frames_done += 1
@@ -75,6 +75,7 @@ def run(opt, stop=None):
                 frame_number = frame_index + 1 if video else None
                 # labels and crops, then the boxes drawn on frame, which is saved below
                 label_files += save_results(opt, names, save_dir, stem, frame_number, frame, det)
+                csv_rows += csv_rows_of(path, det, names) if opt.save_csv else []
                 if video_file:
                     video_file.write(frame, fps)
                 elif not opt.nosave:
@@ -95,6 +96,8 @@ def run(opt, stop=None):
         print('ERROR: nothing could be processed', file=sys.stderr)
         return 1
     print(watch.speed(frames_done, tuple(x.shape)))
+    if opt.save_csv:
+        or_exit(save_csv, csv_rows, save_dir / 'predictions.csv')
     if not opt.nosave or opt.save_txt:
         print(f'Results saved to {save_dir}')
         if opt.save_txt:

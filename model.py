@@ -4,10 +4,7 @@ non-maximum suppression. The network is a table of numbered layers, the original
 0-24) and yolov5s6.yaml (P6, 0-33): model.model[i] is layer i; official checkpoints load by name.
 """
 import functools
-import glob
-import importlib.util
 import math
-import os
 import sys
 import time
 
@@ -15,12 +12,11 @@ import torch
 import torch.nn as nn
 
 from support.checkpoints import first_difference, read_checkpoint
-from support.cli import clock, parse_cfg
+from support.cli import clock, parse_cfg, torchvision_nms
 from support.datasets import COCO_NAMES, xywh2xyxy
 
-# (depth multiple, width multiple) of each official scale
 SCALES = {'n': (0.33, 0.25), 's': (0.33, 0.50), 'm': (0.67, 0.75), 'l': (1.0, 1.0),
-          'x': (1.33, 1.25)}
+          'x': (1.33, 1.25)}  # (depth multiple, width multiple)
 
 
 class Conv(nn.Module):
@@ -89,7 +85,7 @@ class Concat(nn.Module):
 
 def decode_boxes(raw, offsets, anchors, stride=1):
     """Raw outputs t (..., 4) -> (x, y, w, h): xy = (2 sigmoid(t) + offsets) * stride, offsets the
-    cell's corner less 0.5; wh = anchor * (2 sigmoid(t)) ** 2. Bounded, unlike exp(): stable."""
+    cell's corner less 0.5; wh = anchor * (2 sigmoid(t)) ** 2 (bounded, unlike exp())."""
     xy, wh = raw.sigmoid().split(2, -1)
     return torch.cat(((xy * 2 + offsets) * stride, (wh * 2) ** 2 * anchors), -1)
 
@@ -102,8 +98,8 @@ class Detect(nn.Module):
         if not len(anchors) == len(channels) == len(strides):
             raise ValueError(f'Detect: {len(anchors)} levels of anchors for {len(channels)} inputs')
         self.nc = nc
-        self.no = nc + 5  # numbers per anchor: box (4), objectness, class scores
-        self.nl = len(anchors)  # output levels
+        self.no = nc + 5  # numbers per anchor: box, objectness, classes
+        self.nl = len(anchors)  # levels
         self.na = len(anchors[0]) // 2  # anchors per level
         self.m = nn.ModuleList(nn.Conv2d(c_in, self.na * self.no, 1) for c_in in channels)
         stride = torch.tensor(strides, dtype=torch.float32)
@@ -127,7 +123,7 @@ class Detect(nn.Module):
     @staticmethod
     @functools.lru_cache(maxsize=None)
     def cell_offsets(ny, nx, device):
-        """decode_boxes' offsets: each cell's (x, y) corner less 0.5; made once per grid size."""
+        """decode_boxes' offsets: each cell's (x, y) corner less 0.5; once per grid size."""
         rows = torch.arange(ny, device=device)
         columns = torch.arange(nx, device=device)
         grid_y, grid_x = torch.meshgrid(rows, columns, indexing='ij')
@@ -254,7 +250,7 @@ class YOLOv5(nn.Module):
         rows = ARCHITECTURES[arch](width, depth, nc, anchors or ANCHORS[arch])
         self.sources = [source for source, _ in rows]  # the "from" column
         self.model = nn.ModuleList(layer for _, layer in rows)
-        # the outputs that later layers take: forward keeps them
+        # forward keeps the outputs that later layers take
         listed = [[source] if type(source) is int else source for source in self.sources]
         self.kept = {i for source in listed for i in source}
         self.arch = arch
@@ -263,7 +259,7 @@ class YOLOv5(nn.Module):
         self.names = list(names or (COCO_NAMES if nc == 80 else [f'class{i}' for i in range(nc)]))
 
     def config(self):
-        """What YOLOv5(**config) needs to build this model again. An argument you add goes here."""
+        """What YOLOv5(**config) needs to build this model again; an argument you add too."""
         anchors = self.detect.pixel_anchors().view(self.detect.nl, -1).tolist()  # autoanchor's
         return dict(arch=self.arch, scale=list(self.scale), nc=self.nc, names=list(self.names),
                     anchors=anchors)
@@ -287,8 +283,8 @@ class YOLOv5(nn.Module):
         return x
 
     def forward_augment(self, x):
-        """Test-time augmentation: x at scales 1, 0.83 (flipped) and 0.67, boxes pooled for NMS.
-        Full size leaves out its coarsest level, the smallest its finest: others see them better."""
+        """Test-time augmentation: x at scales 1, 0.83 (flipped) and 0.67, boxes pooled for NMS,
+        less the coarsest level at full size and the finest at the smallest."""
         out = []
         for ratio, flip in ((1, False), (0.83, True), (0.67, False)):
             y, raw = self(rescale(x.flip(3) if flip else x, ratio, self.max_stride))
@@ -304,7 +300,7 @@ class YOLOv5(nn.Module):
 
     @torch.no_grad()
     def fuse(self):
-        """Folds each BatchNorm into the conv before it: same outputs, fewer operations."""
+        """Folds each BatchNorm into its conv: same outputs, fewer operations."""
         for block in list(self.modules()):  # (a list: the loop removes modules)
             if not isinstance(block, Conv) or not hasattr(block, 'bn'):
                 continue
@@ -317,26 +313,22 @@ class YOLOv5(nn.Module):
 
 # ---------------------------------------- checkpoints
 def from_config(config, weights, source):
-    """YOLOv5(**config) with a state dict; a ValueError naming the layer if they do not fit."""
+    """YOLOv5(**config) with a state dict; a ValueError naming the layer that does not fit."""
     if config.get('arch', 'p5') not in ARCHITECTURES:
         raise ValueError(f'{source}: arch {config["arch"]!r} is not an architecture of model.py')
     try:
         model = YOLOv5(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f'{source}: model.py cannot build the model it describes ({e})') from None
-    difference = first_difference(model.state_dict(), weights)  # (layer number, what differs)
+    difference = first_difference(model, weights)  # 'layer 13 (C3) differs: ...'
     if difference:
-        i, what = difference
-        layer = type(model.model[i]).__name__ if 0 <= i < len(model.model) else 'none'
-        raise ValueError(f'{source}: weights do not fit the model they describe: layer {i} '
-                         f'({layer}) differs: {what}')
+        raise ValueError(f'{source}: weights do not fit the model they describe: {difference}')
     model.load_state_dict(weights)
     return model
 
 
 def load_model(path, device='cpu', fuse=False):
-    """A checkpoint's model (official, downloaded if missing, or ours), in eval mode. Raises
-    ValueError or FileNotFoundError."""
+    """A checkpoint's model (official, downloaded if missing, or ours), in eval mode."""
     config, weights = read_checkpoint(path)
     model = from_config(config, weights, path).to(device).eval()
     return model.fuse() if fuse else model
@@ -345,15 +337,15 @@ def load_model(path, device='cpu', fuse=False):
 # ---------------------------------------- inference
 @torch.inference_mode()
 def predict(model, imgs, dtype=None, augment=False):
-    """Yields (decoded predictions, raw maps) a chunk at a time, in a 16-bit dtype if given. On CPU
-    chunks of 4 run ~1.8x faster than a batch of 32 (memory traffic)."""
+    """Yields (decoded predictions, raw maps) a chunk at a time, in dtype if given. On CPU chunks
+    of 4 run ~1.8x faster than a batch of 32."""
     for chunk in imgs.split(4 if imgs.device.type == 'cpu' else len(imgs)):
         with torch.autocast(imgs.device.type, dtype=dtype, enabled=dtype is not None):
             yield model.forward_augment(chunk) if augment else model(chunk)
 
 
 def rescale(x, ratio, stride):
-    """Images x resized by ratio, padded right and bottom to a multiple of stride with grey."""
+    """Images x resized by ratio, padded right and bottom to a stride multiple with grey."""
     if ratio == 1:
         return x
     height, width = (int(size * ratio) for size in x.shape[2:])
@@ -363,27 +355,18 @@ def rescale(x, ratio, stride):
     return nn.functional.pad(x, [0, pad_w, 0, pad_h], value=0.447)  # 114 / 255
 
 
-@functools.lru_cache(maxsize=None)
-def torchvision_nms():
-    # `import torchvision` costs ~1.5 s (all its models and datasets); its compiled ops are free
-    try:
-        folder = importlib.util.find_spec('torchvision').submodule_search_locations[0]
-        torch.ops.load_library(sorted(glob.glob(os.path.join(folder, '_C*.*')))[0])
-        return torch.ops.torchvision.nms
-    except Exception:
-        import torchvision
-        return torchvision.ops.nms
-
-
 def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
-                        multi_label=False, max_det=300, max_nms=30000, max_wh=7680):
+                        multi_label=False, max_det=300, max_nms=30000, max_wh=7680, labels=None):
     """Decoded outputs (b, N, 5 + nc) -> per image a (n, 6) tensor [x1, y1, x2, y2, conf, cls].
-    conf = objectness * class score; multi_label keeps each class above conf_thres (val does)."""
+    conf = objectness * class score; multi_label keeps each class above conf_thres (val does);
+    labels: per image rows like pred's, joined after the confidence filter (--save-hybrid)."""
     time_limit = 0.5 + 0.05 * pred.shape[0]
     start = clock(pred.device)  # once a GPU has finished the forward: it would eat the limit
     out = [torch.zeros((0, 6), device=pred.device)] * pred.shape[0]
     for i, x in enumerate(pred):
         x = x[x[:, 4] > conf_thres]
+        if labels is not None:
+            x = torch.cat((x, labels[i]), 0)
         scores = x[:, 5:] * x[:, 4:5]
         box = xywh2xyxy(x[:, :4])
         if multi_label and scores.shape[1] > 1:

@@ -26,12 +26,14 @@ import detect  # noqa: E402
 import model as M  # noqa: E402
 import support.checkpoints  # noqa: E402
 import support.cli  # noqa: E402
+import support.console  # noqa: E402
 import support.data_yaml  # noqa: E402
 import support.datasets  # noqa: E402
 import support.downloads  # noqa: E402
 import support.plots  # noqa: E402
 import support.results  # noqa: E402
 import support.runs  # noqa: E402
+import support.val_benchmarks  # noqa: E402
 
 
 def shared(path):
@@ -552,14 +554,15 @@ def test_label_cache_is_reused_and_rebuilt_on_change(tmp_path, capsys):
     files = support.datasets.find_images(root)
     first = support.datasets.load_labels(files, nc=5)
     cache = root / 'labels' / 'train.cache'
-    assert cache.exists() and capsys.readouterr().out.startswith('Scanned')  # (the scan runs in child processes)
+    out = capsys.readouterr().out  # (the scan runs in child processes): its progress line, then the summary
+    assert cache.exists() and out.startswith('Scanning') and out.splitlines()[1].startswith('Scanned')
     second = support.datasets.load_labels(files, nc=5)
     assert capsys.readouterr().out.startswith('Cached') and all(np.array_equal(a, b) for a, b in zip(first[2], second[2]))
     (root / 'labels' / 'train' / 'im1.txt').write_text('2 0.5 0.5 0.25 0.25\n3 0.2 0.2 0.1 0.1\n')
     third = support.datasets.load_labels(files, nc=5)
-    assert capsys.readouterr().out.startswith('Scanned') and third[2][1][:, 0].tolist() == [2, 3]
+    assert capsys.readouterr().out.splitlines()[1].startswith('Scanned') and third[2][1][:, 0].tolist() == [2, 3]
     cache.write_bytes(b'garbage')  # unreadable cache: scanned again
-    assert len(support.datasets.load_labels(files, nc=5)[2][1]) == 2 and capsys.readouterr().out.startswith('Scanned')
+    assert len(support.datasets.load_labels(files, nc=5)[2][1]) == 2 and '\nScanned ' in capsys.readouterr().out
 
 
 def test_coco128_scan():
@@ -1013,7 +1016,7 @@ BAD_TRAIN = [('--batch', '0'), ('--batch', '-3'), ('--batch', 'x'), ('--img', '-
              ('--iou-thres', '-0.1'), ('--label-smoothing', '2'), ('--max-det', '0'), ('--hyp', 'lr0=abc'),
              ('--hyp', 'lr0'), ('--hyp', 'lr9=1'), ('--names', 'missing.txt'), ('--resume', 'IMAGE'),
              ('--resume', 'missing.pt'), ('--weights', 'IMAGE'), ('--weights', 'nothere.pt'), ('--device', '7'),
-             ('--device', 'gpu'), ('--cfg', 'q'), ('--cache', 'disk'), ('--seed', '-1')]
+             ('--device', 'gpu'), ('--cfg', 'q'), ('--cache', 'gpu'), ('--seed', '-1')]
 BAD_DETECT = [('--img', '0'), ('--img', '-5'), ('--conf-thres', '2'), ('--iou-thres', 'high'), ('--max-det', '0'),
               ('--line-thickness', '0'), ('--classes', '-1'), ('--weights', 'IMAGE'), ('--device', '3')]
 
@@ -2155,20 +2158,18 @@ def test_each_torchrun_process_takes_its_own_gpu_of_the_list(monkeypatch):
         support.cli.select_device('0,1', local_rank=2)
 
 
-def test_start_processes_sets_the_gpu_and_waits_3_hours(monkeypatch):
+def test_start_process_sets_the_gpu_and_waits_3_hours(monkeypatch):
     fake_gpus(monkeypatch, 4)
     current, calls = [], {}
     monkeypatch.setattr(torch.cuda, 'set_device', current.append)
-    trainer = types.SimpleNamespace()
-    T.Trainer.start_processes(trainer, types.SimpleNamespace(device='1'))  # one process: GPU 1 made the current one
-    assert not trainer.ddp and trainer.device == current[-1] == torch.device('cuda', 1)
-    monkeypatch.setattr(T, 'LOCAL_RANK', 1)  # under torchrun, the second process on this machine
-    monkeypatch.setenv('LOCAL_RANK', '1')
+    device = support.runs.start_process('1', ddp=False)  # one process: GPU 1 made the current one
+    assert device == current[-1] == torch.device('cuda', 1)
+    monkeypatch.setenv('LOCAL_RANK', '1')  # under torchrun, the second process on this machine
     monkeypatch.setattr(T.dist, 'rendezvous', lambda url, **kw: iter([(calls.setdefault('store', kw), 1, 2)]))
     monkeypatch.setattr(T.dist, 'PrefixStore', lambda prefix, store: store)
     monkeypatch.setattr(T.dist, 'init_process_group', lambda backend, **kw: calls.update(backend=backend, **kw))
-    T.Trainer.start_processes(trainer, types.SimpleNamespace(device='2,3'))
-    assert trainer.ddp and trainer.device == current[-1] == torch.device('cuda', 3)
+    device = support.runs.start_process('2,3', ddp=True)
+    assert device == current[-1] == torch.device('cuda', 3)
     assert calls['backend'] == 'nccl' and calls['timeout'] == calls['store']['timeout'] == timedelta(hours=3)
 
 
@@ -2925,7 +2926,7 @@ def test_the_training_line_prints_each_value_under_its_name(capsys, monkeypatch)
     monkeypatch.setattr(sys.stdout, 'isatty', lambda: False)
     row = {'Epoch': '3/9', 'GPU_mem': '0G', 'box_loss': torch.tensor(0.0523), 'lr': 0.01, 'Instances': 17, 'Size': 640}
     for i in range(3):
-        support.cli.print_progress(row, i, 3, time.time() - 1)
+        support.console.print_progress(row, i, 3, time.time() - 1)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == list(row) and lines[1].split()[:6] == ['3/9', '0G', '0.0523', '0.01', '17', '640']
     assert len(lines) == 2 and all(len(w) <= 11 for w in lines[0].split())
@@ -3303,3 +3304,211 @@ def test_resume_takes_a_moved_dataset(tmp_path, monkeypatch):
     T.Trainer(T.parse_args(['--resume', str(last), '--workers', '0', '--data', str(moved),
                             '--names', str(moved / 'names.txt')])).fit()
     assert [r['epoch'] for r in last_results(tmp_path / 'runs/exp')] == [0, 1]
+
+
+# ------------------------------------------------------------------------------------ issue 26: the original's flags
+# that were missing
+
+def test_image_weights_are_the_originals_and_drive_the_draws():
+    labels = [np.array([[0, .5, .5, .1, .1], [0, .2, .2, .1, .1]]), np.array([[1, .5, .5, .1, .1]]),
+              np.array([[2, .5, .5, .1, .1], [0, .3, .3, .1, .1]]), np.zeros((0, 5))]
+    weights = support.datasets.image_weights(labels, 4, [0.5, 0.1, 0.9, 0.0])
+    # the original's labels_to_image_weights(labels, 4, labels_to_class_weights(labels, 4) * (1 - maps) ** 2 / 4)
+    np.testing.assert_allclose(weights, [0.15576, 0.75701, 0.087227, 0], atol=2e-5)
+    assert np.allclose(support.datasets.image_weights(labels, 4, [1, 1, 1, 1]), 0.25)  # all found: as without
+    sampler = data.EpochSampler(list(range(4)), 1, 0, shuffle=True, seed=3)
+    sampler.weights = weights
+    first = [i for _, i in sampler]
+    assert len(first) == 4 and first == [i for _, i in sampler]  # repeatable: seeded by (seed, epoch)
+    draws = []
+    for epoch in range(300):
+        sampler.set_epoch(epoch)
+        draws += [i for _, i in sampler]
+    share = np.bincount(draws, minlength=4) / len(draws)
+    assert np.abs(share - weights).max() < 0.03 and share[3] == 0, share
+
+
+def test_quads_are_the_originals_grid_or_first_image_enlarged():
+    imgs = torch.stack([torch.full((3, 8, 8), 10 * (k + 1), dtype=torch.uint8) for k in range(8)])
+    labels = torch.tensor([[k, k % 3, 0.5, 0.25, 0.5, 0.5] for k in range(8)])
+    kinds = set()
+    for seed in range(12):  # the draw follows the files: some batches grid, some enlarged
+        paths = [f'{seed}/{k}.jpg' for k in range(8)]
+        out, out_labels, out_paths, _ = support.datasets.quads((imgs, labels, paths, [None] * 8))
+        assert out.shape == (2, 3, 16, 16) and out_paths == paths[:2]
+        for sample in range(2):
+            own = out_labels[out_labels[:, 0] == sample]
+            first = imgs[4 * sample]
+            if len(own) == 1:  # the first image, 2x, its labels as they were (normalized)
+                kinds.add('enlarged')
+                assert (out[sample] == first[0, 0, 0]).all() and own[0, 1:].tolist() == labels[4 * sample, 1:].tolist()
+            else:  # 2x2: the second below the first, the third right of it; coordinates halved, shifted
+                kinds.add('grid')
+                assert (out[sample, :, :8, :8] == first).all()
+                assert (out[sample, :, 8:, :8] == imgs[4 * sample + 1]).all()
+                assert (out[sample, :, :8, 8:] == imgs[4 * sample + 2]).all()
+                np.testing.assert_allclose(own[:, 2:].tolist(), [[0.25, 0.125, 0.25, 0.25], [0.25, 0.625, 0.25, 0.25],
+                                                                 [0.75, 0.125, 0.25, 0.25], [0.75, 0.625, 0.25, 0.25]])
+        again = support.datasets.quads((imgs, labels, paths, [None] * 8))
+        assert torch.equal(again[0], out) and torch.equal(again[1], out_labels)
+    assert kinds == {'grid', 'enlarged'}
+
+
+def test_disk_cache_writes_an_npy_per_image_and_reads_it(tmp_path, capsys):
+    root = make_dataset(tmp_path, [[(0, 10, 10, 50, 50)], [(1, 20, 20, 80, 90)]], size=(96, 128))
+    ds = data.YOLODataset(root / 'images/train', img_size=128, cache='disk', nc=2)
+    npys = sorted((root / 'images/train').glob('*.npy'))
+    assert [p.stem for p in npys] == ['im0', 'im1'] and 'Cached 2 images on disk' in capsys.readouterr().out
+    assert np.array_equal(np.load(npys[0]), cv2.imread(str(root / 'images/train/im0.jpg')))
+    np.save(npys[0], np.zeros((96, 128, 3), np.uint8))  # what is read is the .npy
+    assert ds.load_image(0)[0].max() == 0
+    npys[0].write_bytes(b'damaged')  # a damaged one: the image is decoded instead
+    assert ds.load_image(0)[0].max() > 0
+    capsys.readouterr()
+    data.YOLODataset(root / 'images/train', img_size=128, cache='disk', nc=2)  # again: the ones newer than their image
+    assert 'Cached 0 images on disk (0.0 GB), 2 were there' in capsys.readouterr().out  # are kept
+    os.utime(root / 'images/train/im0.jpg', (npys[0].stat().st_mtime + 10,) * 2)  # an image changed: decoded again
+    data.YOLODataset(root / 'images/train', img_size=128, cache='disk', nc=2)
+    assert 'Cached 1 images on disk' in capsys.readouterr().out and np.load(npys[0]).max() > 0
+
+
+def test_one_run_with_quad_image_weights_disk_cache_save_period_and_tensorboard(tmp_path, capsys):
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=16, n_val=4, size=64)
+    trainer = T.Trainer(tiny_args(root, tmp_path / 'runs', '--quad', '--image-weights', '--cache', 'disk',
+                                  '--save-period', '1', '--epochs', '2'))
+    imgs, targets, _, _ = next(iter(trainer.train_loader))
+    assert imgs.shape == (2, 3, 256, 256) and set(targets[:, 0].tolist()) <= {0, 1}  # 8 images as 2 quads
+    run = trainer.fit()
+    out = capsys.readouterr().out
+    assert 'Cached 16 images on disk' in out and len(list((root / 'images/train').glob('*.npy'))) == 16
+    weights = trainer.train_loader.sampler.weights
+    assert weights is not None and abs(weights.sum() - 1) < 1e-9 and len(weights) == 16
+    assert sorted(p.name for p in (run / 'weights').glob('*.pt')) == ['best.pt', 'epoch0.pt', 'epoch1.pt', 'last.pt']
+    assert "TensorBoard: Start with 'tensorboard --logdir" in out
+    events = EventAccumulator(str(run)).Reload()
+    for tag in ('train/box_loss', 'metrics/mAP_0.5', 'val/obj_loss', 'x/lr0'):
+        assert [e.step for e in events.Scalars(tag)] == [0, 1], tag
+    rows = last_results(run)
+    logged = [e.value for e in events.Scalars('train/box_loss')]
+    assert logged == pytest.approx([r['train/box_loss'] for r in rows], 1e-4)
+    assert {'results', 'labels', 'confusion_matrix', 'train_batch0'} <= set(events.Tags()['images'])
+
+
+def test_evolve_mutates_the_originals_hyperparameters_and_resumes(tmp_path, capsys):
+    from support.evolve import META, METRICS
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, size=64)
+    population = tmp_path / 'population'
+    population.mkdir()
+    (population / 'a.yaml').write_text('lr0: 0.02\nnot_a_key: 1\n')
+    argv = ['--weights', '', '--cfg', 'n', '--data', str(root), '--names', str(root / 'names.txt'), '--img', '64',
+            '--batch', '4', '--epochs', '1', '--workers', '0', '--project', str(tmp_path / 'evolve'), '--hyp', 'nbs=4',
+            '--evolve_population', str(population), '--evolve', '2']
+    folder = T.main(argv)
+    csv = folder / 'evolve.csv'
+    lines = csv.read_text().splitlines()
+    assert [h.strip() for h in lines[0].split(',')] == METRICS + list(T.HYP) and len(lines) == 3
+    rows = np.array([[float(v) for v in line.split(',')] for line in lines[1:]])
+    hyp = [dict(zip(T.HYP, row[len(METRICS):])) for row in rows]
+    assert hyp[0]['lr0'] == 0.02 and hyp[0]['momentum'] == T.HYP['momentum']  # the population's file, as it is
+    assert all(h['nbs'] == 4 for h in hyp)  # --hyp's values are the start; what META lacks never changes
+    changed = [k for k in META if hyp[1][k] != hyp[0][k]]
+    assert changed and all(META[k][1] <= hyp[1][k] <= META[k][2] for k in META)
+    assert all(hyp[1][k] == hyp[0][k] for k in T.HYP if k not in META)
+    for generation in (0, 1):  # normal runs, without pictures (--noplots) or per-epoch checkpoints
+        run = folder / f'generation{generation}'
+        assert (run / 'results.csv').exists() and not list(run.glob('*.jpg')) and not list(run.glob('*.png'))
+    best = support.data_yaml.read_yaml(folder / 'hyp_evolve.yaml')
+    fitness = rows[:, 2] * 0.1 + rows[:, 3] * 0.9
+    assert best == pytest.approx(hyp[int(fitness.argmax())], rel=1e-4)
+    assert T.parse_args(['--hyp', str(folder / 'hyp_evolve.yaml')]).hyp  # a file --hyp takes
+    folder = T.main(argv[:-1] + ['3', '--resume_evolve', str(csv)])  # goes on: one generation more
+    lines2 = csv.read_text().splitlines()
+    assert len(lines2) == 4 and lines2[:3] == lines and (folder / 'generation2/results.csv').exists()
+    assert 'Evolving on from' in capsys.readouterr().out
+    for bad in (['--evolve', '2', '--resume'], ['--evolve', '2', '--val-only'], ['--resume_evolve', str(csv)]):
+        with pytest.raises(SystemExit):
+            T.parse_args(bad)
+
+
+def test_autobatch_fits_the_originals_line_and_keeps_16_on_a_cpu(tmp_path, capsys):
+    sizes = [1, 2, 4, 8, 16]
+    assert support.cli.fit_batch(sizes, [1 + 0.5 * b for b in sizes], 20.2) == 30  # int((20.2 * 0.8 - 1) / 0.5)
+    assert support.cli.fit_batch(sizes, [1.5, 2, 3, 5, None], 20) == 8  # below the size that ran out of memory
+    assert support.cli.fit_batch(sizes, [1, 1, 1, 1, 1], 20) == 16  # a fit that makes no sense: the default
+    assert support.cli.fit_batch(sizes, [1, 2, 4, 8, 16], 10000) == 16  # over 1024: the default
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=4, n_val=2, size=64)
+    trainer = T.Trainer(tiny_args(root, tmp_path / 'runs', '--batch', '-1'))
+    assert trainer.opt.batch == 16 and 'CUDA not detected, using default CPU batch-size 16' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        support.cli.train_args(['--batch', '-1'], T.HYP, (M.SCALES, M.ARCHITECTURES), world_size=2)
+
+
+# The original's val.py --save-txt --save-conf and --save-hybrid label files of yolov5n on the first 4 COCO128 images
+# at 320, batch 4: rows per file, and the first rows of each
+VAL_TXT_ORIGINAL = {
+    'conf': {'000000000009': (300, [[45, 0.725637, 0.241523, 0.518226, 0.483046, 0.734165],
+                                    [50, 0.637096, 0.738786, 0.50344, 0.510555, 0.500114]]),
+             '000000000025': (63, [[23, 0.714654, 0.479846, 0.340697, 0.740301, 0.706086]]),
+             '000000000030': (59, [[75, 0.508031, 0.591419, 0.258576, 0.454762, 0.681118]]),
+             '000000000034': (14, [[22, 0.342636, 0.486606, 0.685271, 0.909307, 0.900411],
+                                   [22, 0.318268, 0.086686, 0.123738, 0.0725978, 0.01282]])},
+    'hybrid': {'000000000009': (300, [[49, 0.642859, 0.0792187, 0.148063, 0.148062],
+                                      [45, 0.479492, 0.688771, 0.955609, 0.5955]]),
+               '000000000025': (63, [[23, 0.185977, 0.901608, 0.206297, 0.129554]]),
+               '000000000030': (58, [[75, 0.501188, 0.592138, 0.26, 0.456192],
+                                     [58, 0.519219, 0.451121, 0.39825, 0.75729]]),
+               '000000000034': (14, [[22, 0.345398, 0.493259, 0.687804, 0.892118]])}}
+
+
+def test_val_only_save_txt_conf_hybrid_speed_study_and_ensembles_as_the_original(tmp_path, capsys, monkeypatch):
+    root = first_coco128_images(tmp_path / 'coco4', 4)
+
+    def val(name, *flags):
+        argv = ['--val-only', '--weights', str(shared(WEIGHTS)), '--data', str(root), '--img', '320', '--batch', '4']
+        T.run_val_only(T.parse_args(argv + ['--project', str(tmp_path / 'val'), '--name', name, *flags]))
+        return tmp_path / 'val' / name, capsys.readouterr().out
+    for kind, flags in (('conf', ['--save-txt', '--save-conf']), ('hybrid', ['--save-hybrid'])):
+        folder, out = val(kind, *flags)
+        assert f'4 labels saved to {folder / "labels"}' in out and 'Validating: 1/1' in out
+        for stem, (count, first_rows) in VAL_TXT_ORIGINAL[kind].items():
+            rows = np.loadtxt(folder / 'labels' / f'{stem}.txt', ndmin=2)
+            assert len(rows) == count and rows.shape[1] == len(first_rows[0]), stem
+            for row in first_rows:  # (the order of equal scores may differ)
+                assert np.abs(rows - row).max(1).min() < 2e-5, (stem, row)
+        row = next(line for line in out.splitlines() if line.split()[:1] == ['all']).split()
+        if kind == 'hybrid':  # the labels are among the detections: near-perfect, as the original warns
+            assert float(row[5]) > 0.99
+    folder, out = val('speed', '--task', 'speed')
+    row = next(line for line in out.splitlines() if line.split()[:1] == ['all']).split()
+    assert 'Speed:' in out and not list(folder.glob('*.png')) and not list(folder.glob('*.json'))
+    _, single = val('single')
+    single_row = next(line for line in single.splitlines() if line.split()[:1] == ['all']).split()
+    assert row[1:3] == single_row[1:3] and row[3:] != single_row[3:]  # conf 0.25, iou 0.45: other numbers
+    monkeypatch.setattr(support.val_benchmarks, 'STUDY_SIZES', [256, 320])
+    folder, out = val('study', '--task', 'study')
+    table = np.loadtxt(folder / 'study_coco4_yolov5n.txt', ndmin=2)
+    assert table.shape == (2, 10) and (table[:, 4:7] == 0).all() and (table[:, 7:] > 0).all()
+    assert np.allclose(table[1, :4], [float(v) for v in single_row[3:]], atol=6e-4)  # at 320: the plain run's
+    assert cv2.imread(str(folder / 'study.png')) is not None
+    folder, out = val('ensemble', '--weights', str(shared(WEIGHTS)), str(shared(WEIGHTS)))
+    row = next(line for line in out.splitlines() if line.split()[:1] == ['all']).split()
+    assert 'Ensemble created' in out and row == single_row  # twice the same model: its own detections
+
+
+def test_detect_save_csv_and_a_height_and_width_as_the_original(tmp_path):
+    r = run_detect(BUS, '--weights', shared(WEIGHTS), '--img', 320, 256, '--save-csv', '--save-txt', '--save-conf',
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'at shape (1, 3, 320, 256)' in r.stdout  # the original's (h, w) too
+    run = tmp_path / 'runs/detect/exp'
+    original = [[0, 0.922222, 0.564815, 0.155556, 0.468519, 0.418281],
+                [0, 0.354938, 0.576389, 0.176543, 0.421296, 0.695256],
+                [5, 0.516667, 0.4625, 0.966667, 0.502778, 0.844038],
+                [0, 0.159877, 0.596296, 0.218519, 0.462963, 0.863233]]
+    np.testing.assert_allclose(np.loadtxt(run / 'labels/bus.txt'), original, atol=2e-6)  # the original's, in order
+    assert (run / 'predictions.csv').read_text() == ('Image Name,Prediction,Confidence\nbus.jpg,person,0.42\n'
+                                                     'bus.jpg,person,0.70\nbus.jpg,bus,0.84\nbus.jpg,person,0.86\n')
+    r = run_detect(BUS, '--weights', shared(WEIGHTS), '--img', 320, 256, 128, cwd=tmp_path)
+    assert r.returncode == 2 and 'one or two numbers' in r.stderr

@@ -11,7 +11,6 @@ import sys
 import time
 from copy import deepcopy
 from datetime import datetime
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,15 +25,19 @@ from model import ARCHITECTURES, SCALES, YOLOv5, from_config, non_max_suppressio
 from model import scale_boxes
 from support.checkpoints import checked_config, config_of, read_checkpoint, save_checkpoint
 from support.checkpoints import strip_checkpoint, to_cpu, transfer
-from support.cli import Stopwatch, check_img_size, half_dtype, memory_used, mixed_precision, or_exit
-from support.cli import make_repeatable, out_of_memory, parse_cfg
-from support.cli import print_progress, select_device, train_args
-from support.data_yaml import data_spec, is_coco, val_names
-from support.datasets import label_path, read_names, xywh2xyxy
+from support.cli import Stopwatch, autobatch, check_img_size, half_dtype, memory_used, or_exit
+from support.cli import make_repeatable, mixed_precision, out_of_memory, parse_cfg
+from support.cli import select_device, train_args
+from support.console import print_count, print_progress
+from support.data_yaml import data_spec, is_coco, train_names, val_names
+from support.datasets import image_weights, read_names, require_labels, xywh2xyxy
+from support.evolve import evolve
+from support.loggers import TensorBoard
 from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
-from support.results import coco_records, save_coco_json, trim_results, write_results
-from support.runs import join_process_group, pick_run, removed_if_unstarted, run_dir
-from support.runs import finite_everywhere, run_under_torchrun, stop_run
+from support.results import ValOutputs, trim_results, write_results
+from support.val_benchmarks import run_benchmark
+from support.runs import FiniteSteps, from_rank0, pick_run, removed_if_unstarted, run_dir
+from support.runs import ddp_wrapped, run_under_torchrun, start_process, stop_run
 
 # hyp.scratch-low.yaml (the augmentations: data.py's); --hyp lr0=0.02 or --hyp hyp.VOC.yaml
 HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,  # SGD; final lr: lr0 * lrf
@@ -64,10 +67,12 @@ class Trainer:
     """One training run: __init__ sets it up (or restores it); fit() runs the epochs."""
 
     def __init__(self, opt):
-        self.start_processes(opt)  # DDP first: the steps below broadcast and wait on each other
+        # DDP first: the steps below broadcast and wait on each other
+        self.ddp = LOCAL_RANK != -1
+        self.device = start_process(opt.device, self.ddp)
         # rank 0 picks the run: a new folder, or the checkpoint to resume with its options
         run = pick_run(opt, parse_args) if MAIN else None
-        opt, resumed, self.save_dir = self.from_rank0(run)
+        opt, resumed, self.save_dir = from_rank0(run, self.ddp)
         with removed_if_unstarted(self.save_dir, MAIN and not resumed):  # a failed start: no folder
             self.setup(opt, resumed)
 
@@ -76,50 +81,42 @@ class Trainer:
         self.opt = opt
         self.weights_dir = self.save_dir / 'weights'
         self.start_epoch = resumed['epoch'] + 1 if resumed else 0
-        if MAIN:  # rows of epochs that run again: a crash came between a row and its checkpoint
+        if MAIN:  # rows of epochs that run again (a crash came after a row)
             trim_results(self.save_dir / 'results.csv', self.start_epoch)
         make_repeatable(opt.seed + max(RANK, 0))
         self.hyp = dict(HYP, **dict(opt.hyp))  # the last of a key wins: KEY=VALUE after a file
         self.hyp['label_smoothing'] = opt.label_smoothing or self.hyp['label_smoothing']
-        model = self.setup_model_and_data(resumed)  # the model's classes come from the data
-        if MAIN and not resumed:  # before the EMA copies the model and DDP sends rank 0's anchors
+        model = self.setup_model_and_data(resumed)  # its classes: the data's
+        if MAIN and not resumed:  # before the EMA copy and DDP's broadcast of rank 0's anchors
             labels = np.concatenate(self.train_set.labels)
-            plot_labels(labels, self.names, self.save_dir / 'labels.jpg')
+            if not opt.noplots:
+                plot_labels(labels, self.names, self.save_dir / 'labels.jpg')
             if not opt.noautoanchor:
                 check_anchors(self.train_set, model, self.hyp['anchor_t'], opt.img, opt.seed)
-        self.setup_optimizer(model, resumed)  # the EMA and the AMP check copy the anchors chosen
+        self.setup_optimizer(model, resumed)  # the EMA copies the anchors chosen
         if opt.sync_bn and self.ddp and self.device.type == 'cuda':
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             log('Using SyncBatchNorm')
         self.model = model
-        self.ddp_model = model  # what trains: under DDP its wrapper, which syncs the gradients
-        if self.ddp:
-            # static_graph: every step uses the same parameters (a skipped one is skipped by all)
-            gpus = [self.device] if self.device.type == 'cuda' else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(model, gpus, static_graph=True)
+        # what trains: under DDP its wrapper, which syncs the gradients
+        self.ddp_model = ddp_wrapped(model, self.device) if self.ddp else model
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
-        self.held_back = None  # with --nosave: the last epoch, written if the run stops early
-        self.bad_steps = 0  # non-finite steps in a row
+        self.held_back = None  # --nosave: the last epoch, saved if the run stops early
+        # a non-finite loss skips the step on every process; 3 in a row stop the run
+        self.finite = FiniteSteps(self.ddp)
         self.results = {}  # the latest validation's
-
-    def start_processes(self, opt):
-        """Under torchrun: one process per GPU (NCCL), or per CPU share (gloo)."""
-        self.ddp = LOCAL_RANK != -1
-        self.device = select_device(opt.device)  # under torchrun, this process's GPU of --device
-        if self.device.type == 'cuda':  # else pinned memory makes a context on GPU 0 too
-            torch.cuda.set_device(self.device)
-        if self.ddp:
-            join_process_group(self.device)
+        self.maps = np.zeros(len(self.names))  # its mAP50-95 per class, for --image-weights
+        self.tensorboard = TensorBoard(self.save_dir) if MAIN else None
 
     def setup_model_and_data(self, resumed):
-        """The model (--freeze applied), the datasets and their loaders; returns the model."""
+        """The model (--freeze applied), the datasets and loaders; returns the model."""
         opt = self.opt
         if LOCAL_RANK > 0:
             dist.barrier()  # local rank 0 fetches a missing dataset first
         data = or_exit(data_spec, opt.data)
         if LOCAL_RANK == 0:
             dist.barrier()
-        # channels-last, as the loader's images: bf16 steps ~25% faster on CPU, fp16 ones on GPUs
+        # channels-last, as the loader's images: 16-bit steps ~25% faster
         model = build_model(opt, resumed, data['names'])
         model = model.to(self.device, memory_format=torch.channels_last)
         frozen = opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0])  # 10: the backbone
@@ -132,13 +129,15 @@ class Trainer:
         self.coco = is_coco(data)
         stride = model.max_stride
         opt.img = check_img_size(opt.img, 2 * stride, stride)  # at least 2 strides, as the original
+        if opt.batch == -1:  # the batch that fits the GPU
+            opt.batch = autobatch(model, opt.img, self.device, half_dtype(self.device))
         batch = opt.batch // WORLD_SIZE
         cpu = self.device.type == 'cpu'
         self.train_set = train_dataset(opt, data, self.names, self.hyp, stride)
         self.train_loader = create_dataloader(self.train_set, batch, opt.workers, not opt.rect,
-                                              max(RANK, 0), WORLD_SIZE, cpu)
+                                              max(RANK, 0), WORLD_SIZE, cpu, opt.quad)
         self.val_loader = None
-        if MAIN:  # only rank 0 validates; it needs no gradients: twice the batch fits
+        if MAIN:  # only rank 0 validates; without gradients twice the batch fits
             val_set = val_dataset(opt, data, self.names, stride, 2 * batch)
             self.val_loader = create_dataloader(val_set, val_set.batch_size, opt.workers, cpu=cpu)
         self.nb = len(self.train_loader)  # batches per epoch
@@ -153,11 +152,11 @@ class Trainer:
         decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
         self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # rank 0's
-        image = self.train_set.files[0]  # rank 0 checks the 16-bit outputs on it, once
+        image = self.train_set.files[0]  # rank 0 checks the 16-bit outputs on it
 
         def agrees(dtype):
             return amp_agrees(self.ema, image, opt.img, dtype) if MAIN else True
-        self.amp = self.from_rank0(mixed_precision(self.device, opt.amp, agrees, image, MAIN))
+        self.amp = from_rank0(mixed_precision(self.device, opt.amp, agrees, image, MAIN), self.ddp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_fitness = 0.0
         self.best_epoch = 0
@@ -172,16 +171,9 @@ class Trainer:
             for key in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'):
                 setattr(self, key, resumed[key])
 
-    def from_rank0(self, obj):
-        """Rank 0's obj on every process: under DDP all take one path."""
-        box = [obj]
-        if self.ddp:
-            dist.broadcast_object_list(box, 0)
-        return box[0]
-
     def schedule(self, iteration):
         """Sets an iteration's learning rates and momentum; returns its gradient accumulation.
-        Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0) to the decay."""
+        Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0)."""
         hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters  # warmup: in iterations
         epoch = iteration // self.nb
         # After warmup, epoch e trains at the factor of e - 1 (3 warmup epochs: epoch 5 at 4's):
@@ -208,9 +200,12 @@ class Trainer:
         opt, device = self.opt, self.device
         self.ddp_model.train()
         set_epoch(self.train_loader, epoch)
+        if opt.image_weights:  # images of rare or poorly found classes drawn more often
+            weights = image_weights(self.train_set.labels, len(self.names), self.maps)
+            self.train_loader.sampler.weights = weights
         self.optimizer.zero_grad()
         mean_losses = {}
-        steps = 0  # taken: a skipped (non-finite) one does not count in the means
+        steps = 0  # taken: a skipped (non-finite) one is not in the means
         start = time.time()
         for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
             iteration = i + self.nb * epoch  # since the start of training
@@ -220,7 +215,9 @@ class Trainer:
                 imgs = self.rescale(imgs, iteration)
             with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
                 preds = self.ddp_model(imgs)
-            loss, terms = self.loss_fn(preds, targets.to(device))  # fp32: Detect returns fp32 maps
+            loss, terms = self.loss_fn(preds, targets.to(device))  # fp32, as Detect's maps
+            if opt.quad:
+                loss = loss * 4  # the original's: a sample holds 4 images
             if not self.finite(loss, paths):
                 continue
             # DDP averages the gradients, and YOLOv5's loss is per global batch
@@ -235,13 +232,13 @@ class Trainer:
                 line = {'Epoch': f'{epoch}/{opt.epochs - 1}', 'GPU_mem': memory_used(device),
                         **mean_losses, 'Instances': len(targets), 'Size': imgs.shape[-1]}
                 print_progress(line, i, self.nb, start, header=steps == 1)
-            if MAIN and epoch == 0 and i == 0:
+            if MAIN and epoch == 0 and i == 0 and not opt.noplots:
                 picture = self.save_dir / 'train_batch0.jpg'
                 plot_batch((imgs * 255).byte().cpu(), targets, self.names, picture)
         return mean_losses
 
     def rescale(self, imgs, iteration):
-        """--multi-scale: the batch resized to a random multiple of the stride in 0.5-1.5 --img."""
+        """--multi-scale: the batch resized to a random stride multiple in 0.5-1.5 --img."""
         rng = np.random.default_rng([self.opt.seed, iteration])  # a resumed run draws the same
         stride = self.model.max_stride
         size = int(rng.integers(self.opt.img * 0.5, self.opt.img * 1.5 + stride)) // stride * stride
@@ -251,19 +248,10 @@ class Trainer:
         new_shape = [math.ceil(x * factor / stride) * stride for x in imgs.shape[2:]]
         return nn.functional.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
 
-    def finite(self, loss, paths):
-        """Whether the step goes on: a non-finite loss on any process skips it on all (DDP would
-        hang), naming the files; 3 in a row stop the run."""
-        bad = not finite_everywhere(loss, paths, self.ddp)
-        self.bad_steps = self.bad_steps + 1 if bad else 0
-        if self.bad_steps >= 3:
-            raise FloatingPointError(f'{self.bad_steps} steps in a row with a non-finite loss')
-        return not bad
-
     def optimizer_step(self):
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_(self.ddp_model.parameters(), max_norm=10.0)
-        self.scaler.step(self.optimizer)  # with fp16 it skips a step whose gradients are not finite
+        self.scaler.step(self.optimizer)  # fp16: skipped if the gradients are not finite
         self.scaler.update()
         self.optimizer.zero_grad()
         self.updates += 1
@@ -272,33 +260,38 @@ class Trainer:
 
     def end_epoch(self, epoch, mean_losses):
         """Validation, results.csv, checkpoints; returns whether to stop early. A possibly final
-        epoch is validated and saved even with --noval or --nosave."""
+        epoch is validated and saved, --noval or --nosave too."""
         opt = self.opt
         patience = opt.patience or float('inf')
         final = epoch + 1 == opt.epochs or epoch - self.best_epoch >= patience
         if not opt.noval or final:  # else the last results are carried forward
             self.results = validate(self.ema, self.val_loader, self.names, loss_fn=self.loss_fn,
                                     dtype=self.amp)
+            self.maps = self.results.pop('maps', self.maps)  # per class
         if fitness(self.results) >= self.best_fitness:
             self.best_fitness = fitness(self.results)
             self.best_epoch = epoch
         stop = epoch - self.best_epoch >= patience
         tensors = [*self.model.state_dict().values(), *self.ema.state_dict().values()]
-        if not all(v.isfinite().all() for v in tensors):  # nothing written: last.pt stays good
+        if not all(v.isfinite().all() for v in tensors):  # last.pt stays good
             raise FloatingPointError('the weights are no longer finite')
         groups = self.optimizer.param_groups
         rates = {f'x/lr{number}': group['lr'] for number, group in enumerate(groups)}
         losses = {f'train/{name}': float(value) for name, value in mean_losses.items()}
         row = {'epoch': epoch, **losses, **self.results, **rates}  # results.csv's, by name
         write_results(self.save_dir / 'results.csv', row)
-        plot_results(self.save_dir / 'results.csv')
+        self.tensorboard.add_row(row)
+        if not opt.noplots:
+            plot_results(self.save_dir / 'results.csv')
         state = self.checkpoint(epoch)
         if not opt.nosave or final:
             save_checkpoint(state, self.weights_dir / 'last.pt')
             if self.best_epoch == epoch:
                 save_checkpoint(state, self.weights_dir / 'best.pt')
+            if opt.save_period > 0 and epoch % opt.save_period == 0:
+                save_checkpoint(state, self.weights_dir / f'epoch{epoch}.pt')
             self.held_back = None
-        else:  # --nosave: a CPU copy (the live tensors move on), written if the run stops early
+        else:  # --nosave: a CPU copy (the live tensors move on)
             self.held_back = to_cpu(state)
         if stop:
             log(f'Stopping early: no improvement in the last {opt.patience} epochs; '
@@ -315,17 +308,18 @@ class Trainer:
                     date=datetime.now().isoformat(), config=self.model.config())
 
     def finish(self):
-        """Strips last.pt and best.pt to the fp16 EMA weights people ship; validates best.pt."""
+        """Strips last.pt and best.pt to the fp16 EMA weights; validates best.pt."""
         best = self.weights_dir / 'best.pt'
         if best.exists():  # (with --nosave it may never have been saved)
             strip_checkpoint(best)
             log(f'\nValidating {best}...')
-            model = deepcopy(self.ema)  # this run's model, edits included, with best.pt's weights
+            model = deepcopy(self.ema)  # this run's model, edits included
             model.load_state_dict(read_checkpoint(best)[1])
-            half = self.amp if self.device.type == 'cuda' else None  # as the original on CUDA
+            half = self.amp if self.device.type == 'cuda' else None  # the original's
             validate(model.fuse(), self.val_loader, self.names, loss_fn=self.loss_fn, dtype=half,
-                     iou_thres=0.65 if self.coco else 0.6, verbose=True, plots_dir=self.save_dir)
-        strip_checkpoint(self.weights_dir / 'last.pt')  # last: until then --resume finishes the run
+                     iou_thres=0.65 if self.coco else 0.6, verbose=True,
+                     plots_dir=None if self.opt.noplots else self.save_dir)
+        strip_checkpoint(self.weights_dir / 'last.pt')  # until then --resume finishes the run
 
     def fit(self):
         opt = self.opt
@@ -338,12 +332,12 @@ class Trainer:
             for epoch in range(self.start_epoch, opt.epochs):
                 mean_losses = self.train_epoch(epoch)
                 stop = self.end_epoch(epoch, mean_losses) if MAIN else False
-                if self.from_rank0(stop):  # every process must leave the loop together
+                if from_rank0(stop, self.ddp):  # every process must leave the loop together
                     break
         except (KeyboardInterrupt, FloatingPointError, torch.OutOfMemoryError) as e:
-            if MAIN and self.held_back:  # the last complete epoch, so that --resume goes on
+            if MAIN and self.held_back:  # the last complete epoch, for --resume
                 save_checkpoint(self.held_back, self.weights_dir / 'last.pt')
-            stop_run(e, self.weights_dir / 'last.pt', opt.epochs)  # what last.pt holds, as on disk
+            stop_run(e, self.weights_dir / 'last.pt', opt.epochs)  # says what last.pt holds
         finally:
             if self.ddp:
                 dist.destroy_process_group()
@@ -352,24 +346,21 @@ class Trainer:
             log(f'\n{epoch - self.start_epoch + 1} epochs completed in {hours:.3f} hours.')
             try:
                 self.finish()
-            except KeyboardInterrupt as e:  # last.pt is stripped last: --resume finishes the run
+            except KeyboardInterrupt as e:  # last.pt is not yet stripped: --resume finishes
                 stop_run(e, self.weights_dir / 'last.pt', opt.epochs)
+            self.tensorboard.add_pictures(self.save_dir, epoch)
             log(f'Results saved to {self.save_dir}')
         return self.save_dir
 
 
 def build_model(opt, resumed=None, data_names=None):
-    """last.pt's model; else --cfg's (or the weights', anchors too), --weights loaded where they
+    """last.pt's model; else --cfg's (or the weights', anchors too) with --weights where they
     fit. Classes: --names, else the data's, the weights', COCO's."""
     if resumed:
         config = checked_config(opt.resume, config_of(resumed))
         return from_config(config, resumed['model'], opt.resume)
     config, weights = or_exit(read_checkpoint, opt.weights) if opt.weights else (None, None)
-    names = data_names or (config['names'] if config else read_names())
-    if opt.names:
-        names = read_names(opt.names)
-    if opt.single_cls and len(names) != 1:  # every class trains as one
-        names = ['item']
+    names = train_names(opt, data_names, config)
     if config and not opt.cfg:
         model = YOLOv5(**dict(config, nc=len(names), names=names))
     else:
@@ -386,22 +377,20 @@ def train_dataset(opt, data, names, hyp, stride):
     dataset = or_exit(YOLODataset, data['train'], opt.img, opt.batch // WORLD_SIZE, augment=True,
                       hyp=hyp, rect=opt.rect, stride=stride, cache=opt.cache, nc=len(names),
                       seed=opt.seed, single_cls=opt.single_cls, prefix='train: ')
-    if not sum(len(x) for x in dataset.labels):
-        raise SystemExit(f'ERROR: no labels found for {opt.data}: every image is a background. '
-                         f'Labels are read beside images/, e.g. {label_path(dataset.files[0])}')
+    or_exit(require_labels, dataset.labels, dataset.files, opt.data)  # not all backgrounds
     return dataset
 
 
-def val_dataset(opt, data, names, stride, batch, rect=True):  # rect False: an ONNX of fixed size
-    """--task's split of data_spec(--data), in rectangular batches as the original's."""
+def val_dataset(opt, data, names, stride, batch, rect=True):
+    """--task's split of data_spec(--data), in rectangular batches (not for a fixed-size ONNX)."""
     return or_exit(YOLODataset, data[opt.task], opt.img, batch, rect=rect, pad=0.5, stride=stride,
                    cache=opt.cache, nc=len(names), single_cls=opt.single_cls, split=opt.task,
                    prefix=f'{opt.task}: ')
 
 
 def training_data(data='coco128.yaml', img=640, batch=16, hyp=None, **flags):
-    """(dataset, loader) as `train.py --data DATA --img IMG --batch BATCH` makes them; HYP with
-    hyp's values, other flags by name (rect=True, ...)."""
+    """(dataset, loader) as `train.py --data DATA --img IMG --batch BATCH` makes them; hyp: HYP's
+    changes, flags by name (rect=True, ...)."""
     opt = parse_args(['--data', str(data), '--img', str(img), '--batch', str(batch)])
     opt.workers = 0
     vars(opt).update(flags)
@@ -413,7 +402,7 @@ def training_data(data='coco128.yaml', img=640, batch=16, hyp=None, **flags):
 
 
 def make_optimizer(model, name, lr, momentum, decay):
-    """Three groups: biases (no decay), conv weights (decay), normalization weights (no decay)."""
+    """Three groups: biases, conv weights (decayed), normalization weights."""
     groups = [dict(params=[], weight_decay=group_decay) for group_decay in (0.0, decay, 0.0)]
     for module in model.modules():
         is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -426,7 +415,7 @@ def make_optimizer(model, name, lr, momentum, decay):
 
 
 def ema_update(ema, model, updates, decay=0.9999, tau=2000):
-    """Moving average of the weights; its decay ramps up from 0, so early epochs count less."""
+    """Moving average of the weights; its decay ramps up from 0: early epochs count less."""
     weight = decay * (1 - math.exp(-updates / tau))
     current = model.state_dict()
     with torch.no_grad():
@@ -436,7 +425,7 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
 
 
 def amp_agrees(model, image, size, dtype):
-    """Whether the mixed-precision outputs agree with fp32's on a real image, to 10%."""
+    """Whether 16-bit outputs agree with fp32's on a real image, to 10%."""
     x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
     x = x.to(next(model.parameters()).device).float() / 255
     fp32, mixed = (next(predict(model, x, kind))[0] for kind in (None, dtype))
@@ -445,8 +434,7 @@ def amp_agrees(model, image, size, dtype):
 
 
 # ---------------------------------------- autoanchor
-# Whether the anchors fit the dataset's boxes under the loss's shape test, and new anchors if they
-# do not: a setup step, for datasets whose boxes are unlike COCO's.
+# Whether the anchors fit the dataset's boxes under the loss's shape test, and new ones if not.
 def label_wh(dataset, img_size, jitter=None):
     """Label widths and heights in pixels, in images whose long side is img_size."""
     shapes = img_size * dataset.sizes / dataset.sizes.max(1, keepdims=True)
@@ -457,8 +445,8 @@ def label_wh(dataset, img_size, jitter=None):
 
 
 def anchor_metric(anchors, wh, thr):
-    """Fits (1 / shape_ratio) per label and anchor, each label's best, the best possible recall
-    and the anchors per label within thr."""
+    """Fits (1 / shape_ratio) per label and anchor, each label's best, the best possible recall,
+    the anchors per label within thr."""
     fit = 1 / shape_ratio(wh, anchors)
     best = fit.max(1)[0]
     return fit, best, (best > 1 / thr).float().mean(), (fit > 1 / thr).float().sum(1).mean()
@@ -492,7 +480,7 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
 
 
 def kmean_anchors(wh0, count, anchor_fitness, generations=1000, seed=0):
-    """count anchors (w, h) for label sizes wh0: k-means, then a genetic search maximising
+    """count anchors (w, h) for label sizes wh0: k-means, then a genetic search of
     anchor_fitness; sorted by area."""
     rng = np.random.default_rng(seed)
     small = (wh0 < 3.0).any(1).sum()
@@ -548,7 +536,7 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
 
 def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
     """One image into the confusion matrix (rows predicted, columns true, background last), pairs
-    at IoU > iou_thres, best first; as the original's, background only where something paired."""
+    at IoU > iou_thres, best first; background only where something paired (the original's)."""
     background = len(matrix) - 1
     det = det[det[:, 4] > conf]
     iou = box_iou(labels[:, 1:], det[:, :4])
@@ -581,7 +569,7 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
     order = np.argsort(-conf)
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)
-    px = np.linspace(0, 1, 1000)  # confidences (and recalls) where the curves are sampled
+    px = np.linspace(0, 1, 1000)  # the curves' confidences (and recalls)
     ap = np.zeros((len(classes), tp.shape[1]))
     p_curve, r_curve, pr_curve = np.zeros((3, len(classes), 1000))  # against confidence, recall
     for row, cls in enumerate(classes):
@@ -609,54 +597,64 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
 
 
 def summarize(stats, names, verbose, plots_dir=None):
-    """YOLOv5's table of the images' stats (each class with verbose), the PR and F1 curves; returns
-    the metrics by name."""
+    """YOLOv5's table (each class with verbose), the PR and F1 curves; returns the metrics."""
     row = '%22s' + '%11i' * 2 + '%11.3g' * 4
     seen = len(stats)
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
     precision, recall, ap50, ap = (np.zeros(1) for _ in range(4))
+    maps = np.zeros(len(names))  # per class mAP50-95; the mean for a class without labels
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')
     else:
         precision, recall, ap, classes, n_labels, curves = ap_per_class(*stats)
         ap50 = ap[:, 0]
         ap = ap.mean(1)
+        maps += ap.mean()
+        maps[classes] = ap
         log(row % ('all', seen, n_labels.sum(), precision.mean(), recall.mean(), ap50.mean(),
                    ap.mean()))
         for i, cls in enumerate(classes if verbose and len(names) > 1 else []):
             log(row % (names[cls], seen, n_labels[i], precision[i], recall[i], ap50[i], ap[i]))
         if plots_dir:
-            f1 = smooth(curves['f1'].mean(0), 0.05)  # the mean F1 curve, as the original plots it
+            f1 = smooth(curves['f1'].mean(0), 0.05)  # the mean F1, as the original plots it
             plot_pr_f1(curves, f1, [names[cls] for cls in classes], ap50.mean(), plots_dir)
     return {'metrics/precision': float(precision.mean()), 'metrics/recall': float(recall.mean()),
-            'metrics/mAP_0.5': float(ap50.mean()), 'metrics/mAP_0.5:0.95': float(ap.mean())}
+            'metrics/mAP_0.5': float(ap50.mean()), 'metrics/mAP_0.5:0.95': float(ap.mean()),
+            'maps': maps}
 
 
 @torch.inference_mode()
 def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300, loss_fn=None,
-             dtype=None, verbose=False, plots_dir=None, augment=False, records=None,
-             single_cls=False):
-    """Prints YOLOv5's validation table; returns the metrics (and loss terms) by name. records: a
-    list for COCO JSON; single_cls: every prediction class 0."""
+             dtype=None, verbose=False, plots_dir=None, augment=False, outputs=None,
+             single_cls=False, watch=None):
+    """Prints YOLOv5's validation table; returns the metrics (and loss terms) by name. outputs:
+    for --save-json and --save-txt; single_cls: every prediction class 0."""
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-    stats = []  # per image: true positives at each IoU, confidences, classes, label classes
-    watch = Stopwatch(device)
+    stats = []  # per image: true positives at each IoU, confidences, classes, true classes
+    watch = watch or Stopwatch(device)
     losses = {}
     confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
     log(('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95'))
+    start = time.time()
     for batch_index, (imgs, targets, paths, to_original) in enumerate(loader):
         watch.start()
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
+        height, width = imgs.shape[2:]
+        pixel_targets = targets.clone()  # (the loss takes them normalized)
+        pixel_targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)
         watch.lap('pre-process')
         preds = []
         raws = []
         for pred, raw in predict(model, imgs, dtype, augment):  # NMS a chunk at a time
             watch.lap('inference')
+            labels = None
+            if outputs and outputs.hybrid:  # the labels of this chunk's images join the NMS
+                labels = outputs.hybrid_rows(pixel_targets, len(preds), pred)
             preds += non_max_suppression(pred, conf_thres, iou_thres, multi_label=True,
-                                         agnostic=single_cls, max_det=max_det)
+                                         agnostic=single_cls, max_det=max_det, labels=labels)
             watch.lap('NMS')
             if loss_fn:
                 raws.append(raw)
@@ -669,21 +667,20 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
             shown = [pred[pred[:, 4] > 0.25].cpu() for pred in preds]
             picture = plots_dir / 'val_batch0_pred.jpg'
             plot_batch((imgs * 255).byte().cpu(), targets.cpu(), names, picture, shown)
-        height, width = imgs.shape[2:]
-        targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # pixels
-        for i, pred in enumerate(preds):  # compared in the original image's pixels, as YOLOv5
-            labels = targets[targets[:, 0] == i, 1:]
+        for i, pred in enumerate(preds):  # in the original image's pixels, as YOLOv5
+            labels = pixel_targets[pixel_targets[:, 0] == i, 1:]
             label_boxes = scale_boxes(xywh2xyxy(labels[:, 1:5]), imgs.shape[2:], *to_original[i])
             labels = torch.cat((labels[:, :1], label_boxes), 1)
             boxes = scale_boxes(pred[:, :4].clone(), imgs.shape[2:], *to_original[i])
             pred = torch.cat((boxes, pred[:, 4:]), 1)
             if plots_dir:
                 confusion_add(confusion, pred, labels)
-            if records is not None:
-                records += coco_records(pred, paths[i])
+            if outputs is not None:
+                outputs.add(pred, paths[i], to_original[i][0])
             correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv)
             stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(),
                           labels[:, 0].cpu().numpy()))
+        print_count('Validating', batch_index, len(loader), start)
     metrics = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
         save_confusion_matrix(confusion, names, plots_dir)
@@ -694,39 +691,53 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
 
 # ---------------------------------------- command line
 def parse_args(argv=None):
-    """train.py's flags, the original's (support/cli.py lists them); --hyp takes HYP's keys."""
+    """train.py's flags, the original's (in support/cli.py); --hyp takes HYP's keys."""
     return train_args(argv, HYP, (SCALES, ARCHITECTURES), WORLD_SIZE, __doc__)
 
 
 def run_val_only(opt):
-    device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, True, opt.trust_code, opt.img, opt.augment)
-    model = model.to(memory_format=torch.channels_last)
-    data = or_exit(data_spec, opt.data, opt.task)
-    names = or_exit(val_names, opt, data['names'], model)
-    fixed = getattr(model, 'fixed', None) is not None  # an ONNX file of fixed size: square images
-    opt.img = check_img_size(opt.img, stride=model.max_stride)
-    val = val_dataset(opt, data, names, model.max_stride, opt.batch, rect=not fixed)
+    """--task val or test: one validation (several --weights: an ensemble); speed and study: the
+    original's benchmarks (support/val_benchmarks.py)."""
+    benchmark = opt.task in ('speed', 'study')
+    data = or_exit(data_spec, opt.data, 'val' if benchmark else opt.task)
     save_dir = run_dir(opt.project, opt.name, opt.exist_ok)
-    loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
-    records = [] if opt.save_json else None
-    or_exit(validate, model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det,
-            verbose=opt.verbose or len(names) < 50, dtype=half_dtype(device) if opt.half else None,
-            plots_dir=save_dir, augment=opt.augment, records=records, single_cls=opt.single_cls)
-    if opt.save_json:
-        json_path = save_dir / f'{Path(opt.weights).stem}_predictions.json'
-        or_exit(save_coco_json, records, json_path, data, val.files)
+    if benchmark:
+        run_benchmark(opt, save_dir, lambda *args: val_once(opt, data, save_dir, *args))
+    else:
+        val_once(opt, data, save_dir, opt.weights, plots=True)
     log(f'Results saved to {save_dir}')
 
 
+def val_once(opt, data, save_dir, weights, plots, watch=None):
+    """Validates weights (a list: an ensemble) at --img; returns the metrics and images."""
+    device = select_device(opt.device)
+    model = or_exit(load_any, weights, device, True, opt.trust_code, opt.img, opt.augment)
+    model = model.to(memory_format=torch.channels_last)
+    names = or_exit(val_names, opt, data['names'], model)
+    fixed = getattr(model, 'fixed', None) is not None  # a fixed-size ONNX: square images
+    opt.img = check_img_size(opt.img, stride=model.max_stride)
+    val = val_dataset(opt, data, names, model.max_stride, opt.batch, rect=not fixed)
+    loader = create_dataloader(val, val.batch_size, opt.workers, cpu=device.type == 'cpu')
+    outputs = ValOutputs(save_dir, opt)  # --save-json, --save-txt
+    metrics = or_exit(validate, model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det,
+                      verbose=opt.verbose or len(names) < 50, watch=watch,
+                      dtype=half_dtype(device) if opt.half else None, augment=opt.augment,
+                      plots_dir=save_dir if plots else None, outputs=outputs,
+                      single_cls=opt.single_cls)
+    or_exit(outputs.save, weights, data, val.files)
+    return metrics, len(val)
+
+
 def main(argv=None):
-    """The command line, with one message for running out of GPU memory anywhere."""
+    """The command line; one message for running out of GPU memory anywhere."""
     argv = sys.argv[1:] if argv is None else argv
     opt = parse_args(argv)
     gpus = len(opt.device.split(','))
-    if gpus > 1 and LOCAL_RANK == -1:  # several GPUs: a process each (DDP), never one silently
+    if gpus > 1 and LOCAL_RANK == -1:  # several GPUs: a process each (DDP)
         run_under_torchrun(__file__, argv, gpus)
     try:
+        if opt.evolve:  # the search (support/evolve.py) trains a run per generation
+            return evolve(opt, dict(HYP, **dict(opt.hyp)), lambda run: Trainer(run).fit(), fitness)
         return run_val_only(opt) if opt.val_only else Trainer(opt).fit()
     except torch.OutOfMemoryError:
         raise out_of_memory(opt) from None

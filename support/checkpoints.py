@@ -144,9 +144,11 @@ def read_checkpoint(path):
     return checked_config(path, config), checked_weights(path, weights)
 
 
-def first_difference(own, weights):
-    """The first layer (by number, in model.N. keys) where the state dict weights differs from own: (its number, what
-    differs, in words), or None if it fits."""
+def first_difference(model, weights):
+    """Where the state dict weights first differs from model's, by layer number (model.N. keys), in words ('layer 13
+    (C3) differs: ...'), or None if it fits."""
+    own = model.state_dict()
+
     def layer_number(key):
         part = key.split('.')[1:2]
         return int(part[0]) if part and part[0].isdigit() else -1
@@ -154,7 +156,9 @@ def first_difference(own, weights):
         ours = tuple(own[key].shape) if key in own else 'missing'
         theirs = tuple(weights[key].shape) if key in weights else 'missing'
         if ours != theirs:
-            return layer_number(key), f'{key} is {theirs} there, {ours} in model.py'
+            i = layer_number(key)
+            layer = type(model.model[i]).__name__ if 0 <= i < len(model.model) else 'none'
+            return f'layer {i} ({layer}) differs: {key} is {theirs} there, {ours} in model.py'
     return None
 
 

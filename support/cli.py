@@ -1,36 +1,23 @@
 """
 The command line and the machine: argparse types (a bad value ends the program naming its flag, exit code 2),
-the one way a bad input ends a run (or_exit), devices and their clocks, the mixed-precision choice, and the
-console's progress line.
+the one way a bad input ends a run (or_exit), devices and their clocks, the mixed-precision choice, autobatch.
 """
 import argparse
+import copy
+import functools
+import glob
+import importlib.util
 import math
 import os
 import sys
 import time
 import zipfile
 
+import numpy as np
 import torch
 
 from support.checkpoints import OFFICIAL
 from support.data_yaml import read_yaml
-
-
-def print_progress(row, i, n, start, header=None):
-    """The line of batch i of n: each value of row {name: value} under its name (text as it is, numbers to 4
-    digits), then speed and ETA. The names are printed first if header (default: at batch 0); the line is live on a
-    terminal, else printed once, at the end."""
-    live = sys.stdout.isatty()
-    widths = [max(11, len(name) + 1) for name in row]  # the original's 11, more for a longer name
-    if header or header is None and i == 0:
-        print('\n' + ''.join(f'{name:>{width}}' for name, width in zip(row, widths)), flush=True)
-    if not (live or i == n - 1):
-        return
-    values = ''.join(f'{v:>{width}}' if isinstance(v, str) else f'{float(v):>{width}.4g}'
-                     for v, width in zip(row.values(), widths))
-    speed = (i + 1) / (time.time() - start)
-    eta = f'  {i + 1}/{n} {speed:.2f}it/s ETA {(n - i - 1) / speed:.0f}s'
-    print(('\r' if live else '') + values + eta, end='\n' if i == n - 1 else '', flush=True)
 
 
 def memory_used(device):
@@ -104,6 +91,18 @@ def number(kind, low, high=math.inf):
     return parse
 
 
+def batch_size(text):  # an argparse type: a batch, or -1 for the largest that fits
+    if text.strip() == '-1':
+        return -1
+    return number(int, 1)(text)
+
+
+def existing_folder(text):  # an argparse type
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f'{text}: no such folder')
+    return text
+
+
 def existing_file(text):  # an argparse type
     if not os.path.isfile(text):
         raise argparse.ArgumentTypeError(f'{text}: no such file')
@@ -168,6 +167,18 @@ def clock(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+@functools.lru_cache(maxsize=None)
+def torchvision_nms():
+    # `import torchvision` costs ~1.5 s (all its models and datasets); its compiled ops are free
+    try:
+        folder = importlib.util.find_spec('torchvision').submodule_search_locations[0]
+        torch.ops.load_library(sorted(glob.glob(os.path.join(folder, '_C*.*')))[0])
+        return torch.ops.torchvision.nms
+    except Exception:
+        import torchvision
+        return torchvision.ops.nms
 
 
 class Stopwatch:
@@ -284,7 +295,8 @@ def train_args(argv, hyp, models, world_size=1, doc=''):
     """train.py's options. hyp: the keys --hyp may set; models: model.py's (SCALES, ARCHITECTURES), for --cfg;
     world_size: torchrun's processes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help="starting weights; '' for none")
+    p.add_argument('--weights', nargs='+', type=weights_file, default=['yolov5n.pt'],
+                   help="starting weights; '' for none (--val-only: several, as an ensemble)")
     p.add_argument('--cfg', type=model_cfg(*models), default='', help='model: yolov5s.yaml, yolov5s6.yaml, s ...')
     p.add_argument('--data', help='data YAML, dataset root, images or .txt (coco128.yaml); --resume: its new place')
     p.add_argument('--single-cls', action='store_true', help='train every class as one')
@@ -293,14 +305,23 @@ def train_args(argv, hyp, models, world_size=1, doc=''):
     p.add_argument('--hyp', nargs='*', type=key_number(hyp, NOT_USED), default=[], metavar='KEY=VALUE or FILE.yaml',
                    help='override HYP entries')
     p.add_argument('--epochs', type=number(int, 1), default=100)
-    p.add_argument('--batch', '--batch-size', type=number(int, 1), default=16, help='total over all processes')
+    p.add_argument('--batch', '--batch-size', type=batch_size, default=16,
+                   help='total over all processes; -1: as many as fit 80%% of the free GPU memory')
     p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640)
     p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic)')
     p.add_argument('--resume', nargs='?', type=checkpoint_file, const=True, help='the latest run or a last.pt')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true')
-    p.add_argument('--cache', nargs='?', const='ram', choices=['ram'], help='keep the images in memory')
+    p.add_argument('--cache', nargs='?', const='ram', choices=['ram', 'disk'],
+                   help='keep the images in memory, or decoded on disk (an .npy beside each)')
+    p.add_argument('--image-weights', action='store_true', help='draw images by the weights of their classes')
+    p.add_argument('--quad', action='store_true', help='batches of 4-image quads at twice the size')
+    p.add_argument('--save-period', type=int, default=-1, help='save epochN.pt every N epochs (-1: never)')
+    p.add_argument('--noplots', action='store_true', help='no pictures')
+    p.add_argument('--evolve', type=number(int, 1), nargs='?', const=300, help='evolve HYP for N generations')
+    p.add_argument('--evolve_population', type=existing_folder, help='hyp files to start evolving from')
+    p.add_argument('--resume_evolve', type=existing_file, help='the evolve.csv of an evolution to go on with')
     p.add_argument('--device', type=device_name, default='', help='cpu, 0, 0,1 ...')
     p.add_argument('--multi-scale', action='store_true', help='vary the image size by +-50%%')
     p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
@@ -322,20 +343,38 @@ def train_args(argv, hyp, models, world_size=1, doc=''):
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.001)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.6)
     p.add_argument('--max-det', type=number(int, 1), default=300)
-    p.add_argument('--task', default='val', choices=['val', 'test'], help='--val-only on this split of --data')
+    p.add_argument('--task', default='val', choices=['val', 'test', 'speed', 'study'],
+                   help='--val-only on this split of --data; speed: timed at conf 0.25; study: at sizes 256-1536')
     p.add_argument('--save-json', action='store_true', help='--val-only: COCO JSON too')
+    p.add_argument('--save-txt', action='store_true', help='--val-only: the detections as label files')
+    p.add_argument('--save-hybrid', action='store_true', help='--save-txt, with the labels among the detections')
+    p.add_argument('--save-conf', action='store_true', help='--save-txt: with confidences')
     p.add_argument('--augment', action='store_true', help='--val-only with test-time augmentation')
     p.add_argument('--trust-code', action='store_true', help='run a .torchscript file (it holds code)')
     opt = p.parse_args(argv)
+    if len(opt.weights) > 1 and not opt.val_only:
+        p.error('argument --weights: several only with --val-only (an ensemble); training starts from one')
+    opt.weights = opt.weights[0] if len(opt.weights) == 1 else opt.weights
     opt.hyp = [pair for pairs in opt.hyp for pair in pairs]
     opt.data_given = opt.data is not None
     opt.data = opt.data or 'coco128.yaml'
-    opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/train')
+    opt.project = opt.project or ('runs/val' if opt.val_only else 'runs/evolve' if opt.evolve else 'runs/train')
     processes = world_size if world_size > 1 else len(opt.device.split(','))  # --device 0,1: one per GPU
+    if opt.batch == -1 and processes > 1:
+        p.error('argument --batch: -1 (autobatch) on one GPU only, as the original')
     if opt.batch % processes:
         p.error(f'argument --batch: {opt.batch} is not a multiple of the number of processes ({processes})')
     if processes > 1 and (opt.rect or opt.val_only):  # (every process takes every n-th image: mixed rect shapes)
         p.error(f'argument {"--rect" if opt.rect else "--val-only"}: one process only')
+    for flag in ('evolve', 'image_weights') if processes > 1 else ():  # as the original
+        if getattr(opt, flag):
+            p.error(f'argument --{flag.replace("_", "-")}: not with several processes (DDP)')
+    if opt.evolve and (opt.resume or opt.val_only):
+        p.error('argument --evolve: each generation is a new run (--resume_evolve goes on with an evolution)')
+    if (opt.evolve_population or opt.resume_evolve) and not opt.evolve:
+        p.error('argument --evolve_population/--resume_evolve: only with --evolve N')
+    if opt.image_weights and opt.rect:
+        p.error('argument --image-weights: not with --rect (its batches are fixed)')
     return opt
 
 
@@ -343,8 +382,10 @@ def detect_args(argv, doc=''):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('source', nargs='*', help='images, videos, folders, globs, webcams (0), URLs, .streams lists')
     p.add_argument('--source', dest='more_sources', nargs='+', default=[], help='the same, as a flag')
-    p.add_argument('--weights', type=weights_file, default='yolov5n.pt', help='yolov5*.pt, ours, or .torchscript/.onnx')
-    p.add_argument('--img', '--img-size', '--imgsz', type=number(int, 1), default=640, help='inference size (pixels)')
+    p.add_argument('--weights', nargs='+', type=weights_file, default=['yolov5n.pt'],
+                   help='yolov5*.pt, ours, or .torchscript/.onnx; several: an ensemble')
+    p.add_argument('--img', '--img-size', '--imgsz', nargs='+', type=number(int, 1), default=[640],
+                   help='inference size (pixels): one number, or h w')
     p.add_argument('--conf-thres', type=number(float, 0, 1), default=0.25)
     p.add_argument('--iou-thres', type=number(float, 0, 1), default=0.45)
     p.add_argument('--max-det', type=number(int, 1), default=1000)
@@ -353,6 +394,7 @@ def detect_args(argv, doc=''):
     p.add_argument('--device', type=device_name, default='', help='cpu, 0, cuda:0 ... (default: cuda if available)')
     p.add_argument('--save-txt', action='store_true', help='save YOLO labels to labels/*.txt')
     p.add_argument('--save-conf', action='store_true', help='add confidences to --save-txt labels')
+    p.add_argument('--save-csv', action='store_true', help='the detections in predictions.csv')
     p.add_argument('--nosave', action='store_true', help='do not save annotated images or videos')
     p.add_argument('--project', default='runs/detect')
     p.add_argument('--name', default='exp')
@@ -373,5 +415,52 @@ def detect_args(argv, doc=''):
     if opt.view_img:
         print('WARNING: --view-img: opencv-python-headless (requirements.txt) has no windows: see the saved results',
               file=sys.stderr)
-    opt.img = check_img_size(opt.img)
+    if len(opt.img) > 2:
+        p.error(f'argument --img: one or two numbers (h w), not {len(opt.img)}')
+    opt.img = [check_img_size(size) for size in opt.img]
+    opt.weights = opt.weights[0] if len(opt.weights) == 1 else opt.weights
     return opt
+
+
+def fit_batch(batch_sizes, memories, free, fraction=0.8, default=16):
+    """The batch whose memory, on the line fitted through (batch_sizes, memories), is fraction of free (same units);
+    below a size that failed (memory None); default if the fit makes no sense (the original's 1 to 1024)."""
+    done = [(b, m) for b, m in zip(batch_sizes, memories) if m is not None]
+    if len(done) < 2:
+        return default
+    slope, intercept = np.polyfit(*zip(*done), deg=1)
+    batch = int((free * fraction - intercept) / slope) if slope > 0 else default
+    if None in memories and batch >= batch_sizes[memories.index(None)]:  # past a size that ran out of memory
+        batch = batch_sizes[max(memories.index(None) - 1, 0)]
+    return batch if 1 <= batch <= 1024 else default
+
+
+def autobatch(model, img_size, device, amp, default=16):
+    """--batch -1: the training batch that uses 80% of the GPU's free memory, from the memory a forward and backward
+    pass of batches 1 to 16 take, as the original's; on a CPU the default."""
+    prefix = 'AutoBatch: '
+    print(f'{prefix}Computing optimal batch size for --imgsz {img_size}')
+    if device.type != 'cuda':
+        print(f'{prefix}CUDA not detected, using default CPU batch-size {default}')
+        return default
+    model = copy.deepcopy(model).train()
+    free = torch.cuda.mem_get_info(device)[0]
+    batch_sizes = [1, 2, 4, 8, 16]
+    memories = []
+    for batch in batch_sizes:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_reserved(device)
+        try:
+            x = torch.zeros(batch, 3, img_size, img_size, device=device)
+            with torch.autocast('cuda', dtype=amp, enabled=amp is not None):
+                sum(y.float().sum() for y in model(x)).backward()
+            memories.append(torch.cuda.max_memory_reserved(device) - base)
+        except torch.OutOfMemoryError:
+            memories.append(None)
+        model.zero_grad(set_to_none=True)
+    del model
+    torch.cuda.empty_cache()
+    batch = fit_batch(batch_sizes, memories, free)
+    print(f'{prefix}Using batch-size {batch} for {device} ({free / 2 ** 30:.2f}G free)')
+    return batch

@@ -170,6 +170,16 @@ def _path_values(value):
     return [str(v) for v in value] if isinstance(value, list) else None if value is None else str(value)
 
 
+def train_names(opt, data_names, config):
+    """Training's class names: --names, else the data's, the --weights' (config), COCO's; one with --single-cls."""
+    names = data_names or (config['names'] if config else read_names())
+    if opt.names:
+        names = read_names(opt.names)
+    if opt.single_cls and len(names) != 1:  # every class trains as one
+        names = ['item']
+    return names
+
+
 def val_names(opt, data_names, model):
     """--val-only's class names: --names, else the data's, else the model's; one with --single-cls (every label and
     prediction is class 0 then, as the original's). Raises ValueError if they are not the model's classes."""

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import re
 import sys
+import time
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from support.console import print_count
 from support.files import WriteError, replacing
 
 IMAGE_EXTS = {'.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp', '.pfm'}
@@ -183,6 +185,11 @@ def available_memory():
     return int(re.search(r'MemAvailable:\s+(\d+)', meminfo.read_text())[1]) * 1024 if meminfo.exists() else None
 
 
+def fits_in_memory(size, copies):
+    """Whether copies (one a loader worker) of size bytes need under a tenth of the free memory."""
+    return size * copies < 0.1 * (available_memory() or 0)
+
+
 def rect_batches(sizes, batch_size, img_size, stride, pad):
     """For rectangular batches: the images' order (by aspect ratio), each one's batch, and each batch's letterbox
     shape (h, w): the smallest multiple of stride that holds its images at img_size, plus pad strides."""
@@ -209,6 +216,94 @@ def loader_workers(workers, batch_size, world_size=1, cpu=False):
     if workers is None:
         workers = max(os.cpu_count() // world_size - torch.get_num_threads(), 0) if cpu else 8
     return min(os.cpu_count() // world_size, batch_size if batch_size > 1 else 0, workers)
+
+
+def image_weights(labels, nc, maps):
+    """--image-weights: each image's chance to be drawn, as the original's: the sum over its labels of its classes'
+    weights, a class's weight the inverse of its frequency times (1 - its mAP) ** 2 (maps: per class, the last
+    validation's): images of rare classes and of classes still poorly found come more often."""
+    counts = np.bincount(np.concatenate(labels)[:, 0].astype(int), minlength=nc).astype(float)
+    counts[counts == 0] = 1  # (a class without labels: as if it had one)
+    class_weights = 1 / counts
+    class_weights = class_weights / class_weights.sum() * nc * (1 - np.asarray(maps)) ** 2 / nc
+    per_image = np.array([np.bincount(lb[:, 0].astype(int), minlength=nc) @ class_weights for lb in labels])
+    return per_image / per_image.sum() if per_image.sum() > 0 else np.full(len(labels), 1 / len(labels))
+
+
+def npy_path(image):
+    return Path(image).with_suffix('.npy')  # as the original's --cache disk
+
+
+def cache_to_disk(files, prefix=''):
+    """--cache disk: each image decoded once into an .npy beside it (as the original), unless one newer than it is
+    there; decoding is then a read. Returns whether all could be written (a read-only dataset: a warning)."""
+    todo = [f for f in files if not npy_path(f).exists() or os.path.getmtime(npy_path(f)) < os.path.getmtime(f)]
+    size = 0
+    try:
+        for f in todo:
+            img = cv2.imread(f)
+            if img is not None:
+                with replacing(npy_path(f)) as tmp, open(tmp, 'wb') as out:
+                    np.save(out, img)
+                size += img.nbytes
+    except OSError as e:
+        print(f'{prefix}WARNING: --cache disk: {e}; decoding the images instead', file=sys.stderr)
+        return False
+    print(f'{prefix}Cached {len(todo)} images on disk ({size / 1e9:.1f} GB), {len(files) - len(todo)} were there')
+    return True
+
+
+def load_npy(image):
+    """An image's --cache disk decode, or None (gone, or damaged: it is decoded again then)."""
+    try:
+        img = np.load(npy_path(image), allow_pickle=False)
+        return img if img.ndim == 3 and img.dtype == np.uint8 else None
+    except (OSError, ValueError):
+        return None
+
+
+def decode_image(path, size, on_disk=False, long_side=None):
+    """An image file as BGR and its (w, h) at full size; (None, None) if it does not decode. on_disk (--cache disk):
+    read from its .npy. long_side: a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (OpenCV's reduced decode, 2x
+    faster) where that still leaves its long side at least long_side; size: its (w, h), from the scan."""
+    img = load_npy(path) if on_disk else None
+    reduction = 1
+    if img is None and long_side:
+        reduction = max([factor for factor in (2, 4, 8) if factor * long_side <= max(size)], default=1)
+    if img is None:
+        mode = getattr(cv2, f'IMREAD_REDUCED_COLOR_{reduction}') if reduction > 1 else cv2.IMREAD_COLOR
+        img = cv2.imread(path, mode)
+    if img is None:
+        return None, None
+    return img, (tuple(size) if reduction > 1 else img.shape[1::-1])
+
+
+def quads(batch):
+    """--quad, the original's: a loader batch of 4n images (collate's) as n samples at twice the size, each 4 images
+    in a 2x2 grid, or (half of them) the first of the 4 enlarged 2x. The draw follows the batch's files: repeatable."""
+    imgs, labels, paths, to_orig = batch
+    seed = int.from_bytes(hashlib.sha256(''.join(paths).encode()).digest()[:8], 'little')
+    rng = np.random.default_rng(seed)
+    below = torch.tensor([[0.0, 0, 0, 1, 0, 0]])  # label offsets of the lower and right images, then the scale
+    right = torch.tensor([[0.0, 0, 1, 0, 0, 0]])
+    half = torch.tensor([[1, 1, 0.5, 0.5, 0.5, 0.5]])
+    out_imgs, out_labels = [], []
+    for k in range(len(imgs) // 4):
+        i = 4 * k
+        own = [labels[labels[:, 0] == j] for j in range(i, i + 4)]
+        if rng.random() < 0.5:
+            img = torch.nn.functional.interpolate(imgs[i][None].float(), scale_factor=2.0, mode='bilinear',
+                                                  align_corners=False)[0].type(imgs.dtype)
+            lb = own[0]
+        else:
+            img = torch.cat((torch.cat((imgs[i], imgs[i + 1]), 1), torch.cat((imgs[i + 2], imgs[i + 3]), 1)), 2)
+            lb = torch.cat((own[0], own[1] + below, own[2] + right, own[3] + below + right)) * half
+        lb[:, 0] = k  # its sample in the batch
+        out_imgs.append(img)
+        out_labels.append(lb)
+    n = len(out_imgs)
+    return torch.stack(out_imgs).contiguous(memory_format=torch.channels_last), torch.cat(out_labels), paths[:n], \
+        to_orig[:n]
 
 
 def preload(load, n, need, img_size, prefix=''):
@@ -239,8 +334,14 @@ def load_labels(img_files, nc, prefix='', single_cls=False):
             raise ValueError('damaged cache')
         bad_classes = []
     except Exception:  # no cache, stale or unreadable: scan again
+        results = []
+        start = time.time()
         with multiprocessing.Pool(min(8, os.cpu_count())) as pool:  # processes: the checks are Python, threads wait
-            results = pool.map(_scan_one, zip(img_files, label_files), chunksize=64)  # on each other (the GIL)
+            for result in pool.imap(_scan_one, zip(img_files, label_files), chunksize=64):  # on each other (the GIL)
+                results.append(result)
+                if len(results) % 64 == 0 or len(results) == len(img_files):
+                    print_count(f'{prefix}Scanning {Path(label_files[0]).parent}', len(results) - 1,
+                                len(img_files), start)
         kept = [r for r in results if r[1] is not None]
         files, sizes, labels = [r[0] for r in kept], np.array([r[1] for r in kept]).reshape(-1, 2), [r[2] for r in kept]
         bad_classes = [r[4] for r in results if r[4]]
@@ -295,6 +396,13 @@ def warn_shared_labels(img_files, label_files, prefix=''):
     for lab, imgs in images.items():
         if len(imgs) > 1:
             print(f'{prefix}WARNING: {", ".join(imgs)} share one label file, {lab}', file=sys.stderr)
+
+
+def require_labels(labels, files, data):
+    """A ValueError if a training set (of data) has no label at all: training would learn nothing."""
+    if not sum(len(x) for x in labels):
+        raise ValueError(f'no labels found for {data}: every image is a background. Labels are read beside '
+                         f'images/, e.g. {label_path(files[0])}')
 
 
 def read_names(path=None):

@@ -207,3 +207,20 @@ def show_batch(dataset_class, collate, hyp, argv=None):
     imgs, labels, _, _ = collate([ds[i] for i in range(min(a.batch, len(ds)))])
     out = or_exit(save_image, batch_picture(imgs, labels, names), a.out)  # said written once it is
     print(f'{len(imgs)} augmented images with {len(labels)} labels written to {out}')
+
+
+def plot_study(sizes, rows, path):
+    """study.png of --task study's rows (save_study's columns): mAP50 and mAP50-95 against image size, then the
+    inference time per image against image size."""
+    rows = np.array(rows, dtype=np.float64).reshape(len(sizes), -1)
+    sizes = np.array(sizes, dtype=np.float64)
+    img = np.full((600, 1300, 3), 255, np.uint8)
+    xlim = (sizes.min() - 64, sizes.max() + 64)
+    to = chart(img, (90, 50, 600, 520), xlim, (0, max(rows[:, 2].max(), 0.01) * 1.1), 'mAP', 'image size')
+    cv2.polylines(img, [to(sizes, rows[:, 2])], False, ORANGE, 2, AA)
+    cv2.polylines(img, [to(sizes, rows[:, 3])], False, BLUE, 2, AA)
+    put(img, 'mAP50 (orange), mAP50-95 (blue)', 345, 560, 0.5, 0, 0.55)
+    to = chart(img, (740, 50, 1250, 520), xlim, (0, max(rows[:, 8].max(), 0.01) * 1.1), 'inference (ms/image)',
+               'image size')
+    cv2.polylines(img, [to(sizes, rows[:, 8])], False, BLUE, 2, AA)
+    save_picture(img, path)

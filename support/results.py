@@ -1,11 +1,13 @@
 """
 A run's numbers on disk: results.csv (a row per epoch, its columns matched by name) and validation's
-detections as COCO JSON.
+detections as COCO JSON and label files.
 """
 import importlib.util
 import json
 import math
 from pathlib import Path
+
+import torch
 
 from support.data_yaml import is_coco
 from support.datasets import COCO91_IDS, xyxy2xywh
@@ -82,3 +84,55 @@ def trim_results(path, start_epoch):
     head, rows = read_results(path)
     if head:
         _rewrite_results(path, head, [r for r in rows if r[head.index('epoch')] < start_epoch])
+
+
+class ValOutputs:
+    """What --val-only writes of its detections: COCO records (--save-json) and label files (--save-txt), a file per
+    image with detections, rows `class xc yc w h [conf]` normalized to the original image, as the original's val.py.
+    --save-hybrid: the labels join the detections (validate passes them to the NMS)."""
+
+    def __init__(self, folder, opt):
+        self.folder = Path(folder)
+        self.records = [] if opt.save_json else None
+        self.txt = opt.save_txt or opt.save_hybrid
+        self.conf = opt.save_conf
+        self.hybrid = opt.save_hybrid
+        self.labels = {}  # stem: its file's text, written at the end
+
+    def hybrid_rows(self, labels, first, pred):
+        """--save-hybrid: per image of the chunk pred (b, N, 5 + nc) of a batch, from its image first on, its labels
+        (n, 6) [image, class, xywh] (pixels) as rows of pred: the box, objectness 1, its class's score 1."""
+        nc = pred.shape[2] - 5
+        out = []
+        for i in range(first, first + len(pred)):
+            own = labels[labels[:, 0] == i]
+            rows = torch.zeros((len(own), 5 + nc), device=labels.device)
+            rows[:, :4] = own[:, 2:6]
+            rows[:, 4] = 1.0
+            rows[range(len(rows)), own[:, 1].long() + 5] = 1.0
+            out.append(rows)
+        return out
+
+    def add(self, det, path, shape):
+        """An image's detections (n, 6) in pixels of the original image of shape (h, w)."""
+        if self.records is not None:
+            self.records += coco_records(det, path)
+        if self.txt and len(det):
+            gain = [shape[1], shape[0], shape[1], shape[0]]
+            rows = []
+            for box, d in zip(xyxy2xywh(det[:, :4]).tolist(), det.tolist()):
+                values = [d[5], *(v / g for v, g in zip(box, gain))] + ([d[4]] if self.conf else [])
+                rows.append(' '.join(f'{v:g}' for v in values) + '\n')
+            self.labels[Path(path).stem] = ''.join(rows)
+
+    def save(self, weights, data, image_files):
+        """The files, at the end: the JSON named for the (first) weights file, as the original's."""
+        stem = Path(weights if isinstance(weights, str) else weights[0]).stem
+        if self.records is not None:
+            save_coco_json(self.records, self.folder / f'{stem}_predictions.json', data, image_files)
+        if self.txt:
+            (self.folder / 'labels').mkdir(parents=True, exist_ok=True)
+        for stem, text in self.labels.items() if self.txt else ():
+            save_text(text, self.folder / 'labels' / f'{stem}.txt')
+        if self.txt:
+            print(f'{len(self.labels)} labels saved to {self.folder / "labels"}')

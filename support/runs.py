@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from support.checkpoints import read_run_checkpoint
+from support.cli import select_device
 
 
 def join_process_group(device):
@@ -27,15 +28,49 @@ def join_process_group(device):
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-def finite_everywhere(loss, paths, ddp):
-    """Whether the loss is finite on every process (under DDP a step is skipped by all, or all-reduce hangs); a
-    non-finite one is reported with its batch's files."""
-    bad = (~loss.detach().isfinite()).float()
-    if bad:  # this process's batch (before the others' verdicts are added)
-        print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
+def start_process(device_name, ddp):
+    """This process's device (under torchrun its GPU of --device), and under torchrun (ddp) its process group joined:
+    one process per GPU (NCCL), or per CPU share (gloo)."""
+    device = select_device(device_name)
+    if device.type == 'cuda':  # else pinned memory makes a context on GPU 0 too
+        torch.cuda.set_device(device)
     if ddp:
-        dist.all_reduce(bad)
-    return not bad
+        join_process_group(device)
+    return device
+
+
+def from_rank0(obj, ddp):
+    """Rank 0's obj on every process: under DDP all take one path."""
+    box = [obj]
+    if ddp:
+        dist.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def ddp_wrapped(model, device):
+    """model in DDP's wrapper, which syncs the gradients. static_graph: every step uses the same parameters (a step
+    skipped is skipped by all processes)."""
+    gpus = [device] if device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(model, gpus, static_graph=True)
+
+
+class FiniteSteps:
+    """finite(loss, paths): whether a training step goes on. A non-finite loss on any process skips the step on all
+    (under DDP all-reduce would hang), naming its batch's files; 3 in a row raise FloatingPointError."""
+    def __init__(self, ddp):
+        self.ddp = ddp
+        self.in_a_row = 0
+
+    def __call__(self, loss, paths):
+        bad = (~loss.detach().isfinite()).float()
+        if bad:  # this process's batch (before the others' verdicts are added)
+            print(f'WARNING: loss {loss.item()}, step skipped; the batch: {" ".join(paths)}', file=sys.stderr)
+        if self.ddp:
+            dist.all_reduce(bad)
+        self.in_a_row = self.in_a_row + 1 if bad else 0
+        if self.in_a_row >= 3:
+            raise FloatingPointError(f'{self.in_a_row} steps in a row with a non-finite loss')
+        return not bad
 
 
 CLAIMED = set()  # the run folders this process claimed: the only ones it may remove

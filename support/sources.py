@@ -2,7 +2,9 @@
 detect.py's inputs and outputs: images, videos, folders, globs, webcams, streams and .streams lists, read
 frame by frame; each frame's label file, crops and boxes drawn; Ctrl-C that ends a run after its frame.
 """
+import csv
 import glob
+import io
 import os
 import signal
 import sys
@@ -16,6 +18,14 @@ import torch
 from support.datasets import IMAGE_EXTS, xywh2xyxy, xyxy2xywh
 from support.files import WriteError, save_image, save_text
 from support.plots import PALETTE, draw_box
+
+
+def frame_name(video, number, sources, frame_index, frame_count):
+    """'image 2/5' or 'video 2/5 (frame 31/120)', as the original's lines begin (frame count 0: unknown)."""
+    if not video:
+        return f'image {number}/{sources}'
+    of = f'/{frame_count}' if frame_count else ''
+    return f'video {number}/{sources} (frame {frame_index + 1}{of})'
 
 
 def describe(det, names):
@@ -43,6 +53,18 @@ def save_results(opt, names, save_dir, stem, frame_number, frame, det):
     save_text(''.join(' '.join(f'{v:g}' for v in r[:columns]) + '\n' for r in rows),
               save_dir / 'labels' / f'{name}.txt')
     return 1
+
+
+def csv_rows_of(path, det, names):
+    """--save-csv's rows of a frame, as the original's predictions.csv: image name, class name, confidence."""
+    return [(Path(path).name, names[int(cls)], f'{conf:.2f}') for *_, conf, cls in reversed(det.tolist())]
+
+
+def save_csv(rows, path):
+    """predictions.csv, with its header; a name holding a comma is quoted."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator='\n').writerows([('Image Name', 'Prediction', 'Confidence'), *rows])
+    save_text(text.getvalue(), path)
 
 
 VIDEO_EXTS = {'.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts', '.wmv'}
