@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from support.datasets import cache_to_disk, decode_image, find_images, fits_in_memory, load_labels
-from support.datasets import loader_workers, preload, quads, rect_batches
+from support.datasets import loader_workers, preload, quads, rect_batches, weighted_draws
 from support.datasets import xywh2xyxy, xyxy2xywh
 from support.plots import show_batch
 
@@ -80,7 +80,7 @@ def warp(img, labels, matrix, scale, size, origin=(0, 0)):
     corners = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(-1, 2)  # (box corner, x y)
     xy = np.hstack((corners, np.ones((len(corners), 1)))) @ matrix.T
     xy = (xy[:, :2] / xy[:, 2:3]).reshape(-1, 4, 2)  # (box, corner, x y)
-    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, size * 2)  # size (w, h) twice: xyxy
+    new = np.concatenate((xy.min(1), xy.max(1)), 1).clip(0, (*size, *size))  # xyxy
     w_before, h_before = (labels[:, 3:] * scale - labels[:, 1:3] * scale).T
     w_after, h_after = (new[:, 2:] - new[:, :2]).T
     aspect = np.maximum(w_after / (h_after + 1e-16), h_after / (w_after + 1e-16))
@@ -89,6 +89,19 @@ def warp(img, labels, matrix, scale, size, origin=(0, 0)):
     labels = labels[kept]
     labels[:, 1:] = new[kept]
     return img, labels
+
+
+def part_read(matrix, size, perspective):
+    """The part (x0, y0, x1, y1) of a 2s x 2s canvas that its warp by matrix to s x s reads: where
+    the output's corners come from, 1 more pixel for the interpolation (all for a perspective).
+    The part's pixel (x, y) is the canvas's (x0 + x, y0 + y)."""
+    if perspective:
+        return 0, 0, 2 * size, 2 * size
+    corners = [[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]]  # x, y, 1 of each
+    xy = cv2.invertAffineTransform(matrix[:2]) @ corners
+    x0, y0 = (np.floor(xy.min(1)).astype(int) - 1).clip(0, 2 * size - 1)
+    x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip(1, 2 * size)
+    return x0, y0, x1, y1
 
 
 def augment_hsv(img, rng, hgain=0.5, sgain=0.5, vgain=0.5):
@@ -230,20 +243,13 @@ class YOLODataset(torch.utils.data.Dataset):
 
     def load_mosaic(self, index, rng):
         """Four images around a random centre of a 2s x 2s canvas, warped back to s x s. Only the
-        part the warp reads is made: bit for bit the whole canvas's."""
+        part of the canvas that the warp reads is made: the same pixels, less work."""
         size = self.img_size
         xc, yc = (int(centre) for centre in rng.uniform(size // 2, 2 * size - size // 2, 2))
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
         matrix, scale = random_matrix(rng, self.hyp, (2 * size, 2 * size), (size, size))
-        # the part made, in canvas pixels: where the output's corners come from, 1 more pixel
-        # for the interpolation (all of it for a perspective)
-        x0, y0, x1, y1 = 0, 0, 2 * size, 2 * size
-        if not self.hyp['perspective']:
-            corners = [[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]]  # x, y, 1 of each
-            xy = cv2.invertAffineTransform(matrix[:2]) @ corners
-            x0, y0 = (np.floor(xy.min(1)).astype(int) - 1).clip(0, 2 * size - 1)
-            x1, y1 = (np.ceil(xy.max(1)).astype(int) + 2).clip(1, 2 * size)
+        x0, y0, x1, y1 = part_read(matrix, size, self.hyp['perspective'])  # in canvas pixels
         canvas = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
         labels = []
         for position, i in enumerate(indices):  # left of the centre if even, above it if under 2
@@ -342,8 +348,7 @@ class EpochSampler(torch.utils.data.distributed.DistributedSampler):
     def __iter__(self):
         indices = super().__iter__()
         if self.weights is not None:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            indices = rng.choice(len(self.weights), len(self.weights), p=self.weights).tolist()
+            indices = weighted_draws(self.weights, self.seed, self.epoch)
         return ((self.epoch, i) for i in indices)
 
 
@@ -353,7 +358,7 @@ def create_dataloader(dataset, batch_size, workers=None, shuffle=False, rank=0, 
     batch_size / 4 samples at twice the size."""
     workers = loader_workers(workers, batch_size, world_size, cpu)
     sampler = EpochSampler(dataset, world_size, rank, shuffle=shuffle, seed=dataset.seed)
-    # a small dataset's images are kept once decoded: a fine-tune would decode each 4x an epoch
+    # a small dataset's images are kept decoded: a fine-tune would decode each 4x an epoch
     dataset.keep_decoded |= fits_in_memory(dataset.bytes_decoded, max(workers, 1) * world_size)
     return torch.utils.data.DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers,
                                        collate_fn=collate_quads if quad else collate,
@@ -365,5 +370,5 @@ def set_epoch(loader, epoch):
     loader.sampler.set_epoch(epoch)  # the sampler hands (epoch, index) to the dataset
 
 
-if __name__ == '__main__':  # python data.py DATASET [--img 640]: see what training sees
+if __name__ == '__main__':  # python data.py DATASET: see what training sees
     show_batch(YOLODataset, collate, AUG)

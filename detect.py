@@ -12,6 +12,7 @@ from data import letterbox, to_tensor
 from export import load_any
 from model import non_max_suppression, predict, scale_boxes
 from support.cli import Stopwatch, check_img_size, detect_args, half_dtype, or_exit, select_device
+from support.cli import unknown_class
 from support.datasets import IMAGE_EXTS
 from support.files import save_image
 from support.runs import run_dir
@@ -28,13 +29,12 @@ def parse_args(argv=None):
 def run(opt, stop=None):
     """Returns the exit code. stop: an event that ends the run after the current frame (Ctrl-C)."""
     device = select_device(opt.device)
-    model = or_exit(load_any, opt.weights, device, True, opt.trust_code, max(opt.img), opt.augment)
-    model = model.to(memory_format=torch.channels_last)  # the convolutions' fastest layout
+    model = or_exit(load_any, opt.weights, device, fuse=True, trust=opt.trust_code,
+                    img=max(opt.img), augment=opt.augment)
+    model = model.to(memory_format=torch.channels_last)  # the fastest layout
     dtype = half_dtype(device) if opt.half else None  # fp32 unless --half: the original's outputs
     names = model.names
-    if opt.classes and max(opt.classes) >= len(names):  # only known once the model is loaded
-        print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of '
-              f'{opt.weights} (0 to {len(names) - 1})', file=sys.stderr)
+    if unknown_class(opt, names):  # (known once the model is loaded)
         return 2
     stride = model.max_stride  # 64 for the P6 models
     sizes = opt.img * 2 if len(opt.img) == 1 else opt.img  # (h, w)
@@ -49,7 +49,7 @@ def run(opt, stop=None):
     csv_rows = []  # --save-csv: a row per detection
     watch = Stopwatch(device)
     for number_of_source, (path, error) in enumerate(sources, 1):
-        stem = output_stem(path, stems)  # unique in this run: same-named inputs keep their outputs
+        stem = output_stem(path, stems)  # unique: same-named inputs keep their outputs
         frames_before = frames_done
         video = Path(path).suffix.lower() not in IMAGE_EXTS  # webcams and streams too
         video_file = VideoFile(save_dir / f'{stem}.mp4') if video and not opt.nosave else None

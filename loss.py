@@ -65,14 +65,13 @@ class FocalBCE(nn.Module):
 class YOLOLoss:
     """hyp: the gains box, obj, cls (for 3 levels, 80 classes, 640 pixels), cls_pw, obj_pw,
     anchor_t, fl_gamma, label_smoothing."""
-    gr = 1.0  # objectness target = gr * IoU + (1 - gr)
+    iou_ratio = 1.0  # objectness target = iou_ratio * IoU + (1 - iou_ratio)
 
     def __init__(self, model, hyp, img_size=640):
         levels = model.detect.nl
-        self.balance = level_weights(levels)
-        # The gains scale with the model and the images, so that one hyp file suits all: the terms
-        # are sums over levels (3 / levels), the class BCE a mean over classes (nc / 80), and
-        # objectness counts every cell, as many as the image's area ((img_size / 640) ** 2).
+        self.obj_weights = level_weights(levels)
+        # The gains scale, so that one hyp file suits every model and size: the terms sum over
+        # levels (3 / levels), the class BCE averages classes (nc / 80), objectness every cell.
         self.hyp = dict(hyp, box=hyp['box'] * 3 / levels,
                         cls=hyp['cls'] * model.nc / 80 * 3 / levels,
                         obj=hyp['obj'] * (img_size / 640) ** 2 * 3 / levels)
@@ -108,12 +107,13 @@ class YOLOLoss:
                 iou = bbox_ciou(pbox, tbox[i])
                 box_loss += (1.0 - iou).mean()
                 iou_target = iou.detach().clamp(0).type(tobj.dtype)
-                tobj[image, anchor, cell_y, cell_x] = (1.0 - self.gr) + self.gr * iou_target
+                ratio = self.iou_ratio
+                tobj[image, anchor, cell_y, cell_x] = 1 - ratio + ratio * iou_target
                 if self.nc > 1:  # a single class has nothing to classify
                     target = torch.full_like(pcls, self.cls_neg)
                     target[range(len(image)), tcls[i]] = self.cls_pos
                     cls_loss += self.bce_cls(pcls, target)
-            obj_loss += self.bce_obj(pred[..., 4], tobj) * self.balance[i]
+            obj_loss += self.bce_obj(pred[..., 4], tobj) * self.obj_weights[i]
         terms = dict(box_loss=box_loss * self.hyp['box'], obj_loss=obj_loss * self.hyp['obj'],
                      cls_loss=cls_loss * self.hyp['cls'])
         loss = sum(terms.values()) * preds[0].shape[0]
@@ -131,9 +131,9 @@ class YOLOLoss:
         anchor_index = torch.arange(self.na, device=device).float().view(self.na, 1)
         anchor_index = anchor_index.repeat(1, targets.shape[0])
         targets = torch.cat((targets.repeat(self.na, 1, 1), anchor_index[..., None]), 2)
-        # A label trains its own cell and the two neighbours nearest to its centre (a cell's
-        # prediction reaches 0.5 beyond it): a centre in the left half of its cell, less 0.5, lands
-        # in the cell on its left. The five candidates: own, left, top, right, bottom.
+        # A label trains its own cell and the two neighbours nearest its centre (a prediction
+        # reaches 0.5 beyond its cell). A candidate's cell is the centre less its step: own, left
+        # (x - 0.5 for a centre in the left half of its cell), top, right, bottom.
         half = 0.5
         steps = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device) * half
         gain = torch.ones(7, device=device)

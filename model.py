@@ -49,7 +49,8 @@ class Bottleneck(nn.Module):
 
 
 class C3(nn.Module):
-    """CSP block: bottlenecks on one branch, a 1x1 conv on the other, concatenated."""
+    """CSP block: bottlenecks on one branch, a 1x1 conv on the other, concatenated. (Attribute
+    names, cv1 ... m, are the original's: its checkpoints' keys.)"""
     def __init__(self, c_in, c_out, bottlenecks=1, shortcut=True):
         super().__init__()
         hidden = c_out // 2
@@ -106,7 +107,7 @@ class Detect(nn.Module):
         self.register_buffer('stride', stride, persistent=False)
         self.register_buffer('anchors', torch.zeros(self.nl, self.na, 2))  # in grid units
         self.set_anchors(torch.tensor(anchors, dtype=torch.float32))
-        # YOLOv5's prior: about 8 objects per 640 image at each level, class probability 0.6 / nc
+        # YOLOv5's prior: about 8 objects per 640 image at each level, class probability ~0.6 / nc
         for conv, level_stride in zip(self.m, strides):
             bias = conv.bias.detach().view(self.na, -1)
             bias[:, 4] += math.log(8 / (640 / level_stride) ** 2)
@@ -252,7 +253,7 @@ class YOLOv5(nn.Module):
         self.model = nn.ModuleList(layer for _, layer in rows)
         # forward keeps the outputs that later layers take
         listed = [[source] if type(source) is int else source for source in self.sources]
-        self.kept = {i for source in listed for i in source}
+        self.taken = {i for source in listed for i in source}
         self.arch = arch
         self.scale = (depth_multiple, width_multiple)
         self.nc = nc
@@ -279,7 +280,7 @@ class YOLOv5(nn.Module):
                 x = layer(x if source == -1 else outputs[source])
             else:  # a list of them
                 x = layer([outputs[number] if number != -1 else x for number in source])
-            outputs.append(x if i in self.kept else None)
+            outputs.append(x if i in self.taken else None)
         return x
 
     def forward_augment(self, x):
@@ -292,9 +293,9 @@ class YOLOv5(nn.Module):
             if flip:
                 y[..., 0] = x.shape[3] - y[..., 0]
             if ratio == 1:
-                y = y[:, :-raw[-1][0, ..., 0].numel()]  # less the coarsest level's predictions
+                y = y[:, :-raw[-1].shape[1:4].numel()]  # less the coarsest level's anchors x cells
             elif ratio == 0.67:
-                y = y[:, raw[0][0, ..., 0].numel():]  # less the finest level's
+                y = y[:, raw[0].shape[1:4].numel():]  # less the finest level's
             out.append(y)
         return torch.cat(out, 1), None
 
@@ -381,8 +382,8 @@ def non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45, classes=None, agn
             continue
         x = x[x[:, 4].argsort(descending=True)[:max_nms]]
         offsets = x[:, 5:6] * (0 if agnostic else max_wh)  # classes apart: they never overlap
-        kept = torchvision_nms()(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
-        out[i] = x[kept]
+        survivors = torchvision_nms()(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
+        out[i] = x[survivors]
         if time.perf_counter() - start > time_limit:
             print(f'WARNING: NMS time limit {time_limit:.3f}s exceeded', file=sys.stderr)
             break

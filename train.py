@@ -58,7 +58,7 @@ def log(*args, **kwargs):
 
 
 def fitness(results):
-    """An epoch's score, for best.pt (0 before any validation)."""
+    """An epoch's score, for best.pt."""
     return 0.1 * results.get('metrics/mAP_0.5', 0) + 0.9 * results.get('metrics/mAP_0.5:0.95', 0)
 
 
@@ -176,8 +176,8 @@ class Trainer:
         Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0)."""
         hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters  # warmup: in iterations
         epoch = iteration // self.nb
-        # After warmup, epoch e trains at the factor of e - 1 (3 warmup epochs: epoch 5 at 4's):
-        # the original steps its LambdaLR at each epoch's end, and warmup overrode the first ones.
+        # Once warmup no longer covers an epoch's start, epoch e trains at e - 1's factor: the
+        # original stepped its LambdaLR at epoch ends, after warmup had set the first ones.
         warmup_covers_epoch_start = warmup >= epoch * self.nb
         decay_epoch = epoch if warmup_covers_epoch_start else epoch - 1
         if opt.cos_lr:
@@ -457,9 +457,9 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
     detect = model.detect
     rng = np.random.default_rng(seed)
     wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
-    _, _, bpr, aat = anchor_metric(detect.pixel_anchors().view(-1, 2).cpu(), wh, thr)
-    msg = f'AutoAnchor: {aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
-    if bpr > 0.98:
+    _, _, recall, per_label = anchor_metric(detect.pixel_anchors().view(-1, 2).cpu(), wh, thr)
+    msg = f'AutoAnchor: {per_label:.2f} anchors/target, {recall:.3f} Best Possible Recall (BPR). '
+    if recall > 0.98:
         print(msg + 'Current anchors are a good fit to dataset')
         return
     print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
@@ -469,10 +469,11 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
         return torch.where(best > 1 / thr, best, 0.0).mean()
     count = detect.anchors.numel() // 2
     new = kmean_anchors(label_wh(dataset, img_size), count, anchor_fitness, seed=seed)
-    _, _, new_bpr, new_aat = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
-    print(f'AutoAnchor: thr={1 / thr:.2f}: {new_bpr:.4f} best possible recall, {new_aat:.2f} '
-          'anchors past thr; anchors: ' + ', '.join('%.0f,%.0f' % tuple(anchor) for anchor in new))
-    if new_bpr > bpr:
+    _, _, new_recall, new_per_label = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    print(f'AutoAnchor: thr={1 / thr:.2f}: {new_recall:.4f} best possible recall, '
+          f'{new_per_label:.2f} anchors past thr; anchors: '
+          + ', '.join('%.0f,%.0f' % tuple(anchor) for anchor in new))
+    if new_recall > recall:
         detect.set_anchors(torch.tensor(new))
         print('AutoAnchor: Done, new anchors saved to the model')
     else:
@@ -528,7 +529,7 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
         label, prediction = torch.where((iou >= threshold) & (label_cls[:, None] == pred[:, 5]))
         pairs = torch.stack((label, prediction, iou[label, prediction]), 1).cpu().numpy()
         pairs = pairs[pairs[:, 2].argsort()[::-1]]
-        # not sorted again before the next line: the original's mAP
+        # np.unique returns them in prediction order, not best first: the original's mAP
         pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
         correct[pairs[np.unique(pairs[:, 0], return_index=True)[1], 1].astype(int), i] = True
     return correct
@@ -711,7 +712,8 @@ def run_val_only(opt):
 def val_once(opt, data, save_dir, weights, plots, watch=None):
     """Validates weights (a list: an ensemble) at --img; returns the metrics and images."""
     device = select_device(opt.device)
-    model = or_exit(load_any, weights, device, True, opt.trust_code, opt.img, opt.augment)
+    model = or_exit(load_any, weights, device, fuse=True, trust=opt.trust_code, img=opt.img,
+                    augment=opt.augment)
     model = model.to(memory_format=torch.channels_last)
     names = or_exit(val_names, opt, data['names'], model)
     fixed = getattr(model, 'fixed', None) is not None  # a fixed-size ONNX: square images
@@ -736,7 +738,7 @@ def main(argv=None):
     if gpus > 1 and LOCAL_RANK == -1:  # several GPUs: a process each (DDP)
         run_under_torchrun(__file__, argv, gpus)
     try:
-        if opt.evolve:  # the search (support/evolve.py) trains a run per generation
+        if opt.evolve:  # support/evolve.py trains a run per generation
             return evolve(opt, dict(HYP, **dict(opt.hyp)), lambda run: Trainer(run).fit(), fitness)
         return run_val_only(opt) if opt.val_only else Trainer(opt).fit()
     except torch.OutOfMemoryError:

@@ -378,6 +378,15 @@ def train_args(argv, hyp, models, world_size=1, doc=''):
     return opt
 
 
+def unknown_class(opt, names):
+    """Whether detect's --classes names a class the model does not have (it says so, as argparse would)."""
+    if opt.classes and max(opt.classes) >= len(names):
+        print(f'detect.py: error: argument --classes: {max(opt.classes)} is not a class of {opt.weights} '
+              f'(0 to {len(names) - 1})', file=sys.stderr)
+        return True
+    return False
+
+
 def detect_args(argv, doc=''):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('source', nargs='*', help='images, videos, folders, globs, webcams (0), URLs, .streams lists')

@@ -230,6 +230,12 @@ def image_weights(labels, nc, maps):
     return per_image / per_image.sum() if per_image.sum() > 0 else np.full(len(labels), 1 / len(labels))
 
 
+def weighted_draws(weights, seed, epoch):
+    """--image-weights' indices of an epoch: len(weights) draws by them, with replacement, seeded by (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    return rng.choice(len(weights), len(weights), p=weights).tolist()
+
+
 def npy_path(image):
     return Path(image).with_suffix('.npy')  # as the original's --cache disk
 
