@@ -3512,3 +3512,17 @@ def test_detect_save_csv_and_a_height_and_width_as_the_original(tmp_path):
                                                      'bus.jpg,person,0.70\nbus.jpg,bus,0.84\nbus.jpg,person,0.86\n')
     r = run_detect(BUS, '--weights', shared(WEIGHTS), '--img', 320, 256, 128, cwd=tmp_path)
     assert r.returncode == 2 and 'one or two numbers' in r.stderr
+
+
+def test_an_ensemble_pools_its_models_boxes_before_nms_as_the_original(tmp_path):
+    one = E.load_any(shared(WEIGHTS))
+    two = E.load_any([shared(WEIGHTS), shared(WEIGHTS)])
+    x = torch.rand(1, 3, 320, 256)
+    pooled, single = two(x)[0], one(x)[0]
+    assert pooled.shape[1] == 2 * single.shape[1] and torch.allclose(pooled[:, single.shape[1]:], single, atol=1e-5)
+    r = run_detect(BUS, '--weights', shared(WEIGHTS), shared(WEIGHTS), '--save-txt', '--save-conf', cwd=tmp_path)
+    assert r.returncode == 0 and 'Ensemble created' in r.stdout, r.stderr
+    alone = run_detect(BUS, '--weights', shared(WEIGHTS), '--save-txt', '--save-conf', cwd=tmp_path)
+    assert alone.returncode == 0
+    ensemble, single = (np.loadtxt(tmp_path / f'runs/detect/{name}/labels/bus.txt') for name in ('exp', 'exp2'))
+    assert ensemble.shape == single.shape and np.abs(ensemble - single).max() < 1e-5  # twice one model: its boxes
