@@ -3352,6 +3352,8 @@ def test_quads_are_the_originals_grid_or_first_image_enlarged():
         again = support.datasets.quads((imgs, labels, paths, [None] * 8))
         assert torch.equal(again[0], out) and torch.equal(again[1], out_labels)
     assert kinds == {'grid', 'enlarged'}
+    out, out_labels, _, _ = support.datasets.quads((imgs[:3], labels[:3], paths[:3], [None] * 3))  # a last batch
+    assert out.shape == (3, 3, 16, 16) and torch.equal(out_labels, labels[:3])  # of 3: each image enlarged
 
 
 def test_disk_cache_writes_an_npy_per_image_and_reads_it(tmp_path, capsys):

@@ -35,9 +35,9 @@ from support.evolve import evolve
 from support.loggers import TensorBoard
 from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
 from support.results import ValOutputs, trim_results, write_results
-from support.val_benchmarks import run_benchmark
 from support.runs import FiniteSteps, from_rank0, pick_run, removed_if_unstarted, run_dir
 from support.runs import ddp_wrapped, run_under_torchrun, start_process, stop_run
+from support.val_benchmarks import run_benchmark
 
 # hyp.scratch-low.yaml (the augmentations: data.py's); --hyp lr0=0.02 or --hyp hyp.VOC.yaml
 HYP = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005,  # SGD; final lr: lr0 * lrf

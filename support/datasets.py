@@ -286,8 +286,12 @@ def decode_image(path, size, on_disk=False, long_side=None):
 
 def quads(batch):
     """--quad, the original's: a loader batch of 4n images (collate's) as n samples at twice the size, each 4 images
-    in a 2x2 grid, or (half of them) the first of the 4 enlarged 2x. The draw follows the batch's files: repeatable."""
+    in a 2x2 grid, or (half of them) the first of the 4 enlarged 2x. The draw follows the batch's files: repeatable.
+    A last batch of 1 to 3 images (the original's would fail) gives each of them enlarged."""
     imgs, labels, paths, to_orig = batch
+    if len(imgs) < 4:
+        big = torch.nn.functional.interpolate(imgs.float(), scale_factor=2.0, mode='bilinear', align_corners=False)
+        return big.type(imgs.dtype).contiguous(memory_format=torch.channels_last), labels, paths, to_orig
     seed = int.from_bytes(hashlib.sha256(''.join(paths).encode()).digest()[:8], 'little')
     rng = np.random.default_rng(seed)
     below = torch.tensor([[0.0, 0, 0, 1, 0, 0]])  # label offsets of the lower and right images, then the scale
