@@ -3432,6 +3432,13 @@ def test_evolve_mutates_the_originals_hyperparameters_and_resumes(tmp_path, caps
     for bad in (['--evolve', '2', '--resume'], ['--evolve', '2', '--val-only'], ['--resume_evolve', str(csv)]):
         with pytest.raises(SystemExit):
             T.parse_args(bad)
+    (population / 'b.yaml').write_text('lr0: fast\n')  # files that are not what they claim: a message, nothing made
+    with pytest.raises(SystemExit, match=r'b.yaml: not a hyp file of numbers'):
+        T.main(argv[:-4] + ['--evolve_population', str(population), '--evolve', '2', '--name', 'bad'])
+    (tmp_path / 'other.csv').write_text('a,b\n1,2\n')
+    with pytest.raises(SystemExit, match=r'other.csv: its columns are not this HYP'):
+        T.main(argv[:-4] + ['--evolve', '3', '--resume_evolve', str(tmp_path / 'other.csv')])
+    assert not (tmp_path / 'evolve/bad').exists()
 
 
 def test_autobatch_fits_the_originals_line_and_keeps_16_on_a_cpu(tmp_path, capsys):

@@ -55,13 +55,16 @@ def evolve(opt, hyp, train_once, fitness):
 
     def scores(rows):  # of evolve.csv's rows
         return np.array([fitness(dict(zip(METRICS, row))) for row in rows])
-    if opt.resume_evolve:
-        folder = Path(opt.resume_evolve).parent
+    keys = list(hyp)
+    files = sorted(Path(opt.evolve_population).glob('*.y*ml')) if opt.evolve_population else []
+    population = [_read_hyp(path, hyp) for path in files]  # read first: a bad file ends nothing begun
+    if opt.resume_evolve:  # its rows checked before anything runs
+        csv = Path(opt.resume_evolve)
+        folder = csv.parent
+        _rows(csv, keys)
     else:
         folder = run_dir(opt.project, opt.name, opt.exist_ok)
-    csv = folder / 'evolve.csv'
-    keys = list(hyp)
-    population = sorted(Path(opt.evolve_population).glob('*.y*ml')) if opt.evolve_population else []
+        csv = folder / 'evolve.csv'
     done = len(_rows(csv, keys))
     if done:
         print(f'Evolving on from {csv}: {done} generations done')
@@ -69,7 +72,7 @@ def evolve(opt, hyp, train_once, fitness):
         rows = _rows(csv, keys)
         rng = np.random.default_rng([opt.seed, generation])  # a resumed evolution draws as an unbroken one
         if generation < len(population):  # a starting hyp file, as it is
-            values = dict(hyp, **{k: float(v) for k, v in read_yaml(population[generation]).items() if k in hyp})
+            values = dict(hyp, **population[generation])
         elif len(rows):
             best = rows[np.argsort(-scores(rows))][:5]  # the top 5, one drawn by fitness
             weights = scores(best) - scores(best).min() + 1e-6
@@ -97,16 +100,31 @@ def evolve(opt, hyp, train_once, fitness):
     return folder
 
 
+def _read_hyp(path, keys):
+    """A hyp file's values of keys (others are ignored); a message naming the file if they are not numbers."""
+    try:
+        values = {k: float(v) for k, v in read_yaml(path).items() if k in keys}
+    except (OSError, ValueError, TypeError) as e:
+        raise SystemExit(f'ERROR: {path}: not a hyp file of numbers ({e})') from None
+    for k, v in values.items():
+        if not math.isfinite(v):
+            raise SystemExit(f'ERROR: {path}: {k}: {v} is not a finite number')
+    return values
+
+
 def _rows(csv, keys):
     """evolve.csv's rows as numbers (generations, metrics + keys); none if there is no file yet."""
     if not csv.is_file():
         return np.zeros((0, len(METRICS) + len(keys)))
-    lines = csv.read_text().splitlines()
-    head = [h.strip() for h in lines[0].split(',')]
+    lines = csv.read_text(errors='replace').splitlines()
+    head = [h.strip() for h in lines[0].split(',')] if lines else []
     if head != METRICS + keys:
         raise SystemExit(f'ERROR: {csv}: its columns are not this HYP\'s: it comes from another evolution')
-    rows = [[float(v) for v in line.split(',')] for line in lines[1:] if line.strip()]
-    return np.array(rows, float).reshape(-1, len(head))
+    try:
+        rows = [[float(v) for v in line.split(',')] for line in lines[1:] if line.strip()]
+        return np.array(rows, float).reshape(-1, len(head))
+    except ValueError:
+        raise SystemExit(f'ERROR: {csv}: a row is not {len(head)} numbers: not an evolve.csv') from None
 
 
 def _write(csv, keys, rows):
