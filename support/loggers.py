@@ -3,6 +3,7 @@ Experiment logging: TensorBoard events of a training run (every number of result
 the run's pictures at the end), when the optional tensorboard package is installed; silent without it.
 """
 import importlib.util
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,8 +14,12 @@ class TensorBoard:
         self.writer = None
         if importlib.util.find_spec('tensorboard') is None:
             return
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(folder))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(folder))
+        except Exception as e:  # an install that does not import, or a folder it cannot write: no events
+            print(f'WARNING: TensorBoard: {type(e).__name__}: {e}; no events written', file=sys.stderr)
+            return
         print(f"TensorBoard: Start with 'tensorboard --logdir {Path(folder).parent}', view at http://localhost:6006/")
 
     def add_row(self, row):
