@@ -253,6 +253,14 @@ def gpu_check(shared, orig, dry):
     report(f'torchrun --nproc_per_node 1 ({"gloo" if dry else "NCCL, SyncBatchNorm"})', passed(r) and '1 process(es)'
            in r.stdout and (dry or 'Using SyncBatchNorm' in r.stdout), 'trained 1 epoch' if passed(r) else said(r))
 
+    r = run([*train, *fine_tune[:4], '--img', 320, '--epochs', 1, '--batch', -1, '--device', dev, '--project',
+             tmp / 'autobatch'], 150)
+    chosen = re.search(r'AutoBatch: Using batch-size (\d+)', r.stdout) if passed(r) else None
+    report('--batch -1: autobatch fits the GPU\'s free memory' if not dry else '--batch -1 on a CPU: 16, as the '
+           'original', passed(r) and (chosen is not None and 1 <= int(chosen[1]) <= 1024 if not dry else
+                                     'using default CPU batch-size 16' in r.stdout),
+           (chosen[0] if chosen else 'trained 1 epoch') if passed(r) else said(r))
+
     if not dry and torch.cuda.device_count() >= 2:
         r = run([*train, *fine_tune[:4], '--img', 320, '--epochs', 1, '--device', '0,1', '--project', tmp / 'two'], 180)
         report('one command given --device 0,1: DDP on both', passed(r) and '2 GPUs, one process each' in r.stdout
