@@ -104,9 +104,9 @@ class YOLOLoss:
                 pxywh, _, pcls = pred[image, anchor, cell_y, cell_x].split((4, 1, self.nc), 1)
                 # offsets -0.5: the cell's corner (0) less 0.5; in grid units, as tbox
                 pbox = decode_boxes(pxywh, -0.5, anchors[i])
-                iou = bbox_ciou(pbox, tbox[i])
-                box_loss += (1.0 - iou).mean()
-                iou_target = iou.detach().clamp(0).type(tobj.dtype)
+                ciou = bbox_ciou(pbox, tbox[i])
+                box_loss += (1.0 - ciou).mean()
+                iou_target = ciou.detach().clamp(0).type(tobj.dtype)
                 ratio = self.iou_ratio
                 tobj[image, anchor, cell_y, cell_x] = 1 - ratio + ratio * iou_target
                 if self.nc > 1:  # a single class has nothing to classify
