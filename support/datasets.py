@@ -48,6 +48,15 @@ def xyxy2xywh(x):
     return cat(((x[..., :2] + x[..., 2:4]) / 2, x[..., 2:4] - x[..., :2]), -1)
 
 
+def label_text(det, shape, conf=False):
+    """Detections (n, 6) [x1, y1, x2, y2, conf, cls] in pixels of an image of shape (h, w, ...) as YOLO label rows
+    `cls xc yc w h [conf]`, normalized, '%g' as the original writes them."""
+    gain = torch.tensor([shape[1], shape[0]] * 2, device=det.device, dtype=torch.float32)
+    rows = torch.cat((det[:, 5:], xyxy2xywh(det[:, :4]) / gain, det[:, 4:5]), 1).tolist()
+    columns = 6 if conf else 5
+    return ''.join(' '.join(f'{v:g}' for v in row[:columns]) + '\n' for row in rows)
+
+
 def find_images(source, split='train'):
     """Image paths from a folder, a .txt list of paths, a dataset root holding images/<split>/, or a list of these."""
     if isinstance(source, (list, tuple)):

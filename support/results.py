@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from support.data_yaml import is_coco
-from support.datasets import COCO91_IDS, xyxy2xywh
+from support.datasets import COCO91_IDS, label_text, xyxy2xywh
 from support.files import save_text
 
 
@@ -118,12 +118,7 @@ class ValOutputs:
         if self.records is not None:
             self.records += coco_records(det, path)
         if self.txt and len(det):
-            gain = [shape[1], shape[0], shape[1], shape[0]]
-            rows = []
-            for box, d in zip(xyxy2xywh(det[:, :4]).tolist(), det.tolist()):
-                values = [d[5], *(v / g for v, g in zip(box, gain))] + ([d[4]] if self.conf else [])
-                rows.append(' '.join(f'{v:g}' for v in values) + '\n')
-            self.labels[Path(path).stem] = ''.join(rows)
+            self.labels[Path(path).stem] = label_text(det, shape, self.conf)
 
     def save(self, weights, data, image_files):
         """The files, at the end: the JSON named for the (first) weights file, as the original's."""

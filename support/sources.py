@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from support.datasets import IMAGE_EXTS, xywh2xyxy, xyxy2xywh
+from support.datasets import IMAGE_EXTS, label_text, xywh2xyxy, xyxy2xywh
 from support.files import WriteError, save_image, save_text
 from support.plots import PALETTE, draw_box
 
@@ -46,12 +46,8 @@ def save_results(opt, names, save_dir, stem, frame_number, frame, det):
         draw_box(frame, xyxy, label, PALETTE[int(cls) % len(PALETTE)], opt.line_thickness)
     if not (opt.save_txt and len(det)):
         return 0
-    gain = torch.tensor(frame.shape, device=det.device)[[1, 0, 1, 0]]  # YOLO rows `cls xc yc w h [conf]`, normalized
-    rows = torch.cat((det[:, 5:], xyxy2xywh(det[:, :4]) / gain, det[:, 4:5]), 1).tolist()[::-1]
     name = f'{stem}_{frame_number}' if frame_number else stem
-    columns = 6 if opt.save_conf else 5
-    save_text(''.join(' '.join(f'{v:g}' for v in r[:columns]) + '\n' for r in rows),
-              save_dir / 'labels' / f'{name}.txt')
+    save_text(label_text(det.flip(0), frame.shape, opt.save_conf), save_dir / 'labels' / f'{name}.txt')
     return 1
 
 
