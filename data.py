@@ -54,15 +54,17 @@ def to_tensor(img):
 # ---------------------------------------- augmentations
 def random_matrix(rng, hyp, shape, size):
     """A random affine (or perspective) matrix in hyp's ranges, (h, w) -> size (w, h); its scale."""
-    centre, perspective, rotation, shear, translation = (np.eye(3) for _ in range(5))
-    centre[0, 2] = -shape[1] / 2
-    centre[1, 2] = -shape[0] / 2
+    centre = np.eye(3)  # the image's centre to the origin
+    centre[:2, 2] = -shape[1] / 2, -shape[0] / 2
+    perspective = np.eye(3)
     perspective[2, :2] = rng.uniform(-hyp['perspective'], hyp['perspective'], 2)
     scale = rng.uniform(1 - hyp['scale'], 1 + hyp['scale'])
     angle = rng.uniform(-hyp['degrees'], hyp['degrees'])
+    rotation = np.eye(3)
     rotation[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=scale)
+    shear = np.eye(3)
     shear[0, 1], shear[1, 0] = np.tan(np.radians(rng.uniform(-hyp['shear'], hyp['shear'], 2)))
-    # back to the output's centre, moved by up to translate
+    translation = np.eye(3)  # back to the output's centre, moved by up to translate
     translation[:2, 2] = rng.uniform(0.5 - hyp['translate'], 0.5 + hyp['translate'], 2) * size
     return translation @ shear @ rotation @ perspective @ centre, scale
 

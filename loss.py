@@ -13,19 +13,20 @@ from model import decode_boxes
 
 def bbox_ciou(box1, box2, eps=1e-7):
     """Complete IoU of paired xywh boxes (n, 4): IoU - centre distance term - aspect ratio term."""
-    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
-    left1, right1, top1, bottom1 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
-    left2, right2, top2, bottom2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
-    inter_w = (right1.minimum(right2) - left1.maximum(left2)).clamp(0)
-    inter_h = (bottom1.minimum(bottom2) - top1.maximum(top2)).clamp(0)
-    inter = inter_w * inter_h
-    iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
-    enclosing_w = right1.maximum(right2) - left1.minimum(left2)
-    enclosing_h = bottom1.maximum(bottom2) - top1.minimum(top2)
-    diagonal2 = enclosing_w ** 2 + enclosing_h ** 2 + eps
-    distance2 = ((left2 + right2 - left1 - right1) ** 2 + (top2 + bottom2 - top1 - bottom1) ** 2)
-    distance2 = distance2 / 4  # between the centres
-    aspect = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    xy1, wh1 = box1.split(2, -1)
+    xy2, wh2 = box2.split(2, -1)
+    top_left1, bottom_right1 = xy1 - wh1 / 2, xy1 + wh1 / 2
+    top_left2, bottom_right2 = xy2 - wh2 / 2, xy2 + wh2 / 2
+    inter = (bottom_right1.minimum(bottom_right2) - top_left1.maximum(top_left2)).clamp(0)
+    inter = inter.prod(-1)
+    iou = inter / (wh1.prod(-1) + wh2.prod(-1) - inter + eps)
+    enclosing = bottom_right1.maximum(bottom_right2) - top_left1.minimum(top_left2)
+    diagonal2 = (enclosing ** 2).sum(-1) + eps
+    # between the centres, as the original: from the corners
+    distance2 = ((top_left2 + bottom_right2 - top_left1 - bottom_right1) ** 2).sum(-1) / 4
+    angle1 = torch.atan(wh1[:, 0] / wh1[:, 1])
+    angle2 = torch.atan(wh2[:, 0] / wh2[:, 1])
+    aspect = (4 / math.pi ** 2) * (angle2 - angle1) ** 2
     with torch.no_grad():
         alpha = aspect / (aspect - iou + (1 + eps))
     return iou - (distance2 / diagonal2 + aspect * alpha)
@@ -121,42 +122,37 @@ class YOLOLoss:
 
     def build_targets(self, preds, targets):
         """Per level, of every positive sample: its class, its box (offset from its cell's corner,
-        wh) in grid units, its (image, anchor, cell y, cell x) and its anchor."""
-        device = targets.device
+        wh) in grid units, its (image, anchor, cell y, cell x) and its anchor. targets (n, 6):
+        image, class, x, y, w, h, normalized."""
         tcls = []  # per level
         tbox = []
         indices = []
         matched_anchors = []
-        # one copy of the labels per anchor, with the anchor's number last: (na, n, 7)
-        anchor_index = torch.arange(self.na, device=device).float().view(self.na, 1)
-        anchor_index = anchor_index.repeat(1, targets.shape[0])
-        targets = torch.cat((targets.repeat(self.na, 1, 1), anchor_index[..., None]), 2)
-        # A label trains its own cell and the two neighbours nearest its centre (a prediction
-        # reaches 0.5 beyond its cell). A candidate's cell is the centre less its step: own, left
-        # (x - 0.5 for a centre in the left half of its cell), top, right, bottom.
-        half = 0.5
-        steps = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device) * half
-        gain = torch.ones(7, device=device)
+        # A label trains its own cell and the two neighbours nearest its centre: a prediction
+        # reaches 0.5 beyond its cell. The steps to those cells: none, left, up, right, down.
+        steps = torch.tensor([[0, 0], [-1, 0], [0, -1], [1, 0], [0, 1]], device=targets.device)
         for anchors, pred in zip(self.anchors, preds):
-            grid_size = torch.tensor(pred.shape, device=device)[[3, 2]].float()  # (nx, ny)
-            gain[2:6] = grid_size.repeat(2)  # normalized -> grid units
-            labels = targets * gain
-            fits = shape_ratio(labels[0, :, 4:6], anchors).T < self.hyp['anchor_t']  # (na, n)
-            labels = labels[fits]
-            xy = labels[:, 2:4]  # (n, 2), n the labels that fit an anchor
+            grid_size = torch.tensor(pred.shape, device=targets.device)[[3, 2]].float()  # (nx, ny)
+            xy = targets[:, 2:4] * grid_size  # in cells of this level
+            wh = targets[:, 4:6] * grid_size
+            # the (anchor, label) pairs whose shapes are within anchor_t, anchor by anchor
+            fits = shape_ratio(wh, anchors).T < self.hyp['anchor_t']  # (na, labels)
+            anchor, label = fits.nonzero().T
+            xy = xy[label]
+            # the cell on the left if the centre is in the left half of its cell, and so on;
+            # never a cell outside the grid
             xy_from_far_side = grid_size - xy
-            left, top = ((xy % 1 < half) & (xy > 1)).T  # (n,) each; never a cell outside the grid
-            right, bottom = ((xy_from_far_side % 1 < half) & (xy_from_far_side > 1)).T
-            use = torch.stack((torch.ones_like(left), left, top, right, bottom))  # (5, n)
-            labels = labels.repeat((5, 1, 1))[use]  # (m, 7): one row per (label, cell) pair
-            offsets = (torch.zeros_like(xy)[None] + steps[:, None])[use]  # (m, 2): each row's step
-            image, cls = labels[:, :2].long().T
-            xy = labels[:, 2:4]
-            wh = labels[:, 4:6]
-            anchor = labels[:, 6].long()
-            cell = (xy - offsets).long().clamp(min=0).minimum(grid_size.long() - 1)  # in the grid
+            left, up = ((xy % 1 < 0.5) & (xy > 1)).T
+            right, down = ((xy_from_far_side % 1 < 0.5) & (xy_from_far_side > 1)).T
+            use = torch.stack((torch.ones_like(left), left, up, right, down))  # (5, pairs)
+            step, pair = use.nonzero().T  # one sample per (pair, cell), step by step
+            anchor = anchor[pair]
+            label = label[pair]
+            xy = xy[pair]
+            cell = (xy + steps[step] * 0.5).long().clamp(min=0).minimum(grid_size.long() - 1)
+            image = targets[label, 0].long()
             indices.append((image, anchor, cell[:, 1], cell[:, 0]))
-            tbox.append(torch.cat((xy - cell, wh), 1))  # the box, from the corner of its cell
+            tbox.append(torch.cat((xy - cell, wh[label]), 1))  # the box, from its cell's corner
             matched_anchors.append(anchors[anchor])
-            tcls.append(cls)
+            tcls.append(targets[label, 1].long())
         return tcls, tbox, indices, matched_anchors

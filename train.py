@@ -12,13 +12,12 @@ import time
 from copy import deepcopy
 from datetime import datetime
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from data import AUG, YOLODataset, create_dataloader, letterbox, set_epoch, to_tensor
+from data import AUG, YOLODataset, create_dataloader, set_epoch
 from export import load_any
 from loss import YOLOLoss, shape_ratio
 from model import ARCHITECTURES, SCALES, YOLOv5, from_config, non_max_suppression, predict
@@ -36,7 +35,7 @@ from support.loggers import TensorBoard
 from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
 from support.results import ValOutputs, trim_results, write_results
 from support.runs import FiniteSteps, from_rank0, pick_run, removed_if_unstarted, run_dir
-from support.runs import ddp_wrapped, run_under_torchrun, start_process, stop_run
+from support.runs import ddp_wrapped, local_rank0_first, run_under_torchrun, start_process, stop_run
 from support.val_benchmarks import run_benchmark
 
 # hyp.scratch-low.yaml (the augmentations: data.py's); --hyp lr0=0.02 or --hyp hyp.VOC.yaml
@@ -111,11 +110,7 @@ class Trainer:
     def setup_model_and_data(self, resumed):
         """The model (--freeze applied), the datasets and loaders; returns the model."""
         opt = self.opt
-        if LOCAL_RANK > 0:
-            dist.barrier()  # local rank 0 fetches a missing dataset first
-        data = or_exit(data_spec, opt.data)
-        if LOCAL_RANK == 0:
-            dist.barrier()
+        data = local_rank0_first(or_exit, data_spec, opt.data)  # one download a machine
         # channels-last, as the loader's images: 16-bit steps ~25% faster
         model = build_model(opt, resumed, data['names'])
         model = model.to(self.device, memory_format=torch.channels_last)
@@ -152,11 +147,10 @@ class Trainer:
         decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
         self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # rank 0's
-        image = self.train_set.files[0]  # rank 0 checks the 16-bit outputs on it
-
-        def agrees(dtype):
-            return amp_agrees(self.ema, image, opt.img, dtype) if MAIN else True
-        self.amp = from_rank0(mixed_precision(self.device, opt.amp, agrees, image, MAIN), self.ddp)
+        # rank 0 checks the 16-bit outputs on a training image
+        image = self.train_set.files[0]
+        amp = mixed_precision(self.device, opt.amp, self.ema, image, opt.img) if MAIN else None
+        self.amp = from_rank0(amp, self.ddp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_fitness = 0.0
         self.best_epoch = 0
@@ -171,29 +165,34 @@ class Trainer:
             for key in ('best_fitness', 'best_epoch', 'updates', 'last_opt_step'):
                 setattr(self, key, resumed[key])
 
+    def warmup(self, iteration, start, end):
+        """From start at iteration 0 to end once warmup is over, linearly."""
+        return float(np.interp(min(iteration, self.warmup_iters), [0, self.warmup_iters],
+                               [start, end]))
+
     def schedule(self, iteration):
-        """Sets an iteration's learning rates and momentum; returns its gradient accumulation.
-        Warmup ramps them (bias lr down from warmup_bias_lr, others up from 0)."""
-        hyp, opt, warmup = self.hyp, self.opt, self.warmup_iters  # warmup: in iterations
+        """Sets an iteration's learning rates and momentum. Warmup ramps them (bias lr down from
+        warmup_bias_lr, others up from 0), then the lr decays once an epoch."""
+        hyp, opt = self.hyp, self.opt
         epoch = iteration // self.nb
-        # Once warmup no longer covers an epoch's start, epoch e trains at e - 1's factor: the
-        # original stepped its LambdaLR at epoch ends, after warmup had set the first ones.
-        warmup_covers_epoch_start = warmup >= epoch * self.nb
+        # Once warmup no longer covers an epoch's start (3 warmup epochs: from epoch 4 on), epoch
+        # e trains at e - 1's factor: the original stepped its LambdaLR at epoch ends.
+        warmup_covers_epoch_start = self.warmup_iters >= epoch * self.nb
         decay_epoch = epoch if warmup_covers_epoch_start else epoch - 1
         if opt.cos_lr:
             cosine = (1 - math.cos(decay_epoch / opt.epochs * math.pi)) / 2
             lr_factor = cosine * (hyp['lrf'] - 1) + 1
         else:
             lr_factor = (1 - decay_epoch / opt.epochs) * (1.0 - hyp['lrf']) + hyp['lrf']
-
-        def ramp(start, end):  # start at iteration 0, end once warmup is over
-            return float(np.interp(min(iteration, warmup), [0, warmup], [start, end]))
         for number, group in enumerate(self.optimizer.param_groups):  # 0: the biases
             start = hyp['warmup_bias_lr'] if number == 0 else 0.0
-            group['lr'] = ramp(start, hyp['lr0'] * lr_factor)
+            group['lr'] = self.warmup(iteration, start, hyp['lr0'] * lr_factor)
             if 'momentum' in group:  # SGD (Adam keeps its betas)
-                group['momentum'] = ramp(hyp['warmup_momentum'], hyp['momentum'])
-        return max(1, round(ramp(1, hyp['nbs'] / opt.batch)))
+                group['momentum'] = self.warmup(iteration, hyp['warmup_momentum'], hyp['momentum'])
+
+    def accumulation(self, iteration):
+        """Batches whose gradients add up before a step: towards the nominal batch nbs."""
+        return max(1, round(self.warmup(iteration, 1, self.hyp['nbs'] / self.opt.batch)))
 
     def train_epoch(self, epoch):
         """One pass over the training set; returns each loss term's mean, by name."""
@@ -209,7 +208,8 @@ class Trainer:
         start = time.time()
         for i, (imgs, targets, paths, _) in enumerate(self.train_loader):
             iteration = i + self.nb * epoch  # since the start of training
-            accumulate = self.schedule(iteration)
+            self.schedule(iteration)
+            accumulate = self.accumulation(iteration)
             imgs = imgs.to(device, non_blocking=True).float() / 255
             if opt.multi_scale:
                 imgs = self.rescale(imgs, iteration)
@@ -424,15 +424,6 @@ def ema_update(ema, model, updates, decay=0.9999, tau=2000):
                 value.mul_(weight).add_(current[key].detach(), alpha=1 - weight)
 
 
-def amp_agrees(model, image, size, dtype):
-    """Whether 16-bit outputs agree with fp32's on a real image, to 10%."""
-    x = to_tensor(letterbox(cv2.imread(image), size, stride=model.max_stride)[0])[None]
-    x = x.to(next(model.parameters()).device).float() / 255
-    fp32, mixed = (next(predict(model, x, kind))[0] for kind in (None, dtype))
-    scale = torch.tensor([x.shape[3], x.shape[2]] * 2 + [1] * (fp32.shape[2] - 4), device=x.device)
-    return bool(((fp32 - mixed).abs() / scale).max() < 0.1)
-
-
 # ---------------------------------------- autoanchor
 # Whether the anchors fit the dataset's boxes under the loss's shape test, and new ones if not.
 def label_wh(dataset, img_size, jitter=None):
@@ -445,11 +436,11 @@ def label_wh(dataset, img_size, jitter=None):
 
 
 def anchor_metric(anchors, wh, thr):
-    """Fits (1 / shape_ratio) per label and anchor, each label's best, the best possible recall,
-    the anchors per label within thr."""
+    """Each label's best fit (1 / shape_ratio: 1 for an anchor of its shape), the best possible
+    recall (the labels some anchor fits within thr), the mean anchors a label within thr."""
     fit = 1 / shape_ratio(wh, anchors)
     best = fit.max(1)[0]
-    return fit, best, (best > 1 / thr).float().mean(), (fit > 1 / thr).float().sum(1).mean()
+    return best, (best > 1 / thr).float().mean(), (fit > 1 / thr).float().sum(1).mean()
 
 
 def check_anchors(dataset, model, thr, img_size, seed=0):
@@ -457,7 +448,7 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
     detect = model.detect
     rng = np.random.default_rng(seed)
     wh = torch.tensor(label_wh(dataset, img_size, rng.uniform(0.9, 1.1, (len(dataset.sizes), 1))))
-    _, _, recall, per_label = anchor_metric(detect.pixel_anchors().view(-1, 2).cpu(), wh, thr)
+    _, recall, per_label = anchor_metric(detect.pixel_anchors().view(-1, 2).cpu(), wh, thr)
     msg = f'AutoAnchor: {per_label:.2f} anchors/target, {recall:.3f} Best Possible Recall (BPR). '
     if recall > 0.98:
         print(msg + 'Current anchors are a good fit to dataset')
@@ -465,11 +456,11 @@ def check_anchors(dataset, model, thr, img_size, seed=0):
     print(msg + 'Anchors are a poor fit to dataset, attempting to improve...')
 
     def anchor_fitness(anchors, wh):  # the mean fit of the labels some anchor fits within thr
-        best = anchor_metric(torch.tensor(anchors, dtype=torch.float32), wh, thr)[1]
+        best = anchor_metric(torch.tensor(anchors, dtype=torch.float32), wh, thr)[0]
         return torch.where(best > 1 / thr, best, 0.0).mean()
     count = detect.anchors.numel() // 2
     new = kmean_anchors(label_wh(dataset, img_size), count, anchor_fitness, seed=seed)
-    _, _, new_recall, new_per_label = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
+    _, new_recall, new_per_label = anchor_metric(torch.tensor(new, dtype=torch.float32), wh, thr)
     print(f'AutoAnchor: thr={1 / thr:.2f}: {new_recall:.4f} best possible recall, '
           f'{new_per_label:.2f} anchors past thr; anchors: '
           + ', '.join('%.0f,%.0f' % tuple(anchor) for anchor in new))
@@ -516,22 +507,40 @@ def kmean_anchors(wh0, count, anchor_fitness, generations=1000, seed=0):
 # ---------------------------------------- validation
 def box_iou(boxes1, boxes2, eps=1e-7):
     """IoU matrix of xyxy boxes (n, 4) and (m, 4)."""
-    (a1, a2), (b1, b2) = boxes1[:, None].chunk(2, 2), boxes2[None].chunk(2, 2)
-    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(0).prod(2)
-    return inter / ((a2 - a1).prod(2) + (b2 - b1).prod(2) - inter + eps)
+    top_left1, bottom_right1 = boxes1[:, None].chunk(2, 2)  # (n, 1, 2) each
+    top_left2, bottom_right2 = boxes2[None].chunk(2, 2)  # (1, m, 2) each
+    inter = (torch.min(bottom_right1, bottom_right2) - torch.max(top_left1, top_left2))
+    inter = inter.clamp(0).prod(2)
+    area1 = (bottom_right1 - top_left1).prod(2)
+    area2 = (bottom_right2 - top_left2).prod(2)
+    return inter / (area1 + area2 - inter + eps)
+
+
+def iou_pairs(iou, where):
+    """The (label, prediction, IoU) rows where `where` is true, as numpy."""
+    label, prediction = torch.where(where)
+    return torch.stack((label, prediction, iou[label, prediction]), 1).cpu().numpy()
+
+
+def first_of_each(pairs, column, best_first=True):
+    """The first row for each value of a column (best IoU first if best_first), in the values'
+    order."""
+    if best_first:
+        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+    return pairs[np.unique(pairs[:, column], return_index=True)[1]]
 
 
 def match_predictions(pred, label_cls, label_boxes, iouv):
-    """True positives (predictions, IoU thresholds): a label matches one prediction, best first."""
+    """True positives (predictions, IoU thresholds): a label matches one prediction."""
     correct = np.zeros((len(pred), len(iouv)), bool)
     iou = box_iou(label_boxes, pred[:, :4])
+    same_class = label_cls[:, None] == pred[:, 5]
     for i, threshold in enumerate(iouv):
-        label, prediction = torch.where((iou >= threshold) & (label_cls[:, None] == pred[:, 5]))
-        pairs = torch.stack((label, prediction, iou[label, prediction]), 1).cpu().numpy()
-        pairs = pairs[pairs[:, 2].argsort()[::-1]]
-        # np.unique returns them in prediction order, not best first: the original's mAP
-        pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
-        correct[pairs[np.unique(pairs[:, 0], return_index=True)[1], 1].astype(int), i] = True
+        pairs = iou_pairs(iou, (iou >= threshold) & same_class)
+        pairs = first_of_each(pairs, 1)  # each prediction's best label
+        # then each label's first prediction in prediction order, not its best: the original's
+        pairs = first_of_each(pairs, 0, best_first=False)
+        correct[pairs[:, 1].astype(int), i] = True
     return correct
 
 
@@ -541,11 +550,9 @@ def confusion_add(matrix, det, labels, conf=0.25, iou_thres=0.45):
     background = len(matrix) - 1
     det = det[det[:, 4] > conf]
     iou = box_iou(labels[:, 1:], det[:, :4])
-    label, detection = torch.where(iou > iou_thres)
-    pairs = torch.stack((label, detection, iou[label, detection]), 1).cpu().numpy()
-    for column in (1, 0):  # one label per detection, then one detection per label, best first
-        pairs = pairs[pairs[:, 2].argsort()[::-1]]
-        pairs = pairs[np.unique(pairs[:, column], return_index=True)[1]]
+    pairs = iou_pairs(iou, iou > iou_thres)
+    pairs = first_of_each(pairs, 1)  # each detection's best label
+    pairs = first_of_each(pairs, 0)  # each label's best detection
     paired_labels = pairs[:, 0].astype(int)
     paired_detections = pairs[:, 1].astype(int)
     classes = det[:, 5].int().tolist()
@@ -562,6 +569,16 @@ def smooth(y, fraction):
     size = round(len(y) * fraction * 2) // 2 + 1
     padded = np.concatenate((np.full(size // 2, y[0]), y, np.full(size // 2, y[-1])))
     return np.convolve(padded, np.ones(size) / size, 'valid')
+
+
+def compute_ap(recall, precision):
+    """COCO's AP: the 101-point area under the precision envelope (the best precision at this
+    recall or more); and the envelope's recalls and precisions."""
+    recall = np.concatenate(([0.0], recall, [1.0]))
+    precision = np.concatenate(([1.0], precision, [0.0]))
+    envelope = np.flip(np.maximum.accumulate(np.flip(precision)))
+    points = np.linspace(0, 1, 101)
+    return np.trapezoid(np.interp(points, recall, envelope), points), recall, envelope
 
 
 def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
@@ -581,16 +598,13 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
         fpc = (1 - tp[i]).cumsum(0)
         recall = tpc / (n_labels[row] + eps)
         precision = tpc / (tpc + fpc)
+        # at the curves' confidences (negated: np.interp needs them rising)
         r_curve[row] = np.interp(-px, -conf[i], recall[:, 0], left=0)
         p_curve[row] = np.interp(-px, -conf[i], precision[:, 0], left=1)
-        for iou in range(tp.shape[1]):  # COCO's 101-point area under the precision envelope
-            mrec = np.concatenate(([0.0], recall[:, iou], [1.0]))
-            envelope = np.flip(np.concatenate(([1.0], precision[:, iou], [0.0])))
-            mpre = np.flip(np.maximum.accumulate(envelope))
-            points = np.linspace(0, 1, 101)
-            ap[row, iou] = np.trapezoid(np.interp(points, mrec, mpre), points)
+        for iou in range(tp.shape[1]):
+            ap[row, iou], envelope_recall, envelope = compute_ap(recall[:, iou], precision[:, iou])
             if iou == 0:  # the curve at IoU 0.5, for the plot
-                pr_curve[row] = np.interp(px, mrec, mpre)
+                pr_curve[row] = np.interp(px, envelope_recall, envelope)
     f1 = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
     best = smooth(f1.mean(0), 0.1).argmax()
     curves = dict(px=px, pr=pr_curve, f1=f1)
@@ -602,7 +616,7 @@ def summarize(stats, names, verbose, plots_dir=None):
     row = '%22s' + '%11i' * 2 + '%11.3g' * 4
     seen = len(stats)
     stats = [np.concatenate(x, 0) for x in zip(*stats)]
-    precision, recall, ap50, ap = (np.zeros(1) for _ in range(4))
+    precision = recall = ap50 = ap = np.zeros(1)  # replaced, never changed in place
     maps = np.zeros(len(names))  # per class mAP50-95; the mean for a class without labels
     if not stats or not len(stats[3]):
         log('WARNING: no labels in the validation set, no metrics')

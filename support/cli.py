@@ -13,6 +13,7 @@ import sys
 import time
 import zipfile
 
+import cv2
 import numpy as np
 import torch
 
@@ -142,18 +143,30 @@ def amp_choice(device, amp='auto'):
     return None, 'auto: this CPU has no AMX, where bf16 is slower than fp32'
 
 
-def mixed_precision(device, amp, agrees, image, verbose=True):
-    """--amp's 16-bit type (None: fp32), and the AMP line that says why. agrees(dtype): whether the model's outputs
-    in dtype agree with fp32 on image (some GPUs compute fp16 wrongly: fp32 there)."""
+def mixed_precision(device, amp, model, image, size):
+    """--amp's 16-bit type (None: fp32), and the AMP line that says why. The model's outputs in it must agree with
+    fp32's on image (a file) at size (some GPUs compute fp16 wrongly: fp32 there)."""
     dtype, why = amp_choice(device, amp)
-    if dtype and not agrees(dtype):
+    if dtype and not amp_agrees(model, image, size, dtype):
         print(f'AMP: WARNING: {dtype} outputs disagree with fp32 on {image}, training in fp32')
         dtype, why = None, 'the check above'
     scaling = ' with loss scaling' if dtype == torch.float16 else ''  # bf16 has fp32's range: no scaling
-    if verbose:
-        print(f'AMP: mixed precision training in {dtype}{scaling} ({why})' if dtype else
-              f'AMP: off, training in fp32 ({why})', flush=True)
+    print(f'AMP: mixed precision training in {dtype}{scaling} ({why})' if dtype else
+          f'AMP: off, training in fp32 ({why})', flush=True)
     return dtype
+
+
+@torch.inference_mode()
+def amp_agrees(model, image, size, dtype):
+    """Whether the model's (eval mode) outputs in dtype agree with fp32's on image resized to size x size, to 10% of
+    the size for boxes, 0.1 for scores."""
+    img = cv2.cvtColor(cv2.resize(cv2.imread(image), (size, size)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].to(next(model.parameters()).device).float() / 255
+    fp32 = model(x)[0]
+    with torch.autocast(x.device.type, dtype=dtype):
+        mixed = model(x)[0].float()
+    scale = torch.tensor([size] * 4 + [1] * (fp32.shape[2] - 4), device=x.device)
+    return bool(((fp32 - mixed).abs() / scale).max() < 0.1)
 
 
 def half_dtype(device):

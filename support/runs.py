@@ -47,6 +47,17 @@ def from_rank0(obj, ddp):
     return box[0]
 
 
+def local_rank0_first(function, *args):
+    """function(*args), run by each machine's local rank 0 before its other processes: one download."""
+    local_rank = int(os.getenv('LOCAL_RANK', -1))
+    if local_rank > 0:
+        dist.barrier()
+    result = function(*args)
+    if local_rank == 0:
+        dist.barrier()
+    return result
+
+
 def ddp_wrapped(model, device):
     """model in DDP's wrapper, which syncs the gradients. static_graph: every step uses the same parameters (a step
     skipped is skipped by all processes)."""
