@@ -121,9 +121,8 @@ class YOLOLoss:
         return loss, {name: term.detach()[0] for name, term in terms.items()}
 
     def build_targets(self, preds, targets):
-        """Per level, of every positive sample: its class, its box (offset from its cell's corner,
-        wh) in grid units, its (image, anchor, cell y, cell x) and its anchor. targets (n, 6):
-        image, class, x, y, w, h, normalized."""
+        """targets (n, 6): image, class, xywh normalized. Per level, of each positive sample: class,
+        box (xy from its cell's corner, wh) in grid units, (image, anchor, y, x), anchor."""
         tcls = []  # per level
         tbox = []
         indices = []
