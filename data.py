@@ -251,23 +251,27 @@ class YOLODataset(torch.utils.data.Dataset):
         indices = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
         rng.shuffle(indices)
         matrix, scale = random_matrix(rng, self.hyp, (2 * size, 2 * size), (size, size))
-        x0, y0, x1, y1 = part_read(matrix, size, self.hyp['perspective'])  # in canvas pixels
-        canvas = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
+        # only the part (x0, y0) - (x1, y1) of the canvas is made
+        x0, y0, x1, y1 = part_read(matrix, size, self.hyp['perspective'])
+        part = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
         labels = []
         for position, i in enumerate(indices):  # left of the centre if even, above it if under 2
             width, height = self.shapes[i]
-            left = (xc - width if position % 2 == 0 else xc) - x0  # its top left, in the part made
-            top = (yc - height if position < 2 else yc) - y0
-            if left < x1 - x0 and top < y1 - y0 and left + width > 0 and top + height > 0:
+            left = xc - width if position % 2 == 0 else xc  # its top left, on the canvas
+            top = yc - height if position < 2 else yc
+            if left < x1 and top < y1 and left + width > x0 and top + height > y0:  # in the part
                 img, _, i = self.load_checked(i, rng)
                 if img.shape[1::-1] != (width, height):  # a substitute, for one that failed
                     img = cv2.resize(img, (width, height))
-                visible = img[max(-top, 0):y1 - y0 - top, max(-left, 0):x1 - x0 - left]
-                canvas[max(top, 0):top + height, max(left, 0):left + width] = visible
-            labels.append(self.pixel_labels(i, width, height, left + x0, top + y0))
+                visible = img[max(y0 - top, 0):y1 - top, max(x0 - left, 0):x1 - left]
+                top_in_part = top - y0
+                left_in_part = left - x0
+                part[max(top_in_part, 0):top_in_part + height,
+                     max(left_in_part, 0):left_in_part + width] = visible
+            labels.append(self.pixel_labels(i, width, height, left, top))
         labels = np.concatenate(labels)
         labels[:, 1:] = labels[:, 1:].clip(0, 2 * size)
-        return warp(canvas, labels, matrix, scale, (size, size), (x0, y0))
+        return warp(part, labels, matrix, scale, (size, size), (x0, y0))
 
     def load_checked(self, i, rng):
         """load_image; a file that fails to decode is reported once, replaced."""

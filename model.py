@@ -292,10 +292,12 @@ class YOLOv5(nn.Module):
             y[..., :4] /= ratio
             if flip:
                 y[..., 0] = x.shape[3] - y[..., 0]
+            coarsest = raw[-1].shape[1:4].numel()  # its predictions: anchors x cells
+            finest = raw[0].shape[1:4].numel()
             if ratio == 1:
-                y = y[:, :-raw[-1].shape[1:4].numel()]  # less the coarsest level's anchors x cells
+                y = y[:, :-coarsest]
             elif ratio == 0.67:
-                y = y[:, raw[0].shape[1:4].numel():]  # less the finest level's
+                y = y[:, finest:]
             out.append(y)
         return torch.cat(out, 1), None
 

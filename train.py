@@ -57,7 +57,7 @@ def log(*args, **kwargs):
 
 
 def fitness(results):
-    """An epoch's score, for best.pt."""
+    """For best.pt."""
     return 0.1 * results.get('metrics/mAP_0.5', 0) + 0.9 * results.get('metrics/mAP_0.5:0.95', 0)
 
 
@@ -66,7 +66,7 @@ class Trainer:
     """One training run: __init__ sets it up (or restores it); fit() runs the epochs."""
 
     def __init__(self, opt):
-        # DDP first: the steps below broadcast and wait on each other
+        # DDP first: the steps below wait on each other
         self.ddp = LOCAL_RANK != -1
         self.device = start_process(opt.device, self.ddp)
         # rank 0 picks the run: a new folder, or the checkpoint to resume with its options
@@ -147,7 +147,7 @@ class Trainer:
         decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
         self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # rank 0's
-        # rank 0 checks the 16-bit outputs on a training image
+        # rank 0 checks 16-bit outputs on an image
         image = self.train_set.files[0]
         amp = mixed_precision(self.device, opt.amp, self.ema, image, opt.img) if MAIN else None
         self.amp = from_rank0(amp, self.ddp)
@@ -166,7 +166,7 @@ class Trainer:
                 setattr(self, key, resumed[key])
 
     def warmup(self, iteration, start, end):
-        """From start at iteration 0 to end once warmup is over, linearly."""
+        """Linear from start (iteration 0) to end (warmup's end)."""
         return float(np.interp(min(iteration, self.warmup_iters), [0, self.warmup_iters],
                                [start, end]))
 
@@ -337,7 +337,7 @@ class Trainer:
         except (KeyboardInterrupt, FloatingPointError, torch.OutOfMemoryError) as e:
             if MAIN and self.held_back:  # the last complete epoch, for --resume
                 save_checkpoint(self.held_back, self.weights_dir / 'last.pt')
-            stop_run(e, self.weights_dir / 'last.pt', opt.epochs)  # says what last.pt holds
+            stop_run(e, self.weights_dir / 'last.pt', opt.epochs)
         finally:
             if self.ddp:
                 dist.destroy_process_group()
@@ -538,7 +538,7 @@ def match_predictions(pred, label_cls, label_boxes, iouv):
     for i, threshold in enumerate(iouv):
         pairs = iou_pairs(iou, (iou >= threshold) & same_class)
         pairs = first_of_each(pairs, 1)  # each prediction's best label
-        # then each label's first prediction in prediction order, not its best: the original's
+        # then each label's first prediction (by index, not IoU): the original's
         pairs = first_of_each(pairs, 0, best_first=False)
         correct[pairs[:, 1].astype(int), i] = True
     return correct
