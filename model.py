@@ -292,7 +292,7 @@ class YOLOv5(nn.Module):
             y[..., :4] /= ratio
             if flip:
                 y[..., 0] = x.shape[3] - y[..., 0]
-            coarsest = raw[-1].shape[1:4].numel()  # its predictions: anchors x cells
+            coarsest = raw[-1].shape[1:4].numel()  # anchors x cells
             finest = raw[0].shape[1:4].numel()
             if ratio == 1:
                 y = y[:, :-coarsest]

@@ -143,11 +143,11 @@ class Trainer:
         opt, hyp = self.opt, self.hyp
         # at least 100 iterations: tiny datasets warm up too
         self.warmup_iters = max(round(hyp['warmup_epochs'] * self.nb), 100)
-        accumulate = max(round(hyp['nbs'] / opt.batch), 1)
-        decay = hyp['weight_decay'] * opt.batch * accumulate / hyp['nbs']
+        # per nominal batch, as accumulated after warmup
+        decay = hyp['weight_decay'] * opt.batch * self.accumulation(self.warmup_iters) / hyp['nbs']
         self.optimizer = make_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], decay)
         self.ema = deepcopy(model).eval().requires_grad_(False) if MAIN else None  # rank 0's
-        # rank 0 checks 16-bit outputs on an image
+        # rank 0 checks 16-bit outputs
         image = self.train_set.files[0]
         amp = mixed_precision(self.device, opt.amp, self.ema, image, opt.img) if MAIN else None
         self.amp = from_rank0(amp, self.ddp)
