@@ -255,10 +255,12 @@ class YOLODataset(torch.utils.data.Dataset):
         x0, y0, x1, y1 = part_read(matrix, size, self.hyp['perspective'])
         part = np.full((y1 - y0, x1 - x0, 3), 114, np.uint8)
         labels = []
-        for position, i in enumerate(indices):  # left of the centre if even, above it if under 2
+        for position, i in enumerate(indices):  # top left, top right, bottom left, bottom right
             width, height = self.shapes[i]
-            left = xc - width if position % 2 == 0 else xc  # its top left, on the canvas
-            top = yc - height if position < 2 else yc
+            left_of_centre = position % 2 == 0
+            above_centre = position < 2
+            left = xc - width if left_of_centre else xc  # its top left corner, on the canvas
+            top = yc - height if above_centre else yc
             if left < x1 and top < y1 and left + width > x0 and top + height > y0:  # in the part
                 img, _, i = self.load_checked(i, rng)
                 if img.shape[1::-1] != (width, height):  # a substitute, for one that failed

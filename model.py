@@ -86,14 +86,15 @@ class Concat(nn.Module):
 
 def decode_boxes(raw, offsets, anchors, stride=1):
     """Raw outputs t (..., 4) -> (x, y, w, h): xy = (2 sigmoid(t) + offsets) * stride, offsets the
-    cell's corner less 0.5; wh = anchor * (2 sigmoid(t)) ** 2 (bounded, unlike exp())."""
+    cell's corner less 0.5 (so -0.5 to 1.5 cells on); wh = anchor * (2 sigmoid(t)) ** 2 (0 to 4)."""
     xy, wh = raw.sigmoid().split(2, -1)
     return torch.cat(((xy * 2 + offsets) * stride, (wh * 2) ** 2 * anchors), -1)
 
 
 class Detect(nn.Module):
     """A 1x1 conv per level to na * (5 + nc) numbers a cell: per anchor a box, objectness and class
-    scores; in eval mode also decoded into boxes in pixels."""
+    scores. Returns each level's raw maps (b, na, ny, nx, 5 + nc); in eval mode (boxes decoded in
+    pixels, (b, na * cells, 5 + nc), raw)."""
     def __init__(self, nc, anchors, channels, strides):
         super().__init__()
         if not len(anchors) == len(channels) == len(strides):

@@ -27,7 +27,7 @@ from support.checkpoints import strip_checkpoint, to_cpu, transfer
 from support.cli import Stopwatch, autobatch, check_img_size, half_dtype, memory_used, or_exit
 from support.cli import make_repeatable, mixed_precision, out_of_memory, parse_cfg
 from support.cli import select_device, train_args
-from support.console import print_count, print_progress
+from support.console import print_count, print_progress, start_line
 from support.data_yaml import data_spec, is_coco, train_names, val_names
 from support.datasets import image_weights, read_names, require_labels, xywh2xyxy
 from support.evolve import evolve
@@ -35,7 +35,8 @@ from support.loggers import TensorBoard
 from support.plots import plot_batch, plot_labels, plot_pr_f1, plot_results, save_confusion_matrix
 from support.results import ValOutputs, trim_results, write_results
 from support.runs import FiniteSteps, from_rank0, pick_run, removed_if_unstarted, run_dir
-from support.runs import ddp_wrapped, local_rank0_first, run_under_torchrun, start_process, stop_run
+from support.runs import ddp_wrapped, local_rank0_first, require_finite, run_under_torchrun
+from support.runs import start_process, stop_run
 from support.val_benchmarks import run_benchmark
 
 # hyp.scratch-low.yaml (the augmentations: data.py's); --hyp lr0=0.02 or --hyp hyp.VOC.yaml
@@ -93,12 +94,9 @@ class Trainer:
             if not opt.noautoanchor:
                 check_anchors(self.train_set, model, self.hyp['anchor_t'], opt.img, opt.seed)
         self.setup_optimizer(model, resumed)  # the EMA copies the anchors chosen
-        if opt.sync_bn and self.ddp and self.device.type == 'cuda':
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            log('Using SyncBatchNorm')
         self.model = model
-        # what trains: under DDP its wrapper, which syncs the gradients
-        self.ddp_model = ddp_wrapped(model, self.device) if self.ddp else model
+        # what trains: under DDP its wrapper, which syncs the gradients (--sync-bn: BatchNorms too)
+        self.ddp_model = ddp_wrapped(model, self.device, opt.sync_bn) if self.ddp else model
         self.loss_fn = YOLOLoss(model, self.hyp, opt.img)
         self.held_back = None  # --nosave: the last epoch, saved if the run stops early
         # a non-finite loss skips the step on every process; 3 in a row stop the run
@@ -272,9 +270,7 @@ class Trainer:
             self.best_fitness = fitness(self.results)
             self.best_epoch = epoch
         stop = epoch - self.best_epoch >= patience
-        tensors = [*self.model.state_dict().values(), *self.ema.state_dict().values()]
-        if not all(v.isfinite().all() for v in tensors):  # last.pt stays good
-            raise FloatingPointError('the weights are no longer finite')
+        require_finite(self.model, self.ema)  # last.pt stays good
         groups = self.optimizer.param_groups
         rates = {f'x/lr{number}': group['lr'] for number, group in enumerate(groups)}
         losses = {f'train/{name}': float(value) for name, value in mean_losses.items()}
@@ -323,9 +319,8 @@ class Trainer:
 
     def fit(self):
         opt = self.opt
-        log(f'Image sizes {opt.img} train, {opt.img} val; {self.train_loader.num_workers} '
-            f'dataloader workers; {WORLD_SIZE} process(es); results to {self.save_dir}\n'
-            f'Starting training for {opt.epochs} epochs...')
+        workers = self.train_loader.num_workers
+        log(start_line(opt.img, workers, WORLD_SIZE, self.save_dir, opt.epochs))
         epoch = self.start_epoch - 1  # the last one run
         start = time.time()
         try:
@@ -524,7 +519,7 @@ def iou_pairs(iou, where):
 
 def first_of_each(pairs, column, best_first=True):
     """The first row for each value of a column (best IoU first if best_first), in the values'
-    order."""
+    order: rows (0, 1, .5), (0, 2, .9), (1, 2, .7) give (0, 2, .9), (1, 2, .7) for column 0."""
     if best_first:
         pairs = pairs[pairs[:, 2].argsort()[::-1]]
     return pairs[np.unique(pairs[:, column], return_index=True)[1]]
@@ -614,14 +609,14 @@ def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
 def summarize(stats, names, verbose, plots_dir=None):
     """YOLOv5's table (each class with verbose), the PR and F1 curves; returns the metrics."""
     row = '%22s' + '%11i' * 2 + '%11.3g' * 4
-    seen = len(stats)
-    stats = [np.concatenate(x, 0) for x in zip(*stats)]
+    seen = len(stats['tp'])  # images
+    stats = {name: np.concatenate(rows or [[]]) for name, rows in stats.items()}
     precision = recall = ap50 = ap = np.zeros(1)  # replaced, never changed in place
     maps = np.zeros(len(names))  # per class mAP50-95; the mean for a class without labels
-    if not stats or not len(stats[3]):
+    if not len(stats['target_cls']):
         log('WARNING: no labels in the validation set, no metrics')
     else:
-        precision, recall, ap, classes, n_labels, curves = ap_per_class(*stats)
+        precision, recall, ap, classes, n_labels, curves = ap_per_class(**stats)
         ap50 = ap[:, 0]
         ap = ap.mean(1)
         maps += ap.mean()
@@ -647,7 +642,7 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
     device = next(model.parameters()).device
     model.eval()
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-    stats = []  # per image: true positives at each IoU, confidences, classes, true classes
+    stats = dict(tp=[], conf=[], pred_cls=[], target_cls=[])  # ap_per_class's, an image a row
     watch = watch or Stopwatch(device)
     losses = {}
     confusion = np.zeros((len(names) + 1, len(names) + 1)) if plots_dir else None
@@ -692,14 +687,15 @@ def validate(model, loader, names, conf_thres=0.001, iou_thres=0.6, max_det=300,
                 confusion_add(confusion, pred, labels)
             if outputs is not None:
                 outputs.add(pred, paths[i], to_original[i][0])
-            correct = match_predictions(pred, labels[:, 0], labels[:, 1:], iouv)
-            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(),
-                          labels[:, 0].cpu().numpy()))
+            stats['tp'].append(match_predictions(pred, labels[:, 0], labels[:, 1:], iouv))
+            stats['conf'].append(pred[:, 4].cpu().numpy())
+            stats['pred_cls'].append(pred[:, 5].cpu().numpy())
+            stats['target_cls'].append(labels[:, 0].cpu().numpy())
         print_count('Validating', batch_index, len(loader), start)
     metrics = summarize(stats, names, verbose, plots_dir)
     if plots_dir:
         save_confusion_matrix(confusion, names, plots_dir)
-    log(watch.speed(len(stats), (loader.batch_size, 3, *imgs.shape[2:])))
+    log(watch.speed(len(stats['tp']), (loader.batch_size, 3, *imgs.shape[2:])))
     batches = max(len(loader), 1)
     return metrics | {f'val/{name}': float(term) / batches for name, term in losses.items()}
 

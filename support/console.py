@@ -22,6 +22,12 @@ def print_progress(row, i, n, start, header=None):
     print(('\r' if live else '') + values + eta, end='\n' if i == n - 1 else '', flush=True)
 
 
+def start_line(img, workers, world_size, save_dir, epochs):
+    """What training prints before its first epoch, the original's words."""
+    return (f'Image sizes {img} train, {img} val; {workers} dataloader workers; {world_size} process(es); '
+            f'results to {save_dir}\nStarting training for {epochs} epochs...')
+
+
 def print_count(what, i, n, start):
     """A progress line for step i of n of what (label scan, validation batches): count, speed and ETA."""
     live = sys.stdout.isatty()

@@ -58,9 +58,13 @@ def local_rank0_first(function, *args):
     return result
 
 
-def ddp_wrapped(model, device):
+def ddp_wrapped(model, device, sync_bn=False):
     """model in DDP's wrapper, which syncs the gradients. static_graph: every step uses the same parameters (a step
-    skipped is skipped by all processes)."""
+    skipped is skipped by all processes). sync_bn (GPUs only): the BatchNorms' statistics too."""
+    if sync_bn and device.type == 'cuda':  # in place: model stays the object the EMA follows
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if int(os.getenv('RANK', -1)) in (-1, 0):
+            print('Using SyncBatchNorm', flush=True)
     gpus = [device] if device.type == 'cuda' else None
     return torch.nn.parallel.DistributedDataParallel(model, gpus, static_graph=True)
 
@@ -82,6 +86,13 @@ class FiniteSteps:
         if self.in_a_row >= 3:
             raise FloatingPointError(f'{self.in_a_row} steps in a row with a non-finite loss')
         return not bad
+
+
+def require_finite(*models):
+    """A FloatingPointError if a weight of the models is no longer finite: last.pt stays the last good one."""
+    for model in models:
+        if not all(value.isfinite().all() for value in model.state_dict().values()):
+            raise FloatingPointError('the weights are no longer finite')
 
 
 CLAIMED = set()  # the run folders this process claimed: the only ones it may remove
